@@ -1,0 +1,20 @@
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: demo test bench clean
+
+$(VENV_STAMP): setup.cfg constraints.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(VENV_STAMP)
+
+demo: $(VENV_STAMP)
+	.venv/bin/capgen demo --out demo
+
+test: $(VENV_STAMP)
+	bash tests/browser_setup.sh
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf .venv demo
