@@ -1,0 +1,262 @@
+"""DALI pipeline in CPU mode: same ids, captions and pixels as a plain webdataset read;
+each sample once per epoch across ranks; flips reported and swappable; index files used."""
+import io
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+dali = pytest.importorskip("pipeline.dali")
+wds = pytest.importorskip("webdataset")
+
+from pipeline.errors import CapgenError  # noqa: E402
+from pipeline.mirror import mirror_ids, mirror_tokens  # noqa: E402
+from pipeline.text import TokenTable, Vocabulary  # noqa: E402
+from pipeline.wds_index import index_path, index_shards, read_samples  # noqa: E402
+
+SIZE = 64
+SHARDS = (7, 4)  # uneven, and 11 samples: no batch size below divides it
+CAPTIONS = ["a red circle on the left", "the square is right of the circle",
+            "a blue square on the right side", "shapes from left to right"]
+
+
+def image(rng):
+    """Dark left half, bright right half, plus texture: a flip is visible."""
+    x = rng.integers(0, 60, (SIZE, SIZE, 3))
+    x[:, SIZE // 2:] += 150
+    return x.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory):
+    """A shard set per the contract: key = str(image_id), jpg + json, tokens.npz, vocab.json."""
+    out = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    image_id, caps = 17, {}
+    for s, n in enumerate(SHARDS):
+        with wds.TarWriter(str(out / f"test-{s:06d}.tar")) as sink:
+            for _ in range(n):
+                image_id += int(rng.integers(1, 1000))
+                buf = io.BytesIO()
+                Image.fromarray(image(rng)).save(buf, "JPEG", quality=90)
+                caps[image_id] = [CAPTIONS[(image_id + k) % len(CAPTIONS)] for k in range(5)]
+                meta = {"image_id": image_id, "file_name": f"{image_id}.jpg", "split": "train",
+                        "width": SIZE, "height": SIZE, "captions": caps[image_id]}
+                sink.write({"__key__": str(image_id), "jpg": buf.getvalue(), "json": json.dumps(meta).encode()})
+    vocab = Vocabulary.build([c for cs in caps.values() for c in cs], preset="seed", min_freq=1)
+    vocab.save(out / "vocab.json")
+    TokenTable.build(caps, vocab).save(out / "tokens.npz")
+    return out
+
+
+def reference(shard_dir):
+    """[(image_id, jpg bytes, captions)] in tar order, via webdataset."""
+    urls = sorted(str(p) for p in shard_dir.glob("*.tar"))
+    return [(int(s["__key__"]), s["jpg"], json.loads(s["json"])["captions"])
+            for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+
+
+def epoch(loader):
+    return [{k: v.clone() for k, v in b.items()} for b in loader]
+
+
+def unnormalise(images):
+    """[B,3,H,W] normalised float -> [B,H,W,3] float pixels 0..255."""
+    mean = torch.tensor(dali.MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(dali.STD).view(1, 3, 1, 1)
+    return (images.float() * std + mean).permute(0, 2, 3, 1).numpy()
+
+
+def test_eval_matches_webdataset_read(shard_set):
+    ref = reference(shard_set)
+    vocab = Vocabulary.load(shard_set / "vocab.json")
+    loader = dali.make_dali_loader(shard_set, batch_size=4, image_size=SIZE, train=False, num_threads=1)
+    batches = epoch(loader)
+    assert len(loader) == len(batches) == 3
+    assert [len(b["image_ids"]) for b in batches] == [4, 4, 3]
+    b = {k: torch.cat([x[k] for x in batches]) for k in batches[0]}
+    assert b["image_ids"].tolist() == [r[0] for r in ref]
+    assert b["images"].dtype == torch.float32 and b["images"].shape == (11, 3, SIZE, SIZE)
+    assert b["tokens"].dtype == b["lengths"].dtype == torch.int64
+    assert not b["flipped"].any()
+    for i, (_, jpg, caps) in enumerate(ref):
+        assert b["tokens"][i].tolist() == [vocab.encode(c) for c in caps]
+        assert b["lengths"][i].tolist() == [len(vocab.words(vocab.encode(c))) + 2 for c in caps]
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(r[1])).convert("RGB")) for r in ref])
+    assert np.abs(unnormalise(b["images"]) - pixels).max() < 0.5  # same uint8 pixels (both libjpeg-turbo)
+
+
+@pytest.mark.parametrize("batch_size", [3, 5])
+def test_each_sample_once_per_epoch_across_ranks(shard_set, batch_size):
+    # 11 samples over 2 ranks: 5 + 6. With batch 5 one rank takes a step fewer.
+    ids = {r[0] for r in reference(shard_set)}
+    ranks = [dali.make_dali_loader(shard_set, batch_size=batch_size, image_size=SIZE, train=True, seed=3,
+                                   num_threads=1, shard_id=r, num_shards=2, shuffle_buffer=4)  # < N
+             for r in range(2)]
+    orders = []
+    for _ in range(3):
+        seen = Counter()
+        order = []
+        last = []
+        for loader in ranks:
+            expected, steps = loader.num_samples(), len(loader)
+            batches = epoch(loader)
+            assert len(batches) == steps and sum(len(b["image_ids"]) for b in batches) == expected
+            last.append([len(b["image_ids"]) for b in batches])
+            for b in batches:
+                assert b["images"].shape[1:] == (3, SIZE, SIZE) and len(b["tokens"]) == len(b["image_ids"])
+                seen.update(b["image_ids"].tolist())
+                order += b["image_ids"].tolist()
+        assert seen == Counter(ids)
+        assert sorted(last) == ([[3, 2], [3, 3]] if batch_size == 3 else [[5], [5, 1]])
+        orders.append(order)
+    assert orders[0] != orders[1] or orders[1] != orders[2]  # shuffled between epochs
+
+
+def test_eval_ranks_take_turns_and_count_their_samples(shard_set):
+    ranks = [dali.make_dali_loader(shard_set, batch_size=4, image_size=SIZE, train=False, num_threads=1,
+                                   shard_id=r, num_shards=2) for r in range(2)]
+    ref = [r[0] for r in reference(shard_set)]
+    for e in range(3):
+        for r, loader in enumerate(ranks):
+            expected = loader.num_samples()
+            ids = [i for b in loader for i in b["image_ids"].tolist()]
+            assert ids == (ref[:5] if (r + e) % 2 == 0 else ref[5:]) and len(ids) == expected
+
+
+def test_drop_last_gives_full_batches_only(shard_set):
+    ranks = [dali.make_dali_loader(shard_set, batch_size=5, image_size=SIZE, train=True, seed=3,
+                                   num_threads=1, shard_id=r, num_shards=2, drop_last=True) for r in range(2)]
+    for _ in range(2):
+        sizes = [[len(b["image_ids"]) for b in loader] for loader in ranks]
+        assert sizes == [[5], [5]] and [len(r) for r in ranks] == [1, 1] and ranks[0].num_samples() == 5
+
+
+def test_flips_are_reported_and_swap_left_right(shard_set):
+    vocab = Vocabulary.load(shard_set / "vocab.json")
+    perm = torch.from_numpy(mirror_ids(vocab))
+    loader = dali.make_dali_loader(shard_set, batch_size=11, image_size=SIZE, train=True, seed=1, num_threads=1)
+    flips = []
+    for _ in range(3):
+        (b,) = epoch(loader)
+        px = unnormalise(b["images"])
+        left_brighter = px[:, :, : SIZE // 3].mean(axis=(1, 2, 3)) > px[:, :, -SIZE // 3:].mean(axis=(1, 2, 3))
+        assert left_brighter.tolist() == b["flipped"].tolist()
+        mirrored = mirror_tokens(b["tokens"], b["flipped"], perm)
+        for i, f in enumerate(b["flipped"].tolist()):
+            for k in range(b["tokens"].shape[1]):
+                before, after = vocab.words(b["tokens"][i, k]), vocab.words(mirrored[i, k])
+                swap = {"left": "right", "right": "left"}
+                assert after == ([swap.get(w, w) for w in before] if f else before)
+        flips += b["flipped"].tolist()
+    assert 0 < sum(flips) < len(flips)
+
+
+def test_mirror_ids_is_an_involution_swapping_left_right():
+    vocab = Vocabulary.build(CAPTIONS, preset="seed", min_freq=1)
+    perm = mirror_ids(vocab)
+    assert sorted(perm) == list(range(len(vocab))) and (perm[perm] == np.arange(len(vocab))).all()
+    moved = {vocab.itos[i]: vocab.itos[j] for i, j in enumerate(perm) if i != j}
+    assert moved == {"left": "right", "right": "left"}
+    assert (mirror_ids(Vocabulary.build(["a red circle"], min_freq=1)) == np.arange(6)).all()  # no pair: identity
+
+
+def test_reader_goes_by_the_index(shard_set, tmp_path):
+    import shutil
+    for p in shard_set.glob("*.tar"):
+        shutil.copy(p, tmp_path / p.name)
+    shutil.copy(shard_set / "tokens.npz", tmp_path / "tokens.npz")
+    tars = sorted(str(p) for p in tmp_path.glob("*.tar"))
+    assert [w for _, _, w in index_shards(tmp_path)] == [True, True]
+    # An index that lists only 2 samples of the first shard hides the rest of it.
+    first = read_samples(tars[0])[:2]
+    with open(index_path(tars[0]), "w") as f:
+        f.write("v1.2 2\n" + "".join(" ".join(f"{e} {o} {s} {n}" for e, o, s, n in c) + "\n" for c in first))
+    loader = dali.make_dali_loader(tmp_path, batch_size=4, image_size=SIZE, train=False, num_threads=1)
+    ids = [i for b in loader for i in b["image_ids"].tolist()]
+    ref = [r[0] for r in reference(shard_set)]
+    assert ids == ref[:2] + ref[7:]
+
+
+def test_bad_keys_and_unknown_ids_are_errors(shard_set, tmp_path):
+    tail = np.zeros((1, dali.KEY_BYTES), np.uint8)
+    name = b"x.tar:1536:abc.jpg"
+    tail[0, -len(name):] = np.frombuffer(name, np.uint8)
+    with pytest.raises(CapgenError, match="'abc' is not an image id"):
+        dali.key_ids(tail)
+    loader = dali.make_dali_loader(shard_set, batch_size=4, image_size=SIZE, train=False, num_threads=1)
+    with pytest.raises(CapgenError, match="no captions for image id 5"):
+        loader.rows(np.array([5]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_decode_matches_cpu_and_stays_on_device(shard_set):
+    cpu = epoch(dali.make_dali_loader(shard_set, batch_size=4, image_size=SIZE, train=False, num_threads=1))
+    gpu = epoch(dali.make_dali_loader(shard_set, batch_size=4, image_size=SIZE, train=False, device_id=0))
+    for c, g in zip(cpu, gpu, strict=True):
+        assert all(v.is_cuda for v in g.values())
+        assert g["images"].dtype == torch.float16
+        for k in ("image_ids", "tokens", "lengths", "flipped"):
+            assert torch.equal(c[k], g[k].cpu())
+        diff = np.abs(unnormalise(c["images"]) - unnormalise(g["images"].cpu()))
+        assert diff.mean() < 1.0 and diff.max() < 16  # nvJPEG vs libjpeg-turbo IDCT/upsampling
+    (b,) = epoch(dali.make_dali_loader(shard_set, batch_size=11, image_size=SIZE, train=True, device_id=0, seed=1))
+    px = unnormalise(b["images"].cpu())
+    left_brighter = px[:, :, : SIZE // 3].mean(axis=(1, 2, 3)) > px[:, :, -SIZE // 3:].mean(axis=(1, 2, 3))
+    assert left_brighter.tolist() == b["flipped"].cpu().tolist()
+
+
+@pytest.fixture(scope="module")
+def built_set(tmp_path_factory):
+    """A set made by synth + the shard builder (with its index files)."""
+    from pipeline import shards as sh
+    from pipeline.coco import read_coco
+    from pipeline.synth import synthesize
+
+    root = tmp_path_factory.mktemp("built")
+    synthesize(str(root / "coco"), images=10, seed=0, val_fraction=0, width=96, height=72, workers=1)
+    out = str(root / "set")
+    sh.build(read_coco(str(root / "coco"), "train2014"), out, sh.Options(name="syn", image_size=SIZE, shard_size=4),
+             {}, workers=1, min_freq=1, progress=False)
+    return out
+
+
+def test_builder_shards_read_like_the_cpu_loader(built_set):
+    """The same ids, tokens and pixels as pipeline/loader.py reads, using the builder's index files."""
+    from pipeline.loader import ShardBatches
+    from pipeline.shards import shard_paths
+
+    tars = shard_paths(built_set)
+    stamps = [os.path.getmtime(index_path(t)) for t in tars]
+    got = epoch(dali.make_dali_loader(built_set, batch_size=4, image_size=SIZE, train=False, num_threads=1))
+    ref = list(ShardBatches(tars, os.path.join(built_set, "tokens.npz"), batch_size=4, shuffle=False))
+    assert [os.path.getmtime(index_path(t)) for t in tars] == stamps  # the builder's, kept
+    assert len(got) == len(ref) == 3
+    for g, r in zip(got, ref):
+        for k in ("image_ids", "tokens", "lengths"):
+            assert torch.equal(g[k], r[k])
+        assert np.abs(unnormalise(g["images"]) - r["images"].permute(0, 2, 3, 1).numpy()).max() < 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_loader_through_make_loader(built_set):
+    from pipeline.loader import make_loader
+
+    loader = make_loader(built_set, 4, shuffle=True, loader="dali")
+    batches = epoch(loader)
+    assert sorted(i for b in batches for i in b["image_ids"].tolist()) == sorted(
+        TokenTable.load(os.path.join(built_set, "tokens.npz")).image_ids.tolist())
+    assert len(batches) == len(loader) and loader.num_samples() == 10
+    assert all(b["images"].is_cuda and b["images"].dtype == torch.float16 for b in batches)
+
+
+def test_loader_benchmark_quick_runs_on_cpu(shard_set):
+    from tools.bench_gpu import report, run
+    r = run(str(shard_set), image_size=SIZE, device="cpu", quick=True)
+    assert all(r[k] > 0 for k in ("dali", "torchvision", "cpu")) and r["batch_size"] == 16
+    text = report(r)
+    assert text.startswith("loaders on CPU") and "1.00x" in text and "--quick" in text
