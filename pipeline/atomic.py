@@ -3,6 +3,10 @@ import contextlib
 import os
 import tempfile
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp alone gives 0600
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
@@ -15,6 +19,7 @@ def atomic_write(path, mode="wb"):
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), _MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
