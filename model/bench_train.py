@@ -1,0 +1,201 @@
+"""Decoder training-step and beam-search throughput, ours against the common implementation.
+
+The baseline is a line-for-line port of sgrvinod/a-PyTorch-Tutorial-to-Image-Captioning
+(DecoderWithAttention.forward, Attention.forward, the train() loss) run on a copy
+of the same weights, so both compute the same loss:
+- image features repeated per caption: encoder output [B*K, P, C], as its
+  dataset yields one (image, caption) pair per sample;
+- encoder_att(features) recomputed inside every time step;
+- captions sorted by length, the batch shrinking to batch_size_t each step,
+  pack_padded_sequence for the loss.
+Ours: features [B, P, C] projected once per batch, the K captions as a group
+axis, static shapes and a masked loss. Same shapes, optimizer (Adam, gradient
+values clipped at 5 as there), precision and device, measured in the same run:
+iterations interleaved (ours, baseline, ours, ...), each side's best one kept,
+so a busy machine slows both alike.
+
+Beam search: one batched call over B images against a loop over the same
+images one at a time (the same beam search with B=1, as the common
+single-image caption_image_beam_search is used).
+"""
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from model.decoder import Decoder, caption_loss
+from model.search import beam_search
+from pipeline.text import END, START
+
+FULL = {"images": 32, "per_image": 5, "T": 22, "C": 2048, "vocab": 10000, "dim": 512, "grids": (64, 196),
+        "beam_images": 64, "beam": 3, "iters": 3, "warmup": 1}
+QUICK = {"images": 4, "per_image": 5, "T": 22, "C": 64, "vocab": 300, "dim": 32, "grids": (16,),
+         "beam_images": 6, "beam": 3, "iters": 1, "warmup": 1}
+
+
+def baseline_attention(att, encoder_out, decoder_hidden):
+    att1 = att.feature_att(encoder_out)  # (batch_size, num_pixels, attention_dim), every step
+    att2 = att.hidden_att(decoder_hidden)
+    e = att.full_att(torch.relu(att1 + att2.unsqueeze(1))).squeeze(2)
+    alpha = torch.softmax(e, dim=1)
+    attention_weighted_encoding = (encoder_out * alpha.unsqueeze(2)).sum(dim=1)
+    return attention_weighted_encoding, alpha
+
+
+def baseline_forward(dec, encoder_out, encoded_captions, caption_lengths):
+    """DecoderWithAttention.forward on dec's weights; encoder_out [N, P, C], one row per caption."""
+    batch_size, num_pixels = encoder_out.size(0), encoder_out.size(1)
+    caption_lengths, sort_ind = caption_lengths.squeeze(1).sort(dim=0, descending=True)
+    encoder_out = encoder_out[sort_ind]
+    encoded_captions = encoded_captions[sort_ind]
+    embeddings = dec.embedding(encoded_captions)
+    mean_encoder_out = encoder_out.mean(dim=1)
+    h, c = dec.init_h(mean_encoder_out), dec.init_c(mean_encoder_out)
+    decode_lengths = (caption_lengths - 1).tolist()
+    predictions = torch.zeros(batch_size, max(decode_lengths), dec.vocab_size, device=encoder_out.device)
+    alphas = torch.zeros(batch_size, max(decode_lengths), num_pixels, device=encoder_out.device)
+    for t in range(max(decode_lengths)):
+        batch_size_t = sum([n > t for n in decode_lengths])
+        awe, alpha = baseline_attention(dec.attention, encoder_out[:batch_size_t], h[:batch_size_t])
+        gate = torch.sigmoid(dec.f_beta(h[:batch_size_t]))
+        awe = gate * awe
+        h, c = dec.lstm(torch.cat([embeddings[:batch_size_t, t, :], awe], dim=1), (h[:batch_size_t], c[:batch_size_t]))
+        preds = dec.fc(dec.dropout(h))
+        predictions[:batch_size_t, t, :] = preds
+        alphas[:batch_size_t, t, :] = alpha
+    return predictions, encoded_captions, decode_lengths, alphas, sort_ind
+
+
+def baseline_loss(dec, encoder_out, caps, caplens, alpha_c=1.0):
+    scores, caps_sorted, decode_lengths, alphas, _ = baseline_forward(dec, encoder_out, caps, caplens)
+    targets = caps_sorted[:, 1:]
+    scores = pack_padded_sequence(scores, decode_lengths, batch_first=True).data
+    targets = pack_padded_sequence(targets, decode_lengths, batch_first=True).data
+    return F.cross_entropy(scores, targets) + alpha_c * ((1.0 - alphas.sum(dim=1)) ** 2).mean()
+
+
+def synthetic_batch(images, per_image, T, P, C, vocab, device, seed=0):
+    """Features [B,P,C] and encoded captions with COCO-like lengths (mean ~10.5 words, at most T-2)."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(images, P, C, generator=g).relu()
+    words = (torch.randn(images, per_image, generator=g) * 2.5 + 10.5).round().clamp(5, T - 2).long()
+    lengths = words + 2
+    tokens = torch.randint(4, vocab, (images, per_image, T), generator=g)
+    pos = torch.arange(T)
+    tokens[:, :, 0] = START
+    tokens = torch.where(pos == lengths[..., None] - 1, END, tokens)
+    tokens = torch.where(pos >= lengths[..., None], 0, tokens)
+    return features.to(device), tokens.to(device), lengths.to(device)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_seconds(fns, iters, warmup, device):
+    """Best time of one call of each fn; calls interleaved so that all see the same machine load."""
+    for fn, n in zip(fns, warmup):
+        for _ in range(n):
+            fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(iters):
+        for i, fn in enumerate(fns):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+def _train_step(dec, loss_fn, amp, device, compiled=False):
+    opt = torch.optim.Adam(dec.parameters(), lr=4e-4, fused=device.type == "cuda")
+
+    def step():
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(dec.parameters(), 5.0)
+        opt.step()
+    return step
+
+
+def bench_step(P, cfg, device, amp, compiled=False):
+    """Training steps (forward + backward + Adam) per second for ours and the baseline;
+    compiled=True also times ours under torch.compile (CUDA graphs on a GPU)."""
+    B, K, T, C, V, D = cfg["images"], cfg["per_image"], cfg["T"], cfg["C"], cfg["vocab"], cfg["dim"]
+    torch.manual_seed(0)
+    ours = Decoder(V, C, D, D, D).to(device).train()
+    base = copy.deepcopy(ours)
+    features, tokens, lengths = synthetic_batch(B, K, T, P, C, V, device)
+    # The baseline's input as its pipeline makes it: one feature copy per caption.
+    features_rep = features.repeat_interleave(K, dim=0)
+    caps, caplens = tokens.view(B * K, T), lengths.view(B * K, 1)
+
+    def ours_loss():
+        logits, alphas = ours(features, tokens)
+        return caption_loss(logits, alphas, tokens, lengths)[0]
+
+    steps = [_train_step(ours, ours_loss, amp, device),
+             _train_step(base, lambda: baseline_loss(base, features_rep, caps, caplens), amp, device)]
+    warmup = [cfg["warmup"]] * 2
+    if compiled:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        steps.append(_train_step(ours, torch.compile(ours_loss, mode=mode), amp, device, compiled=True))
+        warmup.append(cfg["warmup"] + 2)  # compile, then CUDA graph capture
+    t_ours, t_base, *t_compiled = _best_seconds(steps, cfg["iters"], warmup, device)
+    out = {"P": P, "C": C, "images": B, "per_image": K, "T": T, "vocab": V,
+           "baseline_decode_steps": int(lengths.max()) - 1,
+           "ours_captions_per_s": B * K / t_ours, "baseline_captions_per_s": B * K / t_base,
+           "ratio": t_base / t_ours}
+    if compiled:
+        out.update(compiled_captions_per_s=B * K / t_compiled[0], compiled_ratio=t_base / t_compiled[0])
+    return out
+
+
+def bench_beam(P, cfg, device, amp):
+    """Images per second: one batched beam search against one image at a time."""
+    B, C, V, D, k = cfg["beam_images"], cfg["C"], cfg["vocab"], cfg["dim"], cfg["beam"]
+    torch.manual_seed(0)
+    dec = Decoder(V, C, D, D, D).to(device).eval()
+    features = synthetic_batch(B, 1, cfg["T"], P, C, V, device)[0]
+    max_len = cfg["T"] - 2
+    out = {}
+
+    def batched():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out["batched"] = beam_search(dec, features, beam=k, max_len=max_len)
+
+    def one_by_one():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out["single"] = [beam_search(dec, features[i:i + 1], beam=k, max_len=max_len)[0] for i in range(B)]
+
+    t_batched, t_single = _best_seconds([batched, one_by_one], cfg["iters"], [cfg["warmup"]] * 2, device)
+    same = sum(a[0].tokens == b[0].tokens for a, b in zip(out["batched"], out["single"]))
+    return {"P": P, "images": B, "beam": k, "ours_images_per_s": B / t_batched,
+            "baseline_images_per_s": B / t_single, "ratio": t_single / t_batched, "same_best_caption": same / B}
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n > 1 else ''})"
+
+
+def bench_train(quick=False, device=None, amp=None, compiled=False):
+    """All figures as a dict: {"device", "amp", "compiled", "step": [per grid], "beam": {...}}.
+
+    amp (default: on a GPU) runs both sides under bf16 autocast; Adam is fused on a GPU for both."""
+    cfg = QUICK if quick else FULL
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = device.type == "cuda" if amp is None else amp
+    return {"device": device_name(device), "amp": "bf16" if amp else "fp32", "quick": quick, "compiled": compiled,
+            "step": [bench_step(P, cfg, device, amp, compiled) for P in cfg["grids"]],
+            "beam": bench_beam(cfg["grids"][0], cfg, device, amp)}

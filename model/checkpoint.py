@@ -1,0 +1,133 @@
+"""Checkpoint folder: model.safetensors, config.json (config + vocabulary), trainer.pt.
+
+trainer.pt holds plain containers only (tensors, dicts, lists, numbers, strings)
+and is read with torch.load(weights_only=True): loading never unpickles objects.
+The folder is replaced as a whole: written beside it as NAME.tmp, then swapped
+in with two renames; a crash between them leaves NAME.old, which `load` uses.
+"""
+import json
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from pipeline.atomic import atomic_write
+from pipeline.errors import CapgenError
+from pipeline.text import Vocabulary
+
+FORMAT = "capgen-checkpoint/1"
+WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(path, model_state, config, vocab, trainer_state=None):
+    """Write the checkpoint folder `path` atomically; returns path."""
+    final = os.path.abspath(os.fspath(path))
+    tmp, old = final + ".tmp", final + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        _write(tmp, model_state, config, vocab, trainer_state)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(tmp)
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(os.path.dirname(final))
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _write(folder, model_state, config, vocab, trainer_state):
+    # Copies: safetensors refuses tensors that share memory (views of one buffer).
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model_state.items()}
+    with atomic_write(os.path.join(folder, WEIGHTS)) as f:
+        f.write(safetensors_bytes(tensors))
+    with atomic_write(os.path.join(folder, CONFIG), "w") as f:
+        json.dump({"format": FORMAT, "config": config, "vocab": vocab.to_dict()}, f, ensure_ascii=False)
+    if trainer_state is not None:
+        with atomic_write(os.path.join(folder, TRAINER)) as f:
+            torch.save(trainer_state, f)
+
+
+def resolve(path):
+    """The folder to read: `path`, or what a save interrupted mid-swap left."""
+    path = os.path.normpath(os.fspath(path))
+    if not os.path.isdir(path) and os.path.isdir(path + ".old"):
+        return path + ".old"
+    return path
+
+
+def load(path, trainer=True):
+    """-> (state_dict, config, vocab, trainer_state or None). trainer=False skips trainer.pt."""
+    path = resolve(path)
+    if not os.path.isdir(path):
+        raise CapgenError(f"{path}: checkpoint folder not found")
+    cfg_path = os.path.join(path, CONFIG)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+        config, vocab = meta["config"], Vocabulary.from_dict(meta["vocab"])
+    except FileNotFoundError:
+        raise CapgenError(f"{cfg_path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CapgenError(f"{cfg_path}: not a capgen checkpoint config ({err})") from None
+    weights = os.path.join(path, WEIGHTS)
+    try:
+        state = load_file(weights)
+    except FileNotFoundError:
+        raise CapgenError(f"{weights}: file not found") from None
+    except (SafetensorError, OSError) as err:
+        raise CapgenError(f"{weights}: not a safetensors file ({err})") from None
+    trainer_state = None
+    trainer_path = os.path.join(path, TRAINER)
+    if trainer and os.path.isfile(trainer_path):
+        trainer_state = load_trainer_state(trainer_path)
+    return state, config, vocab, trainer_state
+
+
+def load_trainer_state(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError for objects, others for corrupt files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CapgenError(f"{path}: refused: not plain tensors and containers ({first})") from None
+
+
+def rng_state():
+    """Python, numpy and torch (CPU and CUDA) RNG states as plain containers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

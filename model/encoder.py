@@ -1,0 +1,134 @@
+"""ResNet trunk (torchvision, no pool/fc) -> spatial features [B, P, C].
+
+At 256x256 ResNet-50 gives an 8x8 grid (P=64, C=2048), used as is (no
+upsampling). `stop="layer3"` cuts one stage earlier: a 16x16 grid of 1024
+channels, cheaper and finer (the CPU demo uses it).
+"""
+import os
+import warnings
+
+import torch
+from torch import nn
+from torchvision import models
+
+from pipeline.errors import CapgenError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The classic ImageNet weights (what `pretrained=True` gave), one file per depth.
+ARCHS = {
+    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, 512),
+    "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, 512),
+    "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, 2048),
+    "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1, 2048),
+}
+STOPS = ("layer3", "layer4")
+
+
+def imagenet_weights_path(name):
+    """Where torchvision's cache keeps the ImageNet weights of `name`."""
+    url = ARCHS[name][1].url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
+class Encoder(nn.Module):
+    """weights: "imagenet" (local torch cache; download=True fetches it), "none"
+    (random init, warns) or a path to a state dict (.pth/.pt or .safetensors).
+
+    Frozen by default; `set_fine_tune()` unfreezes layers 3-4. BatchNorm always
+    runs on its stored statistics (small caption batches would skew them).
+    """
+
+    def __init__(self, name="resnet50", weights="none", stop="layer4", download=False):
+        super().__init__()
+        if name not in ARCHS:
+            raise ValueError(f"unknown encoder {name!r} (expected one of {', '.join(ARCHS)})")
+        if stop not in STOPS:
+            raise ValueError(f"unknown stop {stop!r} (expected one of {', '.join(STOPS)})")
+        build, _, channels = ARCHS[name]
+        net = build(weights=None)
+        self.name, self.stop, self.weights = name, stop, str(weights)
+        self.channels = channels if stop == "layer4" else channels // 2
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
+        if stop == "layer4":
+            self.layer4 = net.layer4
+        self._load(weights, download)
+        self.set_fine_tune(())
+
+    def _load(self, weights, download):
+        if weights == "none":
+            warnings.warn(f"encoder {self.name}: random init (weights='none'); its features carry no "
+                          "image knowledge: use weights='imagenet' or a weights file for real captions",
+                          stacklevel=3)
+            return
+        if weights == "imagenet":
+            path = imagenet_weights_path(self.name)
+            if not os.path.isfile(path):
+                if not download:
+                    raise CapgenError(f"{path}: ImageNet weights for {self.name} not found; place "
+                                      f"{os.path.basename(path)} there (from {ARCHS[self.name][1].url}), "
+                                      "pass a weights file, or allow the download")
+                torch.hub.load_state_dict_from_url(ARCHS[self.name][1].url, progress=True, check_hash=True)
+        else:
+            path = os.fspath(weights)
+        state = read_state_dict(path)
+        # Extra keys (fc, or layer4 when stopping at layer3) are fine; a missing one is not.
+        missing = [k for k in self.state_dict() if k not in state]
+        if missing:
+            raise CapgenError(f"{path}: not {self.name} weights (missing {missing[0]} and {len(missing) - 1} more)")
+        try:
+            self.load_state_dict({k: state[k] for k in self.state_dict()})
+        except RuntimeError as err:
+            raise CapgenError(f"{path}: not {self.name} weights ({str(err).splitlines()[-1].strip()})") from None
+
+    def set_fine_tune(self, layers=("layer3", "layer4")):
+        """Train only the named stages (those this trunk has); () freezes all."""
+        for name, module in self.named_children():
+            for p in module.parameters():
+                p.requires_grad_(name in layers)
+        return self
+
+    def train(self, mode=True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def grid(self, image_size):
+        """(h, w) of the feature grid for an input of image_size (int or (h, w))."""
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        for _ in range(5 if self.stop == "layer4" else 4):  # conv1, maxpool, layer2..4: each ceil(n/2)
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+    def forward(self, x):
+        """x [B, 3, H, W], ImageNet-normalised -> [B, P, C] (P = h*w, row-major)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        if self.stop == "layer4":
+            x = self.layer4(x)
+        # [B, C, h, w] -> [B, h*w, C]; free (a view) when x is channels_last.
+        return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def read_state_dict(path):
+    """A tensor dict from .safetensors or a torch file, never unpickling objects."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CapgenError(f"{path}: weights file not found")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read is the same bad file
+        raise CapgenError(f"{path}: cannot read weights ({str(err).splitlines()[0]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CapgenError(f"{path}: not a state dict")
+    return state

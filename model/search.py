@@ -1,0 +1,136 @@
+"""Greedy and beam search over a whole batch of images at once.
+
+Every step is one decoder call on [B, k] (images x beams); no Python loop per
+image, so each image's result is the same alone or in any batch. <pad> and
+<start> are never emitted; a caption still open after max_len words is closed
+with <end> (its log-prob counted), as training captions were cut.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.text import END, MAX_LEN, PAD, START
+
+
+@dataclass
+class Hyp:
+    tokens: list        # word ids then <end>; no <start>, no <pad>
+    score: float        # sum of the log-probs of tokens (not length-normalised)
+    alphas: np.ndarray  # [len(tokens), P] attention for each token
+
+
+def _mask(logp, last):
+    """Forbid <pad>/<start>; on the last step allow only <end>. In place."""
+    if last:
+        end = logp[..., END].clone()
+        logp.fill_(-torch.inf)
+        logp[..., END] = end
+    else:
+        logp[..., PAD] = -torch.inf
+        logp[..., START] = -torch.inf
+    return logp
+
+
+class _eval:
+    """Run the decoder in eval mode (no dropout) and restore its mode after."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.mode = self.module.training
+        self.module.eval()
+
+    def __exit__(self, *exc):
+        self.module.train(self.mode)
+
+
+@torch.inference_mode()
+def greedy(decoder, features, max_len=MAX_LEN):
+    """features [B,P,C] -> tokens [B,L] (words, <end>, then <pad>), alphas [B,L,P] (zeros after <end>).
+
+    L <= max_len + 1; the loop stops once every caption has ended.
+    """
+    with _eval(decoder):
+        ctx = decoder.prepare(features)
+        B = features.shape[0]
+        h, c = ctx.h[:, None], ctx.c[:, None]
+        prev = torch.full((B, 1), START, dtype=torch.long, device=features.device)
+        done = torch.zeros(B, 1, dtype=torch.bool, device=features.device)
+        tokens, alphas = [], []
+        for t in range(max_len + 1):
+            logp, alpha, h, c = decoder.step(ctx, prev, h, c)
+            tok = _mask(logp, t == max_len).argmax(dim=2).masked_fill(done, PAD)
+            tokens.append(tok)
+            alphas.append(alpha.float().masked_fill(done[..., None], 0.0))
+            done = done | (tok == END)
+            prev = tok
+            if bool(done.all()):
+                break
+        return torch.cat(tokens, dim=1), torch.cat(alphas, dim=1)
+
+
+@torch.inference_mode()
+def beam_search(decoder, features, beam=3, max_len=MAX_LEN, topk=None, length_norm=False):
+    """features [B,P,C] -> for each image, its best `topk` (default: all `beam`) Hyps, best first.
+
+    A beam that emits <end> stays in the beam with its score frozen and competes
+    with the open ones until every beam of every image has ended. Hyp.score is the
+    raw sum of log-probs; ranking is by that sum, or by sum / len(tokens) (counting
+    <end>) when length_norm=True. beam=1 gives exactly the greedy caption.
+    """
+    with _eval(decoder):
+        B, k = features.shape[0], beam
+        dev = features.device
+        ctx = decoder.prepare(features)
+        h = ctx.h[:, None].expand(B, k, -1)
+        c = ctx.c[:, None].expand(B, k, -1)
+        prev = torch.full((B, k), START, dtype=torch.long, device=dev)
+        scores = torch.full((B, k), -torch.inf, device=dev)
+        scores[:, 0] = 0.0  # all beams start equal: expand only the first
+        done = torch.zeros(B, k, dtype=torch.bool, device=dev)
+        # An ended beam continues only with <pad>, at no cost.
+        pad_row = torch.full((decoder.vocab_size,), -torch.inf, device=dev)
+        pad_row[PAD] = 0.0
+        hist = []  # per step: (token [B,k], parent [B,k], alpha [B,k,P])
+        for t in range(max_len + 1):
+            logp, alpha, h, c = decoder.step(ctx, prev, h, c)
+            logp = torch.where(done[..., None], pad_row, _mask(logp, t == max_len))
+            V = logp.shape[2]
+            scores, idx = (scores[..., None] + logp).view(B, k * V).topk(k, dim=1)
+            parent, tok = idx // V, idx % V
+            h = h.gather(1, parent[..., None].expand_as(h))
+            c = c.gather(1, parent[..., None].expand_as(c))
+            alpha = alpha.float().gather(1, parent[..., None].expand_as(alpha))
+            done = done.gather(1, parent) | (tok == END)
+            hist.append((tok, parent, alpha))
+            prev = tok
+            if bool(done.all()):
+                break
+        tokens, alphas = _backtrack(hist)
+        return _hyps(tokens.cpu().numpy(), scores.cpu().numpy(), alphas.cpu().numpy(), topk or k, length_norm)
+
+
+def _backtrack(hist):
+    """Follow parents from the last step: tokens [B,k,L], alphas [B,k,L,P]."""
+    beam = torch.arange(hist[0][0].shape[1], device=hist[0][0].device).expand_as(hist[0][0])
+    tokens, alphas = [], []
+    for tok, parent, alpha in reversed(hist):
+        tokens.append(tok.gather(1, beam))
+        alphas.append(alpha.gather(1, beam[..., None].expand(-1, -1, alpha.shape[2])))
+        beam = parent.gather(1, beam)
+    return torch.stack(tokens[::-1], dim=2), torch.stack(alphas[::-1], dim=2)
+
+
+def _hyps(tokens, scores, alphas, topk, length_norm):
+    out = []
+    for b in range(tokens.shape[0]):
+        hyps = []
+        for j in range(tokens.shape[1]):
+            n = int((tokens[b, j] != PAD).sum())
+            hyps.append(Hyp(tokens[b, j, :n].tolist(), float(scores[b, j]), alphas[b, j, :n]))
+        if length_norm:
+            hyps.sort(key=lambda hyp: -hyp.score / len(hyp.tokens))
+        out.append(hyps[:topk])
+    return out

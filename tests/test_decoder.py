@@ -1,0 +1,137 @@
+"""Soft-attention decoder: shapes, masks, grouping, the loss, overfitting, the benchmark's baseline."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.bench_train import baseline_loss, bench_train, synthetic_batch
+from model.decoder import Decoder, caption_loss, caption_mask
+from model.search import greedy
+from pipeline.text import END, PAD, START
+
+V, C, P = 40, 16, 6
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds overhead."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return Decoder(V, C, embed_dim=12, attention_dim=10, hidden_dim=14, dropout=dropout)
+
+
+def batch(B=3, K=4, T=9, seed=1):
+    return synthetic_batch(B, K, T, P, C, V, "cpu", seed=seed)
+
+
+def test_shapes_and_attention_sums_to_one():
+    dec = small()
+    features, tokens, lengths = batch()
+    logits, alphas = dec(features, tokens, lengths)
+    assert logits.shape == (3, 4, 8, V) and alphas.shape == (3, 4, 8, P)
+    torch.testing.assert_close(alphas.sum(-1), torch.ones(3, 4, 8))
+    assert (alphas >= 0).all()
+
+
+def test_captions_of_an_image_share_its_features_but_not_their_state():
+    dec = small().eval()
+    features, tokens, _ = batch()
+    logits, alphas = dec(features, tokens)
+    for k in range(tokens.shape[1]):
+        one, a = dec(features, tokens[:, k:k + 1])
+        torch.testing.assert_close(one[:, 0], logits[:, k])
+        torch.testing.assert_close(a[:, 0], alphas[:, k])
+
+
+def test_step_api_matches_teacher_forcing():
+    dec = small().eval()
+    features, tokens, _ = batch()
+    logits, _ = dec(features, tokens)
+    ctx = dec.prepare(features)
+    h, c = ctx.h[:, None].expand(3, 4, -1), ctx.c[:, None].expand(3, 4, -1)
+    for t in range(tokens.shape[2] - 1):
+        logp, alpha, h, c = dec.step(ctx, tokens[:, :, t], h, c)
+        torch.testing.assert_close(logp, logits[:, :, t].log_softmax(-1))
+        assert alpha.shape == (3, 4, P)
+
+
+def test_feature_standardisation():
+    dec = small().eval()
+    features, tokens, _ = batch()
+    mean, std = torch.rand(C) * 3, torch.rand(C) + 0.5
+    expected, _ = dec(((features - mean) / std), tokens)
+    dec.set_feature_stats(mean, std)
+    got, _ = dec(features, tokens)
+    torch.testing.assert_close(got, expected)
+    assert set(dec.state_dict()) >= {"feature_mean", "feature_std"}
+
+
+def test_loss_counts_only_valid_steps():
+    dec = small()
+    features, tokens, lengths = batch()
+    logits, alphas = dec(features, tokens)
+    total, stats = caption_loss(logits, alphas, tokens, lengths, alpha_c=0.7)
+    ce, n, att = 0.0, 0, 0.0
+    for b in range(3):
+        for k in range(4):
+            steps = int(lengths[b, k]) - 1  # words + <end>
+            ce = ce + F.cross_entropy(logits[b, k, :steps], tokens[b, k, 1:steps + 1], reduction="sum")
+            n += steps
+            att = att + ((1 - alphas[b, k, :steps].sum(0)) ** 2).sum()
+    torch.testing.assert_close(stats["ce"], ce.detach() / n)
+    torch.testing.assert_close(stats["att"], 0.7 * att.detach() / (3 * 4 * P))
+    assert int(stats["tokens"]) == n and torch.isclose(total, stats["ce"] + stats["att"])
+    # Whatever lies past a caption's <end> changes nothing.
+    m = caption_mask(lengths, 8)
+    assert m.sum() == n and tokens[:, :, 1:][m].ne(PAD).all() and tokens[:, :, 1:][~m].eq(PAD).all()
+    noisy = torch.where(torch.arange(9) >= lengths[..., None], torch.randint(4, V, tokens.shape), tokens)
+    torch.testing.assert_close(caption_loss(logits, alphas, noisy, lengths, 0.7)[0], total)
+
+
+def test_a_tiny_model_learns_its_captions_by_heart():
+    torch.manual_seed(0)
+    features = torch.randn(4, P, C)
+    words = [[5, 6, 7], [8, 9, 10, 11, 12], [5, 9, 13, 6], [14, 7, 7, 15, 16, 17]]
+    T = 8
+    tokens = torch.full((4, 1, T), PAD)
+    for i, w in enumerate(words):
+        tokens[i, 0, :len(w) + 2] = torch.tensor([START] + w + [END])
+    lengths = (tokens != PAD).sum(-1)
+    dec = small(seed=0)
+    opt = torch.optim.Adam(dec.parameters(), lr=0.02)
+    for _ in range(150):
+        loss, _ = caption_loss(*dec(features, tokens), tokens, lengths)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out, _ = greedy(dec, features, max_len=T - 2)
+    assert [row[:row.index(END)] for row in out.tolist()] == words
+
+
+def test_baseline_port_computes_the_same_loss_and_gradients():
+    dec = small().eval()
+    features, tokens, lengths = batch(B=3, K=5, T=12)
+    B, K, T = tokens.shape
+    ours, _ = caption_loss(*dec(features, tokens), tokens, lengths)
+    g_ours = torch.autograd.grad(ours, [dec.fc.weight, dec.attention.feature_att.weight])
+    base = baseline_loss(dec, features.repeat_interleave(K, 0), tokens.view(B * K, T), lengths.view(B * K, 1))
+    g_base = torch.autograd.grad(base, [dec.fc.weight, dec.attention.feature_att.weight])
+    torch.testing.assert_close(base, ours)
+    for a, b in zip(g_base, g_ours):
+        torch.testing.assert_close(a, b)
+
+
+def test_bench_quick_reports_both_sides():
+    r = bench_train(quick=True, device="cpu")
+    assert r["device"].startswith("cpu") and r["amp"] == "fp32"
+    (s,) = r["step"]
+    assert s["ours_captions_per_s"] > 0 and s["baseline_captions_per_s"] > 0
+    assert math.isclose(s["ratio"], s["ours_captions_per_s"] / s["baseline_captions_per_s"])
+    assert r["beam"]["same_best_caption"] == 1.0 and r["beam"]["ratio"] > 0
