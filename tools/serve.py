@@ -1,0 +1,246 @@
+"""The web page and JSON API: upload an image, get its captions and each word's attention.
+
+`create_app(captioner)` builds the FastAPI app around an already loaded model;
+`serve(...)` loads a checkpoint once and runs it under uvicorn. Bad uploads get
+a 4xx answer `{"error": "..."}` and the server keeps serving.
+"""
+import contextlib
+import io
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from model.attention_figure import attention_region
+from pipeline.errors import CapgenError
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_PIXELS = 50_000_000
+MAX_CONNECTIONS = 64
+# Only formats with plain decoders: no EPS (Ghostscript), no PDF, no exotic plugins.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file
+# Leading bytes of the accepted formats: a file that starts like an image but will not open is corrupt (400),
+# anything else is not an image (415).
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+log = logging.getLogger("capgen.serve")
+
+
+class BadUpload(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def read_image(data, max_pixels=MAX_PIXELS):
+    """Upload bytes -> decoded upright image (any mode: the captioner converts).
+
+    BadUpload: 415 not an image, 413 too many pixels (checked from the header), 400 corrupt."""
+    if not data:
+        raise BadUpload(400, "empty upload")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as err:
+        raise BadUpload(413, f"image too large: {err}")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        if data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise BadUpload(400, "corrupt image: the header cannot be read")
+        raise BadUpload(415, "not an image (expected JPEG, PNG, WebP, GIF, BMP or TIFF)")
+    width, height = image.size
+    # The header gives the size; refuse before decoding a single pixel.
+    if width * height > max_pixels:
+        raise BadUpload(413, f"image too large: {width}x{height} = {width * height} pixels; "
+                             f"the limit is {max_pixels}")
+    if width == 0 or height == 0:
+        raise BadUpload(400, f"corrupt image: size {width}x{height}")
+    try:
+        image.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
+        raise BadUpload(400, f"corrupt {image.format} image: {err}")
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block is no reason to refuse the pixels
+        pass
+    return image
+
+
+async def read_upload(request, max_bytes):
+    """The bytes of form field `image`; the body is cut off as soon as it passes the limit."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadUpload(415, "expected a multipart/form-data upload with the image in field 'image'")
+    body_limit = max_bytes + MULTIPART_SLACK
+    too_large = f"upload larger than the limit of {max_bytes} bytes"
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > body_limit:
+        raise BadUpload(413, too_large)
+
+    async def bounded():
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:  # Content-Length may lie or be absent (chunked)
+                raise BadUpload(413, too_large)
+            yield chunk
+
+    parser = MultiPartParser(request.headers, bounded(), max_files=1, max_fields=8)
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise BadUpload(400, f"bad multipart form: {err.message}")
+    try:
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise BadUpload(400, "no file in form field 'image'")
+        if upload.size is not None and upload.size > max_bytes:
+            raise BadUpload(413, too_large)
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS,
+               info=None):
+    """The FastAPI app around a loaded captioner (anything with `caption(images, beam, topk)`)."""
+    app = FastAPI(title="capgen", docs_url=None, redoc_url=None, openapi_url=None)
+    model_lock = threading.Lock()  # one caption at a time: the model is not re-entrant
+    # At most two decoded uploads alive: one being decoded while the other is captioned.
+    admitted = threading.BoundedSemaphore(2)
+    resize_mode = getattr(captioner, "image", {}).get("resize_mode", "squash")
+    settings = {"beam": beam, "topk": topk, "max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
+                "resize_mode": resize_mode}
+    settings.update(info or {})
+
+    def caption_bytes(data):
+        with admitted:
+            image = read_image(data, max_pixels)
+            with model_lock:
+                start = time.perf_counter()
+                try:
+                    result = captioner.caption([image], beam=beam, topk=topk)[0]
+                except CapgenError as err:  # the captioner's word for an image it cannot use
+                    raise BadUpload(400, str(err))
+                model_ms = (time.perf_counter() - start) * 1000
+        # region: the box of the image (in its pixels) that the attention grid covers.
+        return dict(result, image={"width": image.width, "height": image.height},
+                    region=attention_region(image.size, resize_mode), model_ms=round(model_ms, 2))
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(os.path.join(STATIC, "index.html"))
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok", **settings}
+
+    @app.post("/api/caption")
+    async def caption(request: Request):
+        try:
+            data = await read_upload(request, max_upload_bytes)
+            # The model runs in a worker thread so the event loop keeps answering. JSONResponse
+            # directly: the result is plain lists and floats, FastAPI's encoder walk would cost more.
+            return JSONResponse(await run_in_threadpool(caption_bytes, data))
+        except BadUpload as err:
+            log.info("refused upload: %s %s", err.status, err.message)
+            # After a 413 the rest of the body is not worth reading: close instead of draining it.
+            headers = {"Connection": "close"} if err.status == 413 else None
+            return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, err):
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, err):
+        log.exception("error answering %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error: {type(err).__name__}"}, status_code=500)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb=10, max_pixels=MAX_PIXELS,
+          threads=None, log_level="info"):
+    """Load the checkpoint once, warm it up, and serve until interrupted."""
+    import torch
+
+    from model.captioner import Captioner
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    start = time.perf_counter()
+    captioner = Captioner.load(checkpoint)
+    captioner.caption([Image.new("RGB", (64, 64), (127, 127, 127))], beam=beam, topk=topk)
+    print(f"capgen serve: loaded {checkpoint} in {time.perf_counter() - start:.1f}s; "
+          f"http://{host}:{port}/", file=sys.stderr, flush=True)
+    app = create_app(captioner, beam=beam, topk=topk, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                     max_pixels=max_pixels, info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))})
+    import uvicorn
+
+    # Connections past the limit get 503 at once instead of queueing uploads in memory.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "info",
+                limit_concurrency=MAX_CONNECTIONS)
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def capgen_command():
+    """argv prefix that runs the capgen CLI with this interpreter."""
+    script = os.path.join(os.path.dirname(sys.executable), "capgen")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "import sys; sys.argv[0] = 'capgen'; from tools.cli import main; main()"]
+
+
+@contextlib.contextmanager
+def running_server(checkpoint, args=(), timeout=120, log_path=None):
+    """Start `capgen serve` on a free loopback port; yield its base URL once /healthz answers."""
+    import httpx  # a test and benchmark dependency, not the server's
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = capgen_command() + ["serve", "--checkpoint", str(checkpoint), "--port", str(port), *args]
+    log_file = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                log_file.seek(0)
+                tail = log_file.read().decode(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError(f"capgen serve exited with code {proc.returncode}: " + " | ".join(tail))
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"capgen serve did not answer /healthz within {timeout}s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()
