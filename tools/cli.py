@@ -16,6 +16,410 @@ def bench():
     """Throughput benchmarks, each against a baseline measured in the same run."""
 
 
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--images", type=int, required=True, help="Total images (train2014 + val2014).")
+@click.option("--seed", type=int, required=True, help="Same seed, same bytes.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="Share of images in val2014.")
+@click.option("--width", type=int, default=640, show_default=True)
+@click.option("--height", type=int, default=480, show_default=True)
+@click.option("--workers", type=int, default=None, help="Processes (default: cores, for 200+ images).")
+def synth(out, images, seed, val_fraction, width, height, workers):
+    """Write a synthetic COCO 2014 captions dataset of shapes to OUT."""
+    import time
+    from pipeline.synth import synthesize
+    start = time.perf_counter()
+    counts = synthesize(out, images, seed, val_fraction, width, height, workers)
+    k = counts["karpathy"]
+    click.echo(f"{out}: {counts['images']} images (train2014 {counts['train2014']}, "
+               f"val2014 {counts['val2014']}: Karpathy val {k['val']} test {k['test']} "
+               f"restval {k['restval']}), {counts['captions']} captions "
+               f"in {time.perf_counter() - start:.1f} s")
+
+
+@cli.command()
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder (a run).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the page.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Larger uploads get 413.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=50_000_000, show_default=True,
+              help="Larger images (width x height, read from the header) get 413 before decoding.")
+@click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True, help="Captions per image.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads for the model (default: torch's, one per core).")
+@click.option("--log-level", type=click.Choice(["info", "warning", "error"]), default="info", show_default=True)
+def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level):
+    """Web page and JSON API: upload an image, get captions and each word's attention."""
+    from tools.serve import serve as run_server
+    run_server(checkpoint, host=host, port=port, beam=beam, topk=min(topk, beam), max_upload_mb=max_upload_mb,
+               max_pixels=max_pixels, threads=threads, log_level=log_level)
+
+
+@bench.command("serve")
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder (a run).")
+@click.option("--requests", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--images", "n_images", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Distinct synthetic JPEGs the requests cycle through.")
+@click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads, here and in the server (default: torch's).")
+@click.option("--url", default=None, help="Load this running server (of --checkpoint) instead of starting one.")
+@click.option("--quick", is_flag=True, help="Smoke test: 24 requests, 4 at a time, 12 baseline captions.")
+def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url, quick):
+    """HTTP load on a local `capgen serve` vs. the same images captioned in process."""
+    from tools.bench_serve import run
+    if quick:
+        requests, concurrency, n_images = 24, 4, 4
+    run(checkpoint, requests, concurrency, n_images, baseline_calls=12 if quick else None, beam=beam,
+        threads=threads, url=url, echo=click.echo)
+
+
+@bench.command("train")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present).")
+@click.option("--quick", is_flag=True, help="Smoke test: tiny shapes, one timed step each.")
+@click.option("--compile", "compiled", is_flag=True,
+              help="Also time our step under torch.compile (CUDA graphs on a GPU; minutes to compile).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads (default: torch's; 1 measures steadier on a shared machine).")
+def bench_train_cmd(device, quick, compiled, threads):
+    """Decoder training step and batched beam search vs. the common implementation (sgrvinod's)."""
+    from tools.bench_train import run
+    run(quick=quick, device=device, compiled=compiled, threads=threads)
+
+
+@bench.command("loaders")
+@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=8), default=256, show_default=True)
+@click.option("--batches", type=click.IntRange(min=1), default=50, show_default=True, help="Timed batches.")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present).")
+@click.option("--quick", is_flag=True, help="Smoke test: batch 16, 4 timed batches.")
+def bench_loaders(shard_dir, batch_size, image_size, batches, device, quick):
+    """Loader-only images/s: DALI vs torchvision decode_jpeg vs the CPU webdataset loader."""
+    from tools.bench_gpu import report, run
+    click.echo(report(run(shard_dir, batch_size, image_size, batches, device=device, quick=quick)))
+
+
+@bench.command("gpu")
+@click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False),
+              help="Shard set (256 px for COCO-like figures) [default: a synthetic one, made in a temp folder].")
+@click.option("--features", type=click.Path(exists=True, dir_okay=False),
+              help="Feature cache .h5 of the shards [default: extracted into a temp folder].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Images per step.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Timed steps per run.")
+@click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature loader processes [default: min(cores, 8)].")
+@click.option("--vocab-size", type=click.IntRange(min=1), default=None,
+              help="Decoder output size [default: 10000, COCO-like; --quick: the set's].")
+@click.option("--device", default=None, help="cuda or cuda:N (default: cuda when present).")
+@click.option("--quick", is_flag=True,
+              help="Smoke test (runs on a CPU too): batch 4, 2 steps, tiny shapes; not figures.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write all figures as one JSON object.")
+def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab_size, device, quick, json_out):
+    """Loaders and training (features / end to end frozen / fine-tuned) on one GPU: images/s, busy %, epoch."""
+    import json
+    from pipeline.atomic import atomic_write
+    from tools.bench_gpu import report_gpu, run_gpu
+    r = run_gpu(shard_dir, features, batch_size, steps, warmup, device=device, quick=quick, workers=workers,
+                vocab_size=vocab_size, echo=lambda msg: click.echo(msg, err=True))
+    click.echo(report_gpu(r))
+    if json_out:
+        with atomic_write(json_out, "w") as f:
+            json.dump(r, f, indent=1)
+        click.echo(f"{json_out}: written")
+
+
+def _passive_omp():
+    """Idle OpenMP threads sleep rather than spin (must precede importing torch): on a
+    2-core machine with anything else running, spinning slows CPU training 10x or more."""
+    import os
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@cli.command()
+@click.option("--train", "train_src", required=True, help="Shard set folder or feature cache .h5.")
+@click.option("--val", "val_src", required=True, help="Shard set folder or feature cache .h5.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (last/, best/, log.jsonl).")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per step (each with its captions).")
+@click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]), default=None,
+              help="Default resnet50 (for a feature cache: the cache's).")
+@click.option("--encoder-stop", type=click.Choice(["layer3", "layer4"]), default=None, help="Default layer4.")
+@click.option("--encoder-weights", default=None, help="imagenet (default), none, or a weights file.")
+@click.option("--fine-tune-encoder", is_flag=True, help="Train layers 3-4 of the encoder too (shard sets only).")
+@click.option("--embed-dim", type=int, default=512, show_default=True)
+@click.option("--attention-dim", type=int, default=512, show_default=True)
+@click.option("--hidden-dim", type=int, default=512, show_default=True)
+@click.option("--dropout", type=float, default=0.5, show_default=True)
+@click.option("--decoder-lr", type=float, default=4e-4, show_default=True)
+@click.option("--encoder-lr", type=float, default=1e-4, show_default=True)
+@click.option("--patience", type=int, default=20, show_default=True, help="Early stopping: epochs without a better val BLEU-4.")
+@click.option("--beam", type=int, default=1, show_default=True, help="Validation decoding (1: greedy).")
+@click.option("--val-images", type=int, default=None, help="Validate on the first N val images only.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last exactly.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the training step.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Loader processes per rank.")
+@click.option("--loader", type=click.Choice(["auto", "cpu", "dali"]), default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log records.")
+@click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when present).")
+def train(train_src, val_src, out, compile_, **opts):
+    """Train the captioner (multi-process: torchrun --nproc_per_node N -m tools.cli train ...)."""
+    _passive_omp()
+    import os
+    from model.train import TrainArgs, train as run
+    result = run(TrainArgs(train=train_src, val=val_src, out=out, compile=compile_, **opts))
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"{out}: {result['epochs']} epochs, {result['step']} steps, best val BLEU-4 "
+                   f"{result['best']:.4f}{' (early stop)' if result['early_stopped'] else ''}; "
+                   f"best checkpoint {result['best_dir']}")
+
+
+@cli.group()
+def features():
+    """The HDF5 feature cache of a frozen encoder."""
+
+
+@features.command("extract")
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False), help="Shard set folder.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature cache .h5 to write.")
+@click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]), default="resnet50",
+              show_default=True)
+@click.option("--encoder-stop", type=click.Choice(["layer3", "layer4"]), default="layer4", show_default=True)
+@click.option("--encoder-weights", default="imagenet", show_default=True, help="imagenet, none, or a weights file.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--device", default=None)
+def features_extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device):
+    """Run the frozen encoder over a shard set into OUT (written atomically)."""
+    _passive_omp()
+    import time
+    from model.extract import extract
+    start = time.perf_counter()
+    n = extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device)
+    click.echo(f"{out}: {n} images in {time.perf_counter() - start:.1f} s")
+
+
+@cli.command("eval")
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--data", required=True, help="Shard set folder or feature cache .h5.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="COCO results json to write.")
+@click.option("--beam", type=int, default=3, show_default=True, help="Beam width (1: greedy).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--limit", type=int, default=None, help="Caption the first N images only.")
+@click.option("--json", "as_json", is_flag=True, help="Last stdout line: the scores as one JSON object.")
+@click.option("--device", default=None)
+def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device):
+    """Caption DATA with a checkpoint, write COCO results, score against all raw references."""
+    _passive_omp()
+    import json
+    from model.evaluate import evaluate, format_scores
+    r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device)
+    click.echo(f"{out}: {r['images']} images, beam {r['beam']}, text preset {r['text_preset']}")
+    click.echo(format_scores(r["scores"]))
+    if as_json:
+        click.echo(json.dumps({**r["scores"], "images": r["images"], "beam": r["beam"],
+                               "text_preset": r["text_preset"], "results": r["results"]}))
+
+
+@cli.command()
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--annotations", required=True, type=click.Path(dir_okay=False), help="COCO captions json.")
+@click.option("--json", "as_json", is_flag=True, help="Last stdout line: the scores as one JSON object.")
+def score(results, annotations, as_json):
+    """Score a COCO results file against a COCO captions annotation file."""
+    import json
+    from model.evaluate import format_scores
+    from model.metrics import score_results_file
+    scores = score_results_file(results, annotations)
+    click.echo(format_scores(scores))
+    if as_json:
+        click.echo(json.dumps(scores))
+
+
+@cli.command()
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--beam", type=int, default=3, show_default=True)
+@click.option("--topk", type=int, default=3, show_default=True, help="Captions per image (at most --beam).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per image per line: captions, scores, words, attention, grid.")
+@click.option("--attention", "attention_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the attention figure to this PNG; for several images OUT-<stem>.png each.")
+@click.option("--device", default=None)
+def caption(ckpt, images, beam, topk, as_json, attention_out, device):
+    """Caption image files (any size or mode); unreadable ones fail at the end."""
+    from model.demo import caption_files
+    on_result = None
+    if attention_out:
+        from model.attention_figure import figure_writer
+        # Figure notes go to stderr so that --json keeps stdout one object per line.
+        on_result = figure_writer(ckpt, attention_out, images, lambda msg: click.echo(msg, err=True))
+    failed = caption_files(ckpt, images, beam, topk, as_json, device, click.echo,
+                           lambda msg: click.echo(f"capgen: error: {msg}", err=True), on_result=on_result)
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Last stdout line: held-out scores as one JSON object.")
+@click.option("--images", type=int, default=None, help="Synthetic images (train + val); default: the demo's.")
+@click.option("--epochs", type=int, default=None, help="Training epochs; default: the demo's.")
+def demo(out, as_json, images, epochs):
+    """synth -> shards -> features -> train -> eval -> caption, on this machine's CPU."""
+    _passive_omp()
+    import json
+    from model.demo import run_demo
+    summary = run_demo(out, images=images, epochs=epochs, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+# ---------------------------------------------------------------- shards (pipeline/shards.py)
+
+@cli.group()
+def shards():
+    """Build, verify and merge WebDataset shard sets."""
+
+
+@shards.command("build")
+@click.option("--coco-root", type=click.Path(file_okay=False),
+              help="COCO 2014 folder (annotations/, train2014/, val2014/).")
+@click.option("--split", type=click.Choice(["train2014", "val2014"]), help="COCO split (with --coco-root).")
+@click.option("--karpathy", type=click.Path(dir_okay=False), help="Karpathy's dataset_coco.json (instead of --split); images under --coco-root if given, "
+                   "else beside the file.")
+@click.option("--karpathy-split", type=click.Choice(["train", "val", "test"]), help="train takes restval too.")
+@click.option("--out", type=click.Path(file_okay=False), help="Shard set folder [default: shards/NAME].")
+@click.option("--name", help="Shard file prefix [default: coco-SPLIT or karpathy-SPLIT].")
+@click.option("--image-size", type=click.IntRange(min=8), default=256, show_default=True)
+@click.option("--resize-mode", type=click.Choice(["stretch", "center-crop", "pad"]), default="stretch",
+              show_default=True)
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="JPEG quality of the samples.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Images per shard.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: cores].")
+@click.option("--num-jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Jobs sharing the build.")
+@click.option("--job-index", type=click.IntRange(min=0), default=0, show_default=True,
+              help="This job: builds shards k with k mod NUM_JOBS == JOB_INDEX.")
+@click.option("--vocab", "vocab_path", type=click.Path(dir_okay=False),
+              help="Training vocab.json to reuse (val/test sets).")
+@click.option("--preset", type=click.Choice(["seed", "coco"]), default="seed", show_default=True,
+              help="Caption cleaning.")
+@click.option("--min-freq", type=click.IntRange(min=1), default=5, show_default=True, help="Rarer words become <unk>.")
+@click.option("--captions-per-image", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--index/--no-index", default=True, show_default=True, help="Write DALI index files (NAME-000000.idx).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def shards_build(coco_root, split, karpathy, karpathy_split, out, name, image_size, resize_mode, quality,
+                 shard_size, workers, num_jobs, job_index, vocab_path, preset, min_freq, captions_per_image,
+                 index, quiet):
+    """Decode COCO 2014 (or a Karpathy split) once into verified WebDataset shards."""
+    import os
+    from pipeline import shards as sh
+    from pipeline.coco import read_coco, read_karpathy
+    if karpathy and karpathy_split:
+        source = read_karpathy(karpathy, karpathy_split, image_root=coco_root)
+        name = name or f"karpathy-{karpathy_split}"
+        evaluation = karpathy_split != "train"
+    elif coco_root and split:
+        source = read_coco(coco_root, split)
+        name = name or f"coco-{split}"
+        evaluation = split != "train2014"
+    else:
+        raise click.UsageError("give --coco-root with --split, or --karpathy with --karpathy-split")
+    out = out or os.path.join("shards", name)
+    if evaluation and not vocab_path and num_jobs == 1:
+        click.echo(f"capgen: warning: {name} builds its own vocabulary; pass --vocab TRAIN/vocab.json "
+                   "to share the training one", err=True)
+    args = {"coco_root": coco_root, "split": split, "karpathy": karpathy, "karpathy_split": karpathy_split,
+            "name": name, "image_size": image_size, "resize_mode": resize_mode, "quality": quality,
+            "shard_size": shard_size, "vocab": vocab_path, "preset": preset, "min_freq": min_freq,
+            "captions_per_image": captions_per_image}
+    opts = sh.Options(name=name, image_size=image_size, resize_mode=resize_mode, quality=quality,
+                      shard_size=shard_size)
+    r = sh.build(source, out, opts, args, workers=workers, num_jobs=num_jobs, job_index=job_index,
+                 vocab=vocab_path, preset=preset, min_freq=min_freq, captions_per_image=captions_per_image,
+                 index=index, progress=not quiet)
+    job = r["job"]
+    images = sum(s["samples"] for s in job["shards"])
+    reasons = {}
+    for s in job["skipped"]:
+        reasons[s[2]] = reasons.get(s[2], 0) + 1
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
+    size = sum(s["bytes"] for s in job["shards"])
+    where = f"job {job_index} of {num_jobs}: " if num_jobs > 1 else ""
+    click.echo(f"{out}: {where}{images} images, {sum(s['captions'] for s in job['shards'])} captions in "
+               f"{len(job['shards'])} shards ({r['built']} built, {r['reused']} kept), {size / 1e6:.1f} MB, "
+               f"skipped: {skipped}; {r['elapsed']:.1f} s ({images / max(r['elapsed'], 1e-9):.0f} images/s)")
+    if num_jobs > 1:
+        click.echo(f"{out}: when all {num_jobs} jobs are done: capgen shards merge JOB_FOLDER... [--out SET]")
+
+
+@shards.command("verify")
+@click.argument("shard_dir", type=click.Path(file_okay=False))
+def shards_verify(shard_dir):
+    """Re-hash every shard against manifest.json and count its samples."""
+    from pipeline.shards import read_manifest, verify
+    problems = verify(shard_dir)
+    for line in problems:
+        click.echo(f"capgen: error: {line}", err=True)
+    if problems:
+        raise SystemExit(1)
+    m = read_manifest(shard_dir)
+    click.echo(f"{shard_dir}: {len(m['shards'])} shards, {m['counts']['images']} samples: ok")
+
+
+@shards.command("index")
+@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--force", is_flag=True, help="Rewrite current index files too.")
+def shards_index(shard_dir, force):
+    """Write DALI index files (NAME-000000.idx) for every shard of a set."""
+    from pipeline.wds_index import index_shards
+    done = index_shards(shard_dir, force=force)
+    written = sum(w for _, _, w in done)
+    click.echo(f"{shard_dir}: {len(done)} shards, {written} index files written, {len(done) - written} current")
+
+
+@shards.command("merge")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Merged set folder [default: the one DIR].")
+def shards_merge(dirs, out):
+    """Join the jobs of a --num-jobs build (one folder or several) into one shard set."""
+    from pipeline.shards import merge
+    m = merge(dirs, out)
+    c = m["counts"]
+    click.echo(f"{out or dirs[0]}: {len(m['shards'])} shards, {c['images']} images, {c['captions']} captions; "
+               f"skipped: {', '.join(f'{k} {v}' for k, v in c['skipped'].items()) or 'none'}: verified")
+
+
+@cli.command("vocab")
+@click.argument("shard_dir", type=click.Path(file_okay=False))
+@click.option("--preset", type=click.Choice(["seed", "coco"]), default=None, help="[default: the set's]")
+@click.option("--min-freq", type=click.IntRange(min=1), default=None, help="[default: the set's]")
+@click.option("--vocab", "vocab_path", type=click.Path(dir_okay=False), help="Reuse this training vocab.json.")
+@click.option("--captions-per-image", type=click.IntRange(min=1), default=None, help="[default: the set's]")
+def vocab_cmd(shard_dir, preset, min_freq, vocab_path, captions_per_image):
+    """Rebuild vocab.json and tokens.npz from the captions inside the shards (images untouched)."""
+    from pipeline.shards import rebuild_text
+    t = rebuild_text(shard_dir, preset, min_freq, vocab_path, captions_per_image)["text"]
+    click.echo(f"{shard_dir}: vocabulary of {t['vocab_size']} words (preset {t['preset']}, min freq "
+               f"{t['min_freq']}{', from ' + vocab_path if vocab_path else ''}), tokens.npz rewritten")
+
+
+@bench.command("shards")
+@click.option("--images", type=click.IntRange(min=8), default=None, help="[default: 200, or 50 per worker]")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Best of this many.")
+@click.option("--workers", type=click.IntRange(min=1), multiple=True, help="Worker counts [default: 1 and all cores].")
+def bench_shards_cmd(images, rounds, workers):
+    """Shard build images/s vs. a naive PIL loop on the same photographic JPEGs."""
+    from tools.bench_shards import run
+    run(images, rounds, list(workers) or None)
+
+
 def main():
     try:
         cli.main(standalone_mode=False)
@@ -27,3 +431,7 @@ def main():
     except CapgenError as err:
         click.echo(f"capgen: error: {err}", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

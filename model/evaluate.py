@@ -1,0 +1,89 @@
+"""Caption a data source with a checkpoint, write COCO results json, score it.
+
+The references are every raw caption of each image (the shard set's json
+components), scored as the official toolkit does (model.metrics.coco_scores).
+"""
+import json
+import os
+
+import numpy as np
+import torch
+
+from model import checkpoint
+from model.captioner import build
+from model.metrics import coco_scores
+from model.train import decode_source
+from pipeline.atomic import atomic_write
+from pipeline.errors import CapgenError
+from pipeline.loader import DataSource, make_loader
+
+METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+
+
+def load_model(ckpt, device):
+    state, config, vocab, _ = checkpoint.load(ckpt, trainer=False)
+    try:
+        encoder, decoder = build(config, state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CapgenError(f"{ckpt}: checkpoint does not match its config ({first})") from None
+    return encoder.to(device).eval(), decoder.to(device).eval(), vocab, config
+
+
+def check_features(source, encoder, config):
+    """A feature cache must come from the checkpoint's encoder, or its features mean nothing."""
+    attrs = source.cache.attrs
+    want = {"encoder": config["encoder"]["name"], "stop": config["encoder"]["stop"],
+            "image_size": config["image"]["size"]}
+    for key, value in want.items():
+        if attrs.get(key) != value:
+            raise CapgenError(f"{source.path}: features from {key} {attrs.get(key)!r}, "
+                              f"the checkpoint's encoder has {value!r}")
+    stored = source.cache.encoder_state()
+    mine = encoder.state_dict()
+    for key in ("conv1.weight", "layer1.0.conv1.weight"):
+        if key in stored and key in mine and not np.array_equal(stored[key], mine[key].cpu().numpy()):
+            raise CapgenError(f"{source.path}: features come from other {attrs['encoder']} weights "
+                              "than the checkpoint's encoder")
+
+
+def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None):
+    """{image_id: caption} for every image of a shard set or feature cache; and the source."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder, decoder, vocab, config = load_model(ckpt, device)
+    source = DataSource(data)
+    if source.kind == "features":
+        check_features(source, encoder, config)
+    elif source.image_size != config["image"]["size"]:
+        raise CapgenError(f"{data}: images are {source.image_size} px, the checkpoint wants "
+                          f"{config['image']['size']}")
+    loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, 1))
+    words = decode_source(encoder, decoder, loader, vocab, device, beam, limit)
+    return {i: " ".join(w) for i, w in sorted(words.items())}, source, vocab
+
+
+def write_results(path, captions):
+    """COCO results format: [{"image_id", "caption"}], sorted by image id."""
+    rows = [{"image_id": int(i), "caption": c} for i, c in sorted(captions.items())]
+    with atomic_write(path, "w") as f:
+        json.dump(rows, f, ensure_ascii=False)
+
+
+def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None):
+    """Caption `data`, write `out` (COCO results), score against all raw references."""
+    captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device)
+    if not captions:
+        raise CapgenError(f"{data}: no images")
+    write_results(out, captions)
+    refs = source.references()
+    missing = [i for i in captions if not refs.get(i)]
+    if missing:
+        raise CapgenError(f"{source.shard_set}: no reference captions for image id {missing[0]}")
+    scores = coco_scores(captions, refs)
+    return {"scores": scores, "images": len(captions), "beam": beam, "text_preset": vocab.preset,
+            "results": os.fspath(out), "captions": captions}
+
+
+def format_scores(scores):
+    """One table row per metric, in the toolkit's order."""
+    return "\n".join(f"{k:<8} {scores[k]:.4f}" for k in METRICS if k in scores)

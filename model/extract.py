@@ -1,0 +1,74 @@
+"""Run the frozen encoder over a shard set into the HDF5 feature store."""
+import contextlib
+import os
+
+import torch
+from tqdm import tqdm
+
+from model.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder
+from pipeline.errors import CapgenError
+from pipeline.features import FeatureWriter
+from pipeline.loader import DataSource, make_loader
+
+ENCODER_SEED = 0  # random-init encoders are drawn from this seed (their weights are stored anyway)
+
+
+def normalise(images, device, dtype=torch.float32):
+    """uint8 [B, 3, H, W] -> ImageNet-normalised float on the device (channels_last)."""
+    x = images.to(device, non_blocking=True).to(dtype).div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def build_encoder(name, weights, stop, download=False):
+    """An Encoder; random init is drawn from a fixed seed without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ENCODER_SEED)
+        try:
+            return Encoder(name, weights=weights, stop=stop, download=download)
+        except ValueError as err:
+            raise CapgenError(f"encoder: {err}") from None
+
+
+def encoder_attrs(encoder, image_size, resize_mode, shard_set):
+    return {"encoder": encoder.name, "weights": encoder.weights, "stop": encoder.stop,
+            "image_size": int(image_size), "resize_mode": str(resize_mode or ""),
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "grid": list(encoder.grid(int(image_size))), "shard_set": shard_set}
+
+
+def extract(shards, out, encoder="resnet50", stop="layer4", weights="imagenet", batch_size=64,
+            workers=2, device=None, download=False, progress=True):
+    """Features of every image of the shard set, in shard order; returns the row count."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    source = DataSource(shards)
+    if source.kind != "images":
+        raise CapgenError(f"{shards}: features are extracted from a shard set folder")
+    if not source.image_size:
+        raise CapgenError(f"{shards}: manifest has no image_size")
+    net = build_encoder(encoder, weights, stop, download).to(device).eval()
+    net = net.to(memory_format=torch.channels_last)
+    h, w = net.grid(int(source.image_size))
+    # Stored relative to the cache when it can be, so the two can move together.
+    shard_set = os.path.relpath(os.path.abspath(shards), os.path.dirname(os.path.abspath(out)))
+    attrs = encoder_attrs(net, source.image_size, source.resize_mode, shard_set)
+    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+    loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, len(source.urls)),
+                         pin_memory=device.type == "cuda")
+    writer = FeatureWriter(out, source.num_samples, h * w, net.channels, attrs, state)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    try:
+        with tqdm(total=source.num_samples, unit="img", desc="features", disable=not progress,
+                  dynamic_ncols=True) as bar, torch.inference_mode():
+            for batch in loader:
+                with amp:
+                    feats = net(normalise(batch["images"], device))
+                writer.write(batch["image_ids"].numpy(), feats.float().cpu().numpy())
+                bar.update(len(batch["image_ids"]))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return writer.rows
+

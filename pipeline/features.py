@@ -1,0 +1,152 @@
+"""The HDF5 feature store: frozen-encoder spatial features, written once, read in chunks.
+
+Layout: `features` [N, P, C] float16 chunked (CHUNK, P, C); `image_ids` [N] int64;
+`channel_mean` / `channel_std` [C] float32 over all N*P positions (the decoder
+standardises with them); optional group `encoder_state` (the encoder's tensors,
+so a random-init encoder can be rebuilt exactly for raw images); attrs: format,
+encoder, weights, stop, image_size, resize_mode, mean, std, grid, shard_set.
+"""
+import os
+
+import h5py
+import numpy as np
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import CapgenError
+
+FORMAT = "capgen-features-1"
+CHUNK = 64
+
+
+class FeatureWriter:
+    """Write [B, P, C] batches in order; the file appears at `path` only when complete.
+
+    Restartable: a killed run leaves only `path`.tmp behind, which the next run overwrites.
+    """
+
+    def __init__(self, path, num_images, positions, channels, attrs, encoder_state=None):
+        self.path = os.fspath(path)
+        self.n = int(num_images)
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            # A chunk cache that holds a few chunks: writes that straddle chunks stay in memory.
+            chunk_bytes = max(1, min(CHUNK, self.n)) * positions * channels * 2
+            self.file = h5py.File(tmp, "w", rdcc_nbytes=max(4 * chunk_bytes, 1 << 20), rdcc_nslots=10007)
+            chunk = (max(1, min(CHUNK, self.n)), positions, channels)
+            self.features = self.file.create_dataset("features", (self.n, positions, channels), dtype="f2",
+                                                     chunks=chunk)
+            self.image_ids = self.file.create_dataset("image_ids", (self.n,), dtype="i8")
+            for k, v in attrs.items():
+                self.file.attrs[k] = v
+            self.file.attrs["format"] = FORMAT
+            if encoder_state:
+                group = self.file.create_group("encoder_state")
+                for k, v in encoder_state.items():
+                    group.create_dataset(k, data=np.asarray(v))
+        except BaseException:
+            self.abort()
+            raise
+        self.rows = 0
+        self._sum = np.zeros(channels, np.float64)
+        self._sumsq = np.zeros(channels, np.float64)
+        self._count = 0
+
+    def write(self, image_ids, features):
+        """features: float array [B, P, C] (any float dtype); stored as float16."""
+        features = np.asarray(features)
+        b = len(image_ids)
+        if self.rows + b > self.n:
+            raise CapgenError(f"{self.path}: more images than the {self.n} announced")
+        half = features.astype(np.float16)
+        self.features[self.rows:self.rows + b] = half
+        self.image_ids[self.rows:self.rows + b] = np.asarray(image_ids, np.int64)
+        flat = half.astype(np.float64).reshape(-1, half.shape[-1])  # stats of what is stored
+        self._sum += flat.sum(0)
+        self._sumsq += (flat * flat).sum(0)
+        self._count += flat.shape[0]
+        self.rows += b
+
+    def close(self):
+        if self.rows != self.n:
+            self.abort()
+            raise CapgenError(f"{self.path}: wrote {self.rows} images, expected {self.n}")
+        mean = self._sum / max(self._count, 1)
+        var = np.maximum(self._sumsq / max(self._count, 1) - mean * mean, 0.0)
+        self.file.create_dataset("channel_mean", data=mean.astype(np.float32))
+        self.file.create_dataset("channel_std", data=np.sqrt(var).astype(np.float32))
+        self.file.close()
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self):
+        f = getattr(self, "file", None)
+        if f is not None and f.id.valid:
+            f.close()
+        self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class FeatureFile:
+    """Read side: metadata, ids and stats eagerly; features lazily (one h5py handle per process)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise CapgenError(f"{self.path}: feature cache not found")
+        try:
+            with h5py.File(self.path, "r") as f:
+                if f.attrs.get("format") != FORMAT:
+                    raise CapgenError(f"{self.path}: not a capgen feature cache (format {f.attrs.get('format')!r})")
+                self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
+                self.shape = tuple(f["features"].shape)
+                self.chunk = f["features"].chunks[0]
+                self.image_ids = f["image_ids"][:]
+                self.channel_mean = f["channel_mean"][:]
+                self.channel_std = f["channel_std"][:]
+        except OSError as err:
+            raise CapgenError(f"{self.path}: cannot read HDF5 ({err})") from None
+        except KeyError as err:
+            raise CapgenError(f"{self.path}: missing dataset {err}") from None
+
+    def __len__(self):
+        return self.shape[0]
+
+    @property
+    def positions(self):
+        return self.shape[1]
+
+    @property
+    def channels(self):
+        return self.shape[2]
+
+    def encoder_state(self):
+        """The encoder tensors stored beside the features, as numpy arrays ({} if none)."""
+        with h5py.File(self.path, "r") as f:
+            if "encoder_state" not in f:
+                return {}
+            return {k: np.asarray(v[()]) for k, v in f["encoder_state"].items()}
+
+    def shard_set(self, tokens=None):
+        """The shard set folder the features came from (vocab.json, tokens.npz, json references)."""
+        if tokens is not None:
+            return os.path.dirname(os.path.abspath(tokens))
+        folder = self.attrs.get("shard_set", "")
+        if not folder:
+            raise CapgenError(f"{self.path}: no shard_set attribute; pass the token table path")
+        if not os.path.isabs(folder):  # stored relative to the cache file
+            folder = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(self.path)), folder))
+        return folder
+
+    def read(self, start, stop):
+        """A contiguous slice of features [stop-start, P, C] float16 (opens its own handle)."""
+        with h5py.File(self.path, "r") as f:
+            return f["features"][start:stop]
