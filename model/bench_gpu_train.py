@@ -5,20 +5,17 @@
 - frozen: DALI loader -> ResNet-50 (to layer4, channels_last, no grad) -> decoder;
 - finetune: the same with layers 3-4 trainable (encoder lr 1e-4, decoder lr 4e-4).
 
-The step is model/train.py's (`_train_epoch`; it exposes no step function, and
-importing it needs nltk through model.metrics), composed here the same way: batch
-to the device, left/right swap for mirrored images, bf16 autocast forward,
-Decoder.loss (masked cross-entropy + doubly stochastic term), zero_grad, backward,
-clip_grad_norm_ 5, fused Adam, and the per-step statistics the trainer keeps on the
-device (top-5 accuracy included). No host sync inside the timed loop: the clock
-reads after torch.cuda.synchronize at both ends.
+The step is the trainer's own (model/step.py's TrainStep): batch to the device,
+left/right swap for mirrored images, bf16 autocast forward, masked cross-entropy +
+doubly stochastic term, backward, clip 5, fused Adam, and the per-step statistics
+kept on the device. No host sync inside the timed loop: the clock reads after
+torch.cuda.synchronize at both ends.
 
 Each mode is timed twice: fed by its loader ("with loader", what training gets) and
 on one batch resident on the device ("step only", what the step can consume).
 GPU busy % is NVML's utilisation, sampled every 100 ms in a thread during the timed
 steps (pynvml, else `nvidia-smi -lms 100`).
 """
-import contextlib
 import shutil
 import subprocess
 import threading
@@ -27,12 +24,11 @@ import warnings
 
 import numpy as np
 import torch
-from torch import nn
 
-from model.decoder import Decoder, caption_mask
-from model.extract import build_encoder, normalise
+from model.decoder import Decoder
+from model.extract import build_encoder
+from model.step import CaptionModel, TrainStep
 from pipeline.loader import DataSource, make_loader
-from pipeline.mirror import mirror_ids, mirror_tokens
 
 MODES = ("features", "frozen", "finetune")
 DECODER_LR, ENCODER_LR, GRAD_CLIP, ALPHA_C = 4e-4, 1e-4, 5.0, 1.0
@@ -116,79 +112,29 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def to_device(batch, device, image_dtype):
-    """model/train.py's _to_device: uint8 images normalised on the device, DALI's cast
-    to channels_last, features to float32 (the decoder casts once under autocast)."""
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if "images" in out:
-        if out["images"].dtype == torch.uint8:
-            out["images"] = normalise(out["images"], device, image_dtype)
-        else:
-            out["images"] = out["images"].to(image_dtype).contiguous(memory_format=torch.channels_last)
-    if "features" in out:
-        out["features"] = out["features"].float()
-    return out
-
-
-def top5_hits(logits, targets, mask):
-    """model.metrics.top5_accuracy (copied: model.metrics imports nltk at the top)."""
-    hit = (logits.topk(5, dim=-1).indices == targets[..., None]).any(dim=-1) & mask
-    return hit.sum() / mask.sum().clamp_min(1)
-
-
-class Trainee:
-    """Encoder (None for features) + decoder + fused Adam, as model/train.py sets them up."""
-
-    def __init__(self, mode, vocab, vocab_size, channels, device, dim=512):
-        self.mode, self.device, self.cuda = mode, device, device.type == "cuda"
-        self.encoder = None
-        if mode != "features":
-            with warnings.catch_warnings():  # random init: throughput does not depend on the weights
-                warnings.simplefilter("ignore")
-                self.encoder = build_encoder("resnet50", "none", "layer4")
-            if mode == "finetune":
-                self.encoder.set_fine_tune()
-            self.encoder.to(device)
-            if self.cuda:
-                self.encoder.to(memory_format=torch.channels_last)
-            self.encoder.train(mode == "finetune")
-            channels = self.encoder.channels
-        self.decoder = Decoder(vocab_size, channels, dim, dim, dim).to(device).train()
-        groups = [{"params": [p for p in self.decoder.parameters() if p.requires_grad], "lr": DECODER_LR}]
+def build_step(mode, vocab, vocab_size, channels, device, dim=512):
+    """Encoder (None for features) + decoder + fused Adam, set up as model/train.py does,
+    driven by the trainer's own TrainStep."""
+    encoder = None
+    if mode != "features":
+        with warnings.catch_warnings():  # random init: throughput does not depend on the weights
+            warnings.simplefilter("ignore")
+            encoder = build_encoder("resnet50", "none", "layer4")
         if mode == "finetune":
-            groups.append({"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": ENCODER_LR})
-        self.optimizer = torch.optim.Adam(groups, fused=self.cuda or None)
-        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.mirror = torch.from_numpy(mirror_ids(vocab)).to(device)
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
-        self.image_dtype = torch.bfloat16 if self.cuda else torch.float32
-        self.sums = torch.zeros(5, device=device)
-
-    def features(self, batch):
-        if "features" in batch:
-            return batch["features"]
-        with torch.set_grad_enabled(self.mode == "finetune"):
-            return self.encoder(batch["images"])
-
-    def step(self, batch):
-        """One training step; returns the images it consumed (host-side, no sync)."""
-        batch = to_device(batch, self.device, self.image_dtype)
-        if "flipped" in batch:
-            batch["tokens"] = mirror_tokens(batch["tokens"], batch["flipped"], self.mirror)
-        tokens, lengths = batch["tokens"], batch["lengths"]
-        with self.amp:
-            logits, alphas = self.decoder(self.features(batch), tokens)
-            loss, stats = self.decoder.loss(logits, alphas, tokens, lengths, ALPHA_C)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.params, GRAD_CLIP, foreach=True)
-        self.optimizer.step()
-        with torch.no_grad():
-            mask = caption_mask(lengths, logits.shape[2])
-            n = stats["tokens"].float()
-            top5 = top5_hits(logits.detach(), tokens[:, :, 1:], mask)
-            self.sums += torch.stack([stats["loss"].float(), stats["ce"].float(), top5 * n, n, torch.ones_like(n)])
-        return len(batch["image_ids"])
+            encoder.set_fine_tune()
+        encoder.to(device)
+        if device.type == "cuda":
+            encoder.to(memory_format=torch.channels_last)
+        channels = encoder.channels
+    decoder = Decoder(vocab_size, channels, dim, dim, dim).to(device)
+    model = CaptionModel(encoder, decoder, fine_tune=mode == "finetune").train()
+    if encoder is not None and mode != "finetune":
+        encoder.eval()
+    groups = [{"params": [p for p in decoder.parameters() if p.requires_grad], "lr": DECODER_LR}]
+    if mode == "finetune":
+        groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": ENCODER_LR})
+    optimizer = torch.optim.Adam(groups, fused=device.type == "cuda" or None)
+    return TrainStep(model, model, optimizer, device, vocab, ALPHA_C, GRAD_CLIP)
 
 
 # ---------------------------------------------------------------- timing
@@ -240,9 +186,9 @@ def bench_mode(mode, source, batch_size, steps, warmup, device, vocab_size, work
     src = DataSource(source)
     vocab = src.vocab()
     channels = src.cache.channels if src.kind == "features" else None
-    model = Trainee(mode, vocab, max(vocab_size, len(vocab)), channels, device, dim)
+    step = build_step(mode, vocab, max(vocab_size, len(vocab)), channels, device, dim)
     if mode == "features":
-        model.decoder.set_feature_stats(torch.from_numpy(src.cache.channel_mean),
+        step.model.decoder.set_feature_stats(torch.from_numpy(src.cache.channel_mean),
                                         torch.from_numpy(src.cache.channel_std))
         loader = make_loader(src, batch_size, shuffle=True, workers=workers, pin_memory=cuda, loader="cpu")
         what = f"FeatureBatches, {workers} workers"
@@ -250,22 +196,22 @@ def bench_mode(mode, source, batch_size, steps, warmup, device, vocab_size, work
         loader = image_loader(src.path, batch_size, device, workers)
         what = "DALI " + ("GPU (nvJPEG)" if cuda else "CPU mode")
     batches = endless(loader)
-    fed = timed(model.step, batches, steps, warmup, device)
+    fed = timed(step, batches, steps, warmup, device)
     resident = {k: v.to(device, copy=True) for k, v in next(batches).items()}  # no H2D copy per step
     del batches, loader
-    alone = timed(model.step, repeat(resident), steps, warmup, device)
+    alone = timed(step, repeat(resident), steps, warmup, device)
     tokens = resident["tokens"]
     out = {"mode": mode, "loader": what, "batch_size": batch_size, "captions_per_image": int(tokens.shape[1]),
-           "T": int(tokens.shape[2]), "vocab_size": model.decoder.vocab_size, "set_vocab_size": len(vocab),
+           "T": int(tokens.shape[2]), "vocab_size": step.model.decoder.vocab_size, "set_vocab_size": len(vocab),
            "decoder_dim": dim, "input_shape": list(resident["features" if mode == "features" else "images"].shape[1:]),
-           "trainable_params": sum(p.numel() for p in model.params), "steps": steps, "warmup": warmup,
+           "trainable_params": sum(p.numel() for p in step.params), "steps": steps, "warmup": warmup,
            "with_loader": fed, "step_only": alone,
            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
     k = out["captions_per_image"]
     for part in (fed, alone):
         part["captions_per_s"] = part["images_per_s"] * k
         part["epoch_s"] = COCO_TRAIN_IMAGES / part["images_per_s"]
-    del model, resident
+    del step, resident
     if cuda:
         torch.cuda.empty_cache()
     return out

@@ -9,8 +9,6 @@ import re
 import shutil
 import warnings
 
-from nltk.translate.bleu_score import corpus_bleu
-
 from pipeline.errors import CapgenError
 
 BLEU_WEIGHTS = {
@@ -27,6 +25,8 @@ def bleu(hyps, refs):
 
     hyps: [N][words]; refs: [N][R][words]. nltk's corpus_bleu, uniform weights per n.
     """
+    from nltk.translate.bleu_score import corpus_bleu
+
     return {name: float(corpus_bleu(refs, hyps, weights=w)) for name, w in BLEU_WEIGHTS.items()}
 
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from tqdm import tqdm
 
 from model import captioner, checkpoint
-from model.decoder import Decoder, caption_mask
+from model.decoder import Decoder
 from model.extract import build_encoder, normalise
-from model.metrics import bleu, top5_accuracy
+from model.metrics import bleu
 from model.search import beam_search, greedy
+from model.step import CaptionModel, TrainStep, to_device
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
 from pipeline.loader import DataSource, make_loader, stream_seed
@@ -61,7 +61,7 @@ class TrainArgs:
     beam: int = 1                    # validation decoding: 1 = greedy
     val_images: int | None = None    # validate on the first N val images (None: all)
     workers: int = 2
-    loader: str = "cpu"
+    loader: str = "auto"
     resume: bool = False
     compile: bool = False
     seed: int = 0
@@ -69,23 +69,6 @@ class TrainArgs:
     device: str | None = None
     progress: bool = True
     feature_samples: int = 512       # images used to estimate channel stats (image sources)
-
-
-class CaptionModel(nn.Module):
-    """encoder (None when training from cached features) + decoder: one forward for DDP."""
-
-    def __init__(self, encoder, decoder, fine_tune):
-        super().__init__()
-        self.encoder, self.decoder, self.fine_tune = encoder, decoder, fine_tune
-
-    def features(self, batch):
-        if "features" in batch:
-            return batch["features"]
-        with torch.set_grad_enabled(self.fine_tune and self.training):
-            return self.encoder(batch["images"])
-
-    def forward(self, batch):
-        return self.decoder(self.features(batch), batch["tokens"])
 
 
 # ---------------------------------------------------------------- setup
@@ -169,18 +152,6 @@ def _image_feature_stats(encoder, source, args, device, batch_size=32):
     return mean.float(), (sq / n - mean * mean).clamp_min(0).sqrt().float()
 
 
-def _to_device(batch, device, image_dtype=torch.float32):
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if "images" in out:
-        if out["images"].dtype == torch.uint8:
-            out["images"] = normalise(out["images"], device, image_dtype)
-        else:  # DALI: already normalised
-            out["images"] = out["images"].to(image_dtype).contiguous(memory_format=torch.channels_last)
-    if "features" in out:
-        out["features"] = out["features"].float()
-    return out
-
-
 # ---------------------------------------------------------------- validation
 
 @torch.no_grad()
@@ -189,7 +160,7 @@ def decode_source(encoder, decoder, loader, vocab, device, beam=1, limit=None, t
     out = {}
     encoder.eval()
     for batch in loader:
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         feats = batch["features"] if "features" in batch else encoder(batch["images"])
         ids = batch["image_ids"].tolist()
         if beam <= 1:
@@ -362,7 +333,7 @@ def _train(args, rank, world, device, lead):
     val_loader = make_loader(val_src, args.batch_size, shuffle=False, workers=min(args.workers, 1),
                              loader=args.loader if args.loader != "auto" else "cpu") if lead else None
     refs = val_src.references() if lead else None
-    mirror = None
+    train_step = TrainStep(model, step_fn, optimizer, device, vocab, args.alpha_c, args.grad_clip)
 
     done, stopped = start_epoch, False
     for epoch in range(start_epoch, args.epochs):
@@ -371,8 +342,7 @@ def _train(args, rank, world, device, lead):
         model.train()
         if not args.fine_tune_encoder:
             encoder.eval()
-        step, mirror, samples = _train_epoch(args, step_fn, model, joined, optimizer, loader, device, epoch,
-                                             step, log, lead, mirror, vocab)
+        step, samples = _train_epoch(args, train_step, joined, loader, epoch, step, log, lead)
         per_rank = [samples]
         if world > 1:
             per_rank = [None] * world
@@ -424,54 +394,32 @@ def _join(module):
     return Join([module])
 
 
-def _train_epoch(args, step_fn, model, joined, optimizer, loader, device, epoch, step, log, lead, mirror, vocab):
-    cuda = device.type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    sums = torch.zeros(5, device=device)  # loss, ce, top-5 hits x tokens, tokens, steps
+def _train_epoch(args, train_step, joined, loader, epoch, step, log, lead):
     seen, total, t0 = 0, 0, time.perf_counter()
     bar = tqdm(total=loader.num_samples(), unit="img", desc=f"epoch {epoch + 1}", disable=not (lead and args.progress),
                dynamic_ncols=True, leave=False)
     with _join(joined):
         for batch in loader:
-            b = len(batch["image_ids"])
-            batch = _to_device(batch, device, torch.bfloat16 if cuda else torch.float32)
-            if "flipped" in batch:  # DALI mirrored these images: swap left/right words
-                from pipeline.mirror import mirror_ids, mirror_tokens
-                if mirror is None:
-                    mirror = torch.from_numpy(mirror_ids(vocab)).to(device)
-                batch["tokens"] = mirror_tokens(batch["tokens"], batch["flipped"], mirror)
-            tokens, lengths = batch["tokens"], batch["lengths"]
-            with amp:
-                logits, alphas = step_fn(batch)
-                loss, stats = model.decoder.loss(logits, alphas, tokens, lengths, args.alpha_c)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, args.grad_clip, foreach=True)
-            optimizer.step()
+            b = train_step(batch)
             step += 1
-            with torch.no_grad():
-                mask = caption_mask(lengths, logits.shape[2])
-                n = stats["tokens"].float()
-                top5 = top5_accuracy(logits.detach(), tokens[:, :, 1:], mask)
-                sums += torch.stack([stats["loss"].float(), stats["ce"].float(), top5 * n, n, torch.ones_like(n)])
             seen, total = seen + b, total + b
             bar.update(b)
             if step % args.log_every == 0:
-                seen, t0, sums = _log_train(log, sums, seen, t0, epoch, step, optimizer, bar)
+                seen, t0 = _log_train(log, train_step, seen, t0, epoch, step, bar)
         if step % args.log_every and seen:
-            _log_train(log, sums, seen, t0, epoch, step, optimizer, bar, last=True)
+            _log_train(log, train_step, seen, t0, epoch, step, bar, last=True)
     bar.close()
-    return step, mirror, total
+    return step, total
 
 
-def _log_train(log, sums, seen, t0, epoch, step, optimizer, bar, last=False):
+def _log_train(log, train_step, seen, t0, epoch, step, bar, last=False):
     """One host sync per log interval: averages over the steps since the last record."""
-    loss, ce, hits, n, steps = sums.tolist()
+    loss, ce, hits, n, steps = train_step.take()
+    optimizer = train_step.optimizer
     elapsed = time.perf_counter() - t0
     record = {"type": "train", "epoch": epoch, "step": step, "loss": loss / steps, "ce": ce / steps,
               "top5": hits / max(n, 1), "lr": optimizer.param_groups[0]["lr"],
               "samples_per_s": round(seen / max(elapsed, 1e-9), 2), "end_of_epoch": last}
     log.write(record)
     bar.set_postfix(loss=f"{record['loss']:.3f}", top5=f"{record['top5']:.3f}")
-    return 0, time.perf_counter(), torch.zeros_like(sums)
+    return 0, time.perf_counter()

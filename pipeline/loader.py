@@ -281,13 +281,14 @@ def make_loader(source, batch_size, *, shuffle=True, seed=0, rank=0, world=1, wo
         raise CapgenError(f"{source}: unknown loader {loader!r} (expected one of {', '.join(LOADERS)})")
     src = source if isinstance(source, DataSource) else DataSource(source, tokens)
     if src.kind == "images" and loader in ("dali", "auto"):
-        dali = _dali()
-        if dali is not None and torch.cuda.is_available():
+        dali, gpu = _dali(), torch.cuda.is_available()
+        if dali is not None and (gpu or loader == "dali"):  # no GPU: DALI's CPU-mode graph, slow but the same
             return DaliLoader(src, dali.make_dali_loader(
                 src.path, batch_size, image_size=int(src.image_size), train=shuffle,
-                device_id=torch.cuda.current_device(), seed=seed, shard_id=rank, num_shards=world))
+                device_id=torch.cuda.current_device() if gpu else None, num_threads=max(workers, 2),
+                seed=seed, shard_id=rank, num_shards=world))
         if loader == "dali":
-            raise CapgenError(f"{src.path}: the DALI loader needs nvidia-dali and a GPU")
+            raise CapgenError(f"{src.path}: the DALI loader needs nvidia-dali (pip install nvidia-dali-cuda130)")
     if src.kind == "features":
         dataset = FeatureBatches(src.path, src.tokens_path, batch_size, shuffle, seed, rank, world,
                                  drop_last=drop_last)

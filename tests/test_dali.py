@@ -254,6 +254,19 @@ def test_gpu_loader_through_make_loader(built_set):
     assert all(b["images"].is_cuda and b["images"].dtype == torch.float16 for b in batches)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-mode graph (a GPU runs the test above)")
+def test_dali_through_make_loader_without_a_gpu_runs_the_cpu_graph(built_set):
+    from pipeline.loader import make_loader
+
+    loader = make_loader(built_set, 4, shuffle=True, loader="dali")
+    batches = epoch(loader)
+    assert sorted(i for b in batches for i in b["image_ids"].tolist()) == sorted(
+        TokenTable.load(os.path.join(built_set, "tokens.npz")).image_ids.tolist())
+    assert len(batches) == len(loader) and loader.num_samples() == 10
+    assert all(b["images"].dtype == torch.float32 and b["flipped"].dtype == torch.bool for b in batches)
+    assert make_loader(built_set, 4, shuffle=True, loader="auto").__class__.__name__ == "Loader"
+
+
 def test_loader_benchmark_quick_runs_on_cpu(shard_set):
     from tools.bench_gpu import report, run
     r = run(str(shard_set), image_size=SIZE, device="cpu", quick=True)

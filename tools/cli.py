@@ -1,4 +1,5 @@
 """The `capgen` command line: parse options, then call into pipeline/ and model/."""
+import os
 import sys
 
 import click
@@ -133,13 +134,6 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
         click.echo(f"{json_out}: written")
 
 
-def _passive_omp():
-    """Idle OpenMP threads sleep rather than spin (must precede importing torch): on a
-    2-core machine with anything else running, spinning slows CPU training 10x or more."""
-    import os
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 @cli.command()
 @click.option("--train", "train_src", required=True, help="Shard set folder or feature cache .h5.")
 @click.option("--val", "val_src", required=True, help="Shard set folder or feature cache .h5.")
@@ -163,13 +157,13 @@ def _passive_omp():
 @click.option("--resume", is_flag=True, help="Continue from OUT/last exactly.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the training step.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Loader processes per rank.")
-@click.option("--loader", type=click.Choice(["auto", "cpu", "dali"]), default="cpu", show_default=True)
+@click.option("--loader", type=click.Choice(["auto", "cpu", "dali"]), default="auto", show_default=True,
+              help="auto: DALI on a GPU, else the CPU webdataset loader; dali without a GPU runs DALI's CPU graph.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log records.")
 @click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when present).")
 def train(train_src, val_src, out, compile_, **opts):
     """Train the captioner (multi-process: torchrun --nproc_per_node N -m tools.cli train ...)."""
-    _passive_omp()
     import os
     from model.train import TrainArgs, train as run
     result = run(TrainArgs(train=train_src, val=val_src, out=out, compile=compile_, **opts))
@@ -196,7 +190,6 @@ def features():
 @click.option("--device", default=None)
 def features_extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device):
     """Run the frozen encoder over a shard set into OUT (written atomically)."""
-    _passive_omp()
     import time
     from model.extract import extract
     start = time.perf_counter()
@@ -215,7 +208,6 @@ def features_extract(shards, out, encoder, encoder_stop, encoder_weights, batch_
 @click.option("--device", default=None)
 def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device):
     """Caption DATA with a checkpoint, write COCO results, score against all raw references."""
-    _passive_omp()
     import json
     from model.evaluate import evaluate, format_scores
     r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device)
@@ -272,7 +264,6 @@ def caption(ckpt, images, beam, topk, as_json, attention_out, device):
 @click.option("--epochs", type=int, default=None, help="Training epochs; default: the demo's.")
 def demo(out, as_json, images, epochs):
     """synth -> shards -> features -> train -> eval -> caption, on this machine's CPU."""
-    _passive_omp()
     import json
     from model.demo import run_demo
     summary = run_demo(out, images=images, epochs=epochs, echo=click.echo)
@@ -421,6 +412,9 @@ def bench_shards_cmd(images, rounds, workers):
 
 
 def main():
+    # Idle OpenMP threads sleep rather than spin (must precede importing torch): on a
+    # small machine with anything else running, spinning slows CPU work 10x or more.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -1,0 +1,94 @@
+"""One training step, shared by the trainer and the GPU benchmark.
+
+batch to the device -> left/right swap for mirrored images -> autocast forward ->
+masked cross-entropy + doubly stochastic attention term -> backward -> clip ->
+optimizer step. Running sums stay on the device: no host sync per step.
+"""
+import contextlib
+
+import torch
+from torch import nn
+
+from model.decoder import caption_mask
+from model.extract import normalise
+from model.metrics import top5_accuracy
+from pipeline.mirror import mirror_ids, mirror_tokens
+
+
+class CaptionModel(nn.Module):
+    """encoder (None when training from cached features) + decoder: one forward for DDP."""
+
+    def __init__(self, encoder, decoder, fine_tune):
+        super().__init__()
+        self.encoder, self.decoder, self.fine_tune = encoder, decoder, fine_tune
+
+    def features(self, batch):
+        if "features" in batch:
+            return batch["features"]
+        with torch.set_grad_enabled(self.fine_tune and self.training):
+            return self.encoder(batch["images"])
+
+    def forward(self, batch):
+        return self.decoder(self.features(batch), batch["tokens"])
+
+
+def to_device(batch, device, image_dtype=torch.float32):
+    """uint8 images are normalised on the device; DALI's are already normalised."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if "images" in out:
+        if out["images"].dtype == torch.uint8:
+            out["images"] = normalise(out["images"], device, image_dtype)
+        else:
+            out["images"] = out["images"].to(image_dtype).contiguous(memory_format=torch.channels_last)
+    if "features" in out:
+        out["features"] = out["features"].float()
+    return out
+
+
+class TrainStep:
+    """Call with a loader batch; returns the number of images it consumed.
+
+    `forward` is the model or its torch.compile'd / DDP-wrapped form. `sums` holds,
+    since the last `take()`: loss, ce, top-5 hits x tokens, tokens, steps.
+    """
+
+    def __init__(self, model, forward, optimizer, device, vocab, alpha_c=1.0, grad_clip=5.0):
+        self.model, self.forward, self.optimizer, self.device = model, forward, optimizer, device
+        self.vocab, self.alpha_c, self.grad_clip = vocab, alpha_c, grad_clip
+        cuda = device.type == "cuda"
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        self.image_dtype = torch.bfloat16 if cuda else torch.float32
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.mirror = None
+        self.sums = torch.zeros(5, device=device)
+
+    def _swap_mirrored(self, batch):
+        if self.mirror is None:
+            self.mirror = torch.from_numpy(mirror_ids(self.vocab)).to(self.device)
+        return mirror_tokens(batch["tokens"], batch["flipped"], self.mirror)
+
+    def __call__(self, batch):
+        images = len(batch["image_ids"])
+        batch = to_device(batch, self.device, self.image_dtype)
+        if "flipped" in batch:  # DALI mirrored these images: swap left/right words
+            batch["tokens"] = self._swap_mirrored(batch)
+        tokens, lengths = batch["tokens"], batch["lengths"]
+        with self.amp:
+            logits, alphas = self.forward(batch)
+            loss, stats = self.model.decoder.loss(logits, alphas, tokens, lengths, self.alpha_c)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.optimizer.step()
+        with torch.no_grad():
+            mask = caption_mask(lengths, logits.shape[2])
+            n = stats["tokens"].float()
+            top5 = top5_accuracy(logits.detach(), tokens[:, :, 1:], mask)
+            self.sums += torch.stack([stats["loss"].float(), stats["ce"].float(), top5 * n, n, torch.ones_like(n)])
+        return images
+
+    def take(self):
+        """The sums since the last take, as floats (one host sync), then reset."""
+        values = self.sums.tolist()
+        self.sums.zero_()
+        return values
