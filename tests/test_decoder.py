@@ -13,13 +13,7 @@ from pipeline.text import END, PAD, START
 V, C, P = 40, 16, 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(dropout=0.0, seed=0):
