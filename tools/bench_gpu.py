@@ -21,7 +21,6 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from model.bench_gpu_train import COCO_TRAIN_IMAGES, COCO_VOCAB, GpuBusy
