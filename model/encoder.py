@@ -69,7 +69,7 @@ class Encoder(nn.Module):
                 if not download:
                     raise CapgenError(f"{path}: ImageNet weights for {self.name} not found; place "
                                       f"{os.path.basename(path)} there (from {ARCHS[self.name][1].url}), "
-                                      "pass a weights file, or allow the download")
+                                      "pass a weights file, or pass --download")
                 torch.hub.load_state_dict_from_url(ARCHS[self.name][1].url, progress=True, check_hash=True)
         else:
             path = os.fspath(weights)

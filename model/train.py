@@ -46,6 +46,7 @@ class TrainArgs:
     encoder: str | None = None       # None: resnet50, or what the feature cache says
     encoder_stop: str | None = None  # None: layer4, or the cache's
     encoder_weights: str | None = None  # None: imagenet, or the cache's
+    download: bool = False               # allow fetching ImageNet weights missing from the torch cache
     fine_tune_encoder: bool = False
     embed_dim: int = 512
     attention_dim: int = 512
@@ -116,7 +117,7 @@ def _encoder_for(args, source):
             encoder = build_encoder(attrs["encoder"], weights, attrs["stop"])
     else:
         weights = args.encoder_weights or "imagenet"
-        encoder = build_encoder(args.encoder or "resnet50", weights, args.encoder_stop or "layer4")
+        encoder = build_encoder(args.encoder or "resnet50", weights, args.encoder_stop or "layer4", args.download)
     return encoder, weights
 
 

@@ -145,6 +145,7 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
 @click.option("--encoder-stop", type=click.Choice(["layer3", "layer4"]), default=None, help="Default layer4.")
 @click.option("--encoder-weights", default=None, help="imagenet (default), none, or a weights file.")
 @click.option("--fine-tune-encoder", is_flag=True, help="Train layers 3-4 of the encoder too (shard sets only).")
+@click.option("--download", is_flag=True, help="Allow fetching torchvision's ImageNet weights when they are not in the local cache.")
 @click.option("--embed-dim", type=int, default=512, show_default=True)
 @click.option("--attention-dim", type=int, default=512, show_default=True)
 @click.option("--hidden-dim", type=int, default=512, show_default=True)
@@ -185,15 +186,16 @@ def features():
               show_default=True)
 @click.option("--encoder-stop", type=click.Choice(["layer3", "layer4"]), default="layer4", show_default=True)
 @click.option("--encoder-weights", default="imagenet", show_default=True, help="imagenet, none, or a weights file.")
+@click.option("--download", is_flag=True, help="Allow fetching torchvision's ImageNet weights when they are not in the local cache.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default=None)
-def features_extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device):
+def features_extract(shards, out, encoder, encoder_stop, encoder_weights, download, batch_size, workers, device):
     """Run the frozen encoder over a shard set into OUT (written atomically)."""
     import time
     from model.extract import extract
     start = time.perf_counter()
-    n = extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device)
+    n = extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device, download)
     click.echo(f"{out}: {n} images in {time.perf_counter() - start:.1f} s")
 
 
