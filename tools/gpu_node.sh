@@ -17,6 +17,13 @@
 # seconds and exit code, so a cut-off run still says what it did. Steps 1-3 are needed by
 # all later ones (the script stops if they fail); 6 is skipped past --deadline seconds.
 # --cpu: a dry run without a GPU (CUDA hidden, small N, 64 px, bench gpu --quick).
+#
+# Making the parts (on a machine with PyPI; the node's Python is 3.12):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl \
+#     nvidia-dali-cuda130 'nvidia-nvimgcodec-cu13<0.10,>=0.9' nvidia-nvjpeg nvtx makefun astunparse \
+#     gast optree 'libcst~=1.8' webdataset braceexpand simplejpeg pycocotools nltk
+#   tar cf - -C .whl . | split -b 58m - .gpu/wheels.tar.part-     # each part fits one device call
 # PY (default python3) runs capgen; PIP_EXTRA is added to the pip command line.
 set -u -o pipefail
 
