@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageFilter, ImageOps
 
+from model.captioner import fit_mode
 from pipeline.atomic import atomic_write
 
 COLUMNS = 5
@@ -20,13 +21,13 @@ SHADE = 0.8  # how dark the unattended parts get
 MAX_SIDE = 512  # panels are small; a 12-megapixel photo would only slow the figure down
 
 
-def attention_region(size, resize_mode="squash"):
+def attention_region(size, resize_mode="stretch"):
     """The box [x0, y0, x1, y1] of an image of `size` (W, H) that the model's grid covers.
 
-    squash: the whole image; crop: the centred square the captioner cut out.
+    stretch, pad: the whole image; center-crop: the centred square the captioner cut out.
     """
     width, height = size
-    if resize_mode == "crop":
+    if fit_mode(resize_mode) == "center-crop":
         side = min(width, height)
         x0, y0 = (width - side) // 2, (height - side) // 2
         return [x0, y0, x0 + side, y0 + side]
@@ -57,10 +58,10 @@ def shade_map(attention, grid, size, region):
     return shade
 
 
-def attention_figure(image, result, resize_mode="squash", max_words=None):
+def attention_figure(image, result, resize_mode="stretch", max_words=None):
     """PIL image + one Captioner result -> matplotlib Figure (not drawn on any screen).
 
-    resize_mode: the captioner's (`Captioner.image["resize_mode"]`); with "crop" the
+    resize_mode: the captioner's (`Captioner.image["resize_mode"]`); with "center-crop" the
     grid covers the centred square only and the sides stay dark."""
     image = ImageOps.exif_transpose(image).convert("RGB")  # as the captioner saw it
     if max(image.size) > MAX_SIDE:
@@ -92,7 +93,7 @@ def attention_figure(image, result, resize_mode="squash", max_words=None):
     return fig
 
 
-def save_attention_figure(image, result, path, resize_mode="squash", dpi=100):
+def save_attention_figure(image, result, path, resize_mode="stretch", dpi=100):
     """Write the figure as PNG, atomically."""
     fig = attention_figure(image, result, resize_mode)
     with atomic_write(path, "wb") as f:

@@ -21,12 +21,12 @@ from model.search import beam_search
 from pipeline import imaging
 from pipeline.errors import CapgenError
 
-# Config names; squash and crop are the shard builder's stretch and center-crop.
+# A config names its resize mode as the shard builder does; squash and crop are older names.
 RESIZE_ALIASES = {"squash": "stretch", "crop": "center-crop"}
 RESIZE_MODES = (*RESIZE_ALIASES, *imaging.RESIZE_MODES)
 
 
-def model_config(encoder, decoder, image_size, resize_mode="squash", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def model_config(encoder, decoder, image_size, resize_mode="stretch", mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The config dict a checkpoint needs (callers may add their own keys)."""
     fit_mode(resize_mode)
     return {

@@ -121,15 +121,10 @@ def _encoder_for(args, source):
     return encoder, weights
 
 
-# pipeline/imaging.py names resize modes differently from model/captioner.py.
-RESIZE_NAMES = {"stretch": "squash", "center-crop": "crop"}
-
-
 def model_config(encoder, weights, decoder, source, vocab, args):
     """captioner.model_config (what model/captioner.py rebuilds encoder + decoder and
     the preprocessing from) plus how this model was trained."""
-    mode = source.resize_mode or "stretch"
-    config = captioner.model_config(encoder, decoder, int(source.image_size), RESIZE_NAMES.get(mode, mode))
+    config = captioner.model_config(encoder, decoder, int(source.image_size), source.resize_mode or "stretch")
     config["encoder"]["weights"] = str(weights)
     config["encoder"]["grid"] = list(encoder.grid(int(source.image_size)))
     config["training"] = {"source": os.path.abspath(source.path), "source_kind": source.kind,

@@ -117,7 +117,7 @@ def check_answer(body, size):
         assert len(row) == GRID[0] * GRID[1]
         assert min(row) >= 0 and sum(row) == pytest.approx(1.0, abs=1e-4)
     assert body["image"] == {"width": size[0], "height": size[1]}
-    assert body["region"] == [0, 0, size[0], size[1]]  # squash: the grid covers the whole image
+    assert body["region"] == [0, 0, size[0], size[1]]  # stretch: the grid covers the whole image
     assert body["model_ms"] > 0
 
 

@@ -87,7 +87,7 @@ def test_checkpoint_rebuilds_a_captioner_for_raw_images(data, whole):
     with open(os.path.join(whole, "best", "config.json")) as f:
         config = json.load(f)["config"]
     assert config["encoder"] == {"name": "resnet18", "stop": "layer3", "weights": "none", "grid": [2, 2]}
-    assert config["image"]["size"] == 32 and config["image"]["resize_mode"] == "squash"
+    assert config["image"]["size"] == 32 and config["image"]["resize_mode"] == "stretch"
     # The decoder standardises with the cache's channel statistics.
     state = load_file(os.path.join(whole, "best", "model.safetensors"))
     assert torch.equal(state["decoder.feature_mean"], torch.from_numpy(FeatureFile(data["train_h5"]).channel_mean))

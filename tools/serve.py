@@ -119,7 +119,7 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
     model_lock = threading.Lock()  # one caption at a time: the model is not re-entrant
     # At most two decoded uploads alive: one being decoded while the other is captioned.
     admitted = threading.BoundedSemaphore(2)
-    resize_mode = getattr(captioner, "image", {}).get("resize_mode", "squash")
+    resize_mode = getattr(captioner, "image", {}).get("resize_mode", "stretch")
     settings = {"beam": beam, "topk": topk, "max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
                 "resize_mode": resize_mode}
     settings.update(info or {})
