@@ -247,7 +247,7 @@ def score(results, annotations, as_json):
 @click.option("--device", default=None)
 def caption(ckpt, images, beam, topk, as_json, attention_out, device):
     """Caption image files (any size or mode); unreadable ones fail at the end."""
-    from model.demo import caption_files
+    from model.caption_files import caption_files
     on_result = None
     if attention_out:
         from model.attention_figure import figure_writer

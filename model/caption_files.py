@@ -1,0 +1,55 @@
+"""`capgen caption`: caption image files in order, reporting the unreadable ones."""
+import json
+
+from PIL import Image
+
+
+def read_image(path):
+    """PIL image fully decoded, or a one-line reason it cannot be."""
+    try:
+        img = Image.open(path)
+        img.load()
+        return img, None
+    except FileNotFoundError:
+        return None, "file not found"
+    except IsADirectoryError:
+        return None, "is a directory"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, f"cannot read image ({reason})"
+
+
+def caption_files(ckpt, paths, beam=3, topk=3, as_json=False, device=None, out=print, err=print,
+                  chunk=16, on_result=None):
+    """Caption image files in order; unreadable ones are reported via err. Returns the failures.
+
+    on_result(path, image, result), if given, sees each Captioner result (e.g. to draw attention)."""
+    from model.captioner import Captioner
+
+    captioner = Captioner.load(ckpt, device or "cpu")
+    failed = 0
+    for start in range(0, len(paths), chunk):
+        readable = []
+        for path in paths[start:start + chunk]:
+            img, why = read_image(path)
+            if img is None:
+                err(f"{path}: {why}")
+                failed += 1
+            else:
+                readable.append((path, img))
+        if not readable:
+            continue
+        results = captioner.caption([img for _, img in readable], beam=beam, topk=min(topk, beam))
+        for (path, image), r in zip(readable, results):
+            caps = [{"text": c["text"], "score": round(float(c["score"]), 4)} for c in r["captions"]]
+            if on_result is not None:
+                on_result(path, image, r)
+            if as_json:
+                attention = [[round(float(a), 5) for a in row] for row in r["attention"]]
+                out(json.dumps({"image": path, "captions": caps, "words": r["words"], "attention": attention,
+                                "grid": r["grid"]}))
+            else:
+                out(path)
+                for c in caps:
+                    out(f"  {c['score']:9.4f}  {c['text']}")
+    return failed
