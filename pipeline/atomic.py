@@ -1,6 +1,7 @@
 """Atomic file writes: a temp file beside the target, fsync, rename."""
 import contextlib
 import os
+import shutil
 import tempfile
 
 _UMASK = os.umask(0)
@@ -54,3 +55,21 @@ class _AtomicPath:
             os.close(fd)
         os.replace(self.tmp, self.path)
         return False
+
+
+def link_or_copy(src, dst):
+    """Place src at dst in one step: a hard link where the file system allows, else a copy."""
+    tmp = dst + ".tmp"
+    discard([tmp])
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def discard(paths):
+    """Delete these files where they exist (temp files of a killed writer, stale outputs)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

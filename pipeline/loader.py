@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import CapgenError
 from pipeline.features import FeatureFile
+from pipeline.shardset import read_captions, read_manifest, shard_paths
 from pipeline.text import TokenTable, Vocabulary
 
 LOADERS = ("auto", "cpu", "dali")
@@ -196,8 +197,6 @@ class DataSource:
             self.image_size = self.cache.attrs.get("image_size")
             self.resize_mode = self.cache.attrs.get("resize_mode")
         elif os.path.isdir(self.path):
-            from pipeline.shards import read_manifest, shard_paths
-
             self.kind = "images"
             self.cache = None
             self.shard_set = self.path
@@ -218,8 +217,6 @@ class DataSource:
 
     def references(self):
         """image id -> all raw captions, from the shard set's json components."""
-        from pipeline.shards import read_captions
-
         return read_captions(self.shard_set)
 
     def local_samples(self, rank=0, world=1, shuffle=False, seed=0, epoch=0, worker=0, workers=1):

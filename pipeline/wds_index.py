@@ -14,6 +14,7 @@ import tarfile
 
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
+from pipeline.shardset import shard_paths
 
 VERSION = "v1.2"
 
@@ -78,8 +79,6 @@ def is_current(tar_path, idx_path):
 
 def shard_tars(shard_dir):
     """The set's shards (those its manifest names, else every *.tar), at least one."""
-    from pipeline.shards import shard_paths
-
     tars = shard_paths(os.fspath(shard_dir))
     if not tars:
         raise CapgenError(f"{shard_dir}: no .tar shards in folder")

@@ -16,7 +16,10 @@ from PIL import Image
 from pipeline import shards as sh
 from pipeline.coco import read_coco, read_karpathy
 from pipeline.errors import CapgenError
+from pipeline.merge import merge
+from pipeline.shardset import read_manifest, shard_paths, verify
 from pipeline.text import TokenTable, Vocabulary
+from pipeline.text_files import rebuild_text
 
 CAPGEN = [sys.executable, "-c", "from tools.cli import main; main()"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +92,7 @@ def build(root, out, split="train2014", workers=1, shard_size=4, **kw):
 
 
 def hashes(out):
-    return {s["name"]: s["sha256"] for s in sh.read_manifest(str(out))["shards"]}
+    return {s["name"]: s["sha256"] for s in read_manifest(str(out))["shards"]}
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +113,12 @@ def test_round_trip_tarfile_and_webdataset(coco, built):
 
     files = coco[1]
     good = sorted(i for i, outcome in files.values() if outcome == "ok")
-    paths = sh.shard_paths(str(built))
+    paths = shard_paths(str(built))
     # 19 images with captions, 4 per shard in image-id order; failed images leave holes
     with_captions = sorted((i, outcome) for i, outcome in files.values() if outcome != "no_captions")
     layout = [sum(o == "ok" for _, o in with_captions[k:k + 4]) for k in range(0, 19, 4)]
     assert [os.path.basename(p) for p in paths] == [f"set-{k:06d}.tar" for k in range(5)]
-    assert [s["samples"] for s in sh.read_manifest(str(built))["shards"]] == layout
+    assert [s["samples"] for s in read_manifest(str(built))["shards"]] == layout
     keys = []
     for path in paths:
         with tarfile.open(path) as tar:
@@ -144,7 +147,7 @@ def test_round_trip_tarfile_and_webdataset(coco, built):
 
 def test_every_defect_counted_once(coco, built):
     files = coco[1]
-    m = sh.read_manifest(str(built))
+    m = read_manifest(str(built))
     assert m["counts"]["images"] == 12 + 4   # 12 plain + gray, cmyk, rgba png, rotated
     assert m["counts"]["skipped"] == {"corrupt": 1, "missing": 1, "no_captions": 1, "truncated": 1}
     assert m["counts"]["records"] == 20
@@ -153,7 +156,7 @@ def test_every_defect_counted_once(coco, built):
     got = [tuple(line.split("\t")) for line in lines]
     assert [(int(i), os.path.basename(p), r) for i, p, r in got] == want
     by_id = {}
-    for path in sh.shard_paths(str(built)):
+    for path in shard_paths(str(built)):
         with tarfile.open(path) as tar:
             for m_ in tar:
                 if m_.name.endswith(".json"):
@@ -163,7 +166,7 @@ def test_every_defect_counted_once(coco, built):
                     assert image.shape == (256, 256, 3)
     assert (by_id["rotated.jpg"]["width"], by_id["rotated.jpg"]["height"]) == (120, 160)  # displayed size
     assert (by_id["gray.jpg"]["width"], by_id["gray.jpg"]["height"]) == (160, 120)
-    assert sh.verify(str(built)) == []
+    assert verify(str(built)) == []
 
 
 def test_worker_count_and_rerun_give_same_bytes(coco, built, tmp_path):
@@ -188,7 +191,7 @@ def test_damaged_shard_is_rebuilt_identically(coco, built, tmp_path):
     r = build(coco[0], out)
     assert (r["built"], r["reused"]) == (2, 3)
     assert hashes(out) == hashes(built)
-    assert sh.verify(str(out)) == []
+    assert verify(str(out)) == []
 
 
 def test_kill_and_resume_same_hashes(tmp_path):
@@ -222,10 +225,10 @@ def test_multi_job_merge_equals_single_build(coco, built, tmp_path):
         assert not (d / "manifest.json").exists()
         assert sorted(s["name"] for s in r["job"]["shards"]) == [f"set-{k:06d}.tar" for k in range(5) if k % 3 == i]
     with pytest.raises(CapgenError, match="missing for job"):
-        sh.merge([str(d) for d in dirs[:2]], str(tmp_path / "partial"))
+        merge([str(d) for d in dirs[:2]], str(tmp_path / "partial"))
     merged = tmp_path / "merged"
-    m = sh.merge([str(d) for d in dirs], str(merged))
-    single = sh.read_manifest(str(built))
+    m = merge([str(d) for d in dirs], str(merged))
+    single = read_manifest(str(built))
     assert m["shards"] == single["shards"] and m["counts"] == single["counts"]
     assert (merged / "skipped.txt").read_bytes() == (built / "skipped.txt").read_bytes()
     assert (merged / "vocab.json").read_bytes() == (built / "vocab.json").read_bytes()
@@ -235,24 +238,24 @@ def test_multi_job_merge_equals_single_build(coco, built, tmp_path):
     shared = tmp_path / "shared"
     for i in range(2):
         build(coco[0], shared, num_jobs=2, job_index=i)
-    sh.merge([str(shared)])
+    merge([str(shared)])
     assert hashes(shared) == hashes(built)
 
 
 def test_verify_names_the_bad_shard(coco, built, tmp_path):
     out = tmp_path / "set"
     build(coco[0], out)
-    assert sh.verify(str(out)) == []
+    assert verify(str(out)) == []
     target = out / "set-000002.tar"
     data = bytearray(target.read_bytes())
     data[len(data) // 3] ^= 0x01
     target.write_bytes(bytes(data))
-    problems = sh.verify(str(out))
+    problems = verify(str(out))
     assert len(problems) == 1 and "set-000002.tar" in problems[0] and "sha256" in problems[0]
     run = subprocess.run(CAPGEN + ["shards", "verify", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 1 and "set-000002.tar" in run.stderr
     os.remove(out / "set-000000.tar")
-    assert any("set-000000.tar: missing" in p for p in sh.verify(str(out)))
+    assert any("set-000000.tar: missing" in p for p in verify(str(out)))
 
 
 def test_vocab_rebuilt_from_shards_and_reused_for_val(coco, built, tmp_path):
@@ -260,10 +263,10 @@ def test_vocab_rebuilt_from_shards_and_reused_for_val(coco, built, tmp_path):
     build(coco[0], out, preset="seed", min_freq=1)
     seed_vocab = Vocabulary.load(str(out / "vocab.json"))
     assert "a" not in seed_vocab.stoi
-    m = sh.rebuild_text(str(out), preset="coco")
+    m = rebuild_text(str(out), preset="coco")
     coco_vocab = Vocabulary.load(str(out / "vocab.json"))
     assert "a" in coco_vocab.stoi and m["text"]["preset"] == "coco" and m["text"]["min_freq"] == 1
-    assert sh.read_manifest(str(out))["text"]["vocab_size"] == len(coco_vocab)
+    assert read_manifest(str(out))["text"]["vocab_size"] == len(coco_vocab)
     # a val set takes the training vocabulary
     val_root = tmp_path / "val"
     make_coco(str(val_root), n=5, split="val2014", with_defects=False, seed=1)
@@ -271,7 +274,7 @@ def test_vocab_rebuilt_from_shards_and_reused_for_val(coco, built, tmp_path):
     build(val_root, val, split="val2014", vocab=str(built / "vocab.json"))
     assert (val / "vocab.json").read_text() == (built / "vocab.json").read_text()
     assert len(TokenTable.load(str(val / "tokens.npz"))) == 5
-    m = sh.rebuild_text(str(val), captions_per_image=3)   # keeps the borrowed vocabulary
+    m = rebuild_text(str(val), captions_per_image=3)   # keeps the borrowed vocabulary
     assert (val / "vocab.json").read_text() == (built / "vocab.json").read_text()
     assert m["text"]["vocab_from"] == str(built / "vocab.json")
     assert TokenTable.load(str(val / "tokens.npz")).tokens.shape[1] == 3
@@ -315,7 +318,7 @@ def test_rebuild_with_other_options_replaces_the_old_set(coco, built, tmp_path):
     build(coco[0], out)   # back to 4 per shard: 5 shards, the other 5 files go
     assert hashes(out) == hashes(built)
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(hashes(built))
-    assert sh.verify(str(out)) == []
+    assert verify(str(out)) == []
 
 
 def test_moved_images_are_rebuilt_not_trusted(coco, built, tmp_path):

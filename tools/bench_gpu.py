@@ -200,7 +200,7 @@ def run_gpu(shards=None, features=None, batch_size=128, steps=100, warmup=10, de
 def _run_gpu(shards, features, device, quick, cores, cfg, tmp, echo):
     from model.bench_gpu_train import (bench_training, extract_features, feature_loader_rate, image_loader_rate,
                                        synthetic_set)
-    from pipeline.shards import read_manifest
+    from pipeline.shardset import read_manifest
 
     cuda = device.type == "cuda"
     bs, steps, warmup, workers = cfg["batch_size"], cfg["steps"], cfg["warmup"], cfg["workers"]

@@ -273,7 +273,7 @@ def demo(out, as_json, images, epochs):
         click.echo(json.dumps(summary))
 
 
-# ---------------------------------------------------------------- shards (pipeline/shards.py)
+# ---------------------------------------------------------------- shards (pipeline/shards.py, shardset.py, merge.py)
 
 @cli.group()
 def shards():
@@ -356,7 +356,7 @@ def shards_build(coco_root, split, karpathy, karpathy_split, out, name, image_si
 @click.argument("shard_dir", type=click.Path(file_okay=False))
 def shards_verify(shard_dir):
     """Re-hash every shard against manifest.json and count its samples."""
-    from pipeline.shards import read_manifest, verify
+    from pipeline.shardset import read_manifest, verify
     problems = verify(shard_dir)
     for line in problems:
         click.echo(f"capgen: error: {line}", err=True)
@@ -382,7 +382,7 @@ def shards_index(shard_dir, force):
 @click.option("--out", type=click.Path(file_okay=False), help="Merged set folder [default: the one DIR].")
 def shards_merge(dirs, out):
     """Join the jobs of a --num-jobs build (one folder or several) into one shard set."""
-    from pipeline.shards import merge
+    from pipeline.merge import merge
     m = merge(dirs, out)
     c = m["counts"]
     click.echo(f"{out or dirs[0]}: {len(m['shards'])} shards, {c['images']} images, {c['captions']} captions; "
@@ -397,7 +397,7 @@ def shards_merge(dirs, out):
 @click.option("--captions-per-image", type=click.IntRange(min=1), default=None, help="[default: the set's]")
 def vocab_cmd(shard_dir, preset, min_freq, vocab_path, captions_per_image):
     """Rebuild vocab.json and tokens.npz from the captions inside the shards (images untouched)."""
-    from pipeline.shards import rebuild_text
+    from pipeline.text_files import rebuild_text
     t = rebuild_text(shard_dir, preset, min_freq, vocab_path, captions_per_image)["text"]
     click.echo(f"{shard_dir}: vocabulary of {t['vocab_size']} words (preset {t['preset']}, min freq "
                f"{t['min_freq']}{', from ' + vocab_path if vocab_path else ''}), tokens.npz rewritten")
