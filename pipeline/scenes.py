@@ -1,8 +1,9 @@
 """Ground truth of synthetic scenes: the caption grammar and a checker for captions.
 
 The vocabulary below is the one place that says which words name a colour, a
-shape, a size, a position or a relation; pipeline/synth.py writes captions from
-these tables and check_caption() reads them back, so the two cannot disagree.
+shape, a size, a position or a relation; pipeline/synth_captions.py writes
+captions from these tables and check_caption() reads them back, so the two
+cannot disagree.
 
 A caption is read as a sequence of symbols (unknown words are ignored):
     object    = [size] colour [size] shape        "a small red circle", "big blue box"

@@ -14,13 +14,15 @@ import math
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
-from pipeline.scenes import (BACKGROUND_WORDS, COLOURS, POSITION_PHRASES, RELATION_PHRASES,
-                             SHAPE_WORDS, SHAPES, SIZE_WORDS, SIZES)
+from pipeline.scenes import BACKGROUND_WORDS, COLOURS, SHAPES, SIZES
+from pipeline.synth_captions import captions
 
 RGB = {"red": (215, 35, 35), "green": (35, 160, 60), "blue": (35, 75, 215),
        "yellow": (240, 205, 30), "purple": (135, 55, 175), "white": (245, 245, 245)}
@@ -174,111 +176,46 @@ def render(scene, rng, width, height):
     return img
 
 
-# ---------------------------------------------------------------- captions
-
-def _pick(rng, words, usual=0.65):
-    """The first word most of the time, otherwise one of the others."""
-    if len(words) == 1 or rng.random() < usual:
-        return words[0]
-    return words[1 + rng.integers(len(words) - 1)]
-
-
-def _noun_phrase(rng, obj, size_p=0.4):
-    words = [obj["colour"], _pick(rng, SHAPE_WORDS[obj["shape"]])]
-    if rng.random() < size_p:
-        words.insert(0, _pick(rng, SIZE_WORDS[obj["size"]], usual=0.6))
-    article = "an" if words[0][0] in "aeiou" else "a"
-    return f"{article} {' '.join(words)}"
-
-
-def _pos(rng, obj):
-    return _pick(rng, POSITION_PHRASES[obj["position"]], usual=0.6)
-
-
-def _rel(rng, name):
-    return _pick(rng, RELATION_PHRASES[name], usual=0.5)
-
-
-PREFIXES = ("a picture of", "an image of", "a photo of")
-
-
-# Each returns (weight, wording) pairs; wordings are lambdas so only the chosen one draws.
-def _one(rng, objs):
-    A, pos = _noun_phrase(rng, objs[0]), _pos(rng, objs[0])
-    return [
-        (3, lambda: f"{A} {pos}"),
-        (2, lambda: f"there is {A} {pos}"),
-        (1.5, lambda: f"{pos} there is {A}"),
-        (1, lambda: f"{A} is {pos}"),
-        (1, lambda: f"{A} {rng.choice(['sitting', 'placed', 'shown'])} {pos}"),
-        (1, lambda: f"{rng.choice(PREFIXES)} {A} {pos}"),
-        (1, lambda: f"{pos} is {A}"),
-    ]
-
-
-def _two(rng, objs):
-    left, right = objs
-    L, R = _noun_phrase(rng, left), _noun_phrase(rng, right)
-    pl, pr = _pos(rng, left), _pos(rng, right)
-    near = _rel(rng, "beside")
-    return [
-        (3, lambda: f"{L} {_rel(rng, 'left_of')} {R}"),
-        (2, lambda: f"{R} {_rel(rng, 'right_of')} {L}"),
-        (3, lambda: f"{L} {pl} and {R} {pr}"),
-        (1, lambda: f"{R} {pr} and {L} {pl}"),
-        (2, lambda: f"there is {L} {pl} and {R} {pr}"),
-        (1.5, lambda: f"{pl} is {L} and {pr} is {R}"),
-        (1, lambda: f"{L} {near} {R}" if rng.random() < 0.5 else f"{R} {near} {L}"),
-        (0.5, lambda: f"{L} and {R} from left to right"),
-        (0.5, lambda: f"from left to right: {L} and {R}"),
-        (0.5, lambda: f"two shapes: {L} {pl} and {R} {pr}"),
-        (1, lambda: f"{rng.choice(PREFIXES)} {L} {_rel(rng, 'left_of')} {R}"),
-    ]
-
-
-def _three(rng, objs):
-    L, C, R = (_noun_phrase(rng, o, size_p=0.25) for o in objs)
-    pl, pc, pr = (_pos(rng, o) for o in objs)
-    return [
-        (2, lambda: f"{L}, {C} and {R} from left to right"),
-        (1, lambda: f"from left to right: {L}, {C} and {R}"),
-        (2, lambda: f"{L} {pl}, {C} {pc} and {R} {pr}"),
-        (1, lambda: f"three shapes: {L} {pl}, {C} {pc} and {R} {pr}"),
-    ]
-
-
-def caption(rng, scene):
-    """One caption true to the scene, in one of several human-like wordings."""
-    objs = scene["objects"]
-    forms = {1: _one, 2: _two, 3: _three}[len(objs)](rng, objs)
-    weights = np.array([w for w, _ in forms])
-    text = forms[rng.choice(len(forms), p=weights / weights.sum())][1]()
-    if rng.random() < 0.1:
-        text += f" against a {_pick(rng, BACKGROUND_WORDS[scene['background']])} background"
-    if rng.random() < 0.85:
-        text = text[0].upper() + text[1:]
-    if rng.random() < 0.75:
-        text += "."
-    if rng.random() < 0.04:
-        text += " "
-    return text
-
-
-def captions(rng, scene, count):
-    """count captions, distinct where the grammar allows."""
-    out = []
-    for _ in range(count * 20):
-        text = caption(rng, scene)
-        if text not in out:
-            out.append(text)
-        if len(out) == count:
-            return out
-    while len(out) < count:
-        out.append(caption(rng, scene))
-    return out
-
-
 # ---------------------------------------------------------------- dataset
+
+@dataclass
+class Layout:
+    """Who is who in the dataset: drawn from the seed before any image is."""
+    image_ids: list
+    splits: list        # train2014 or val2014, train images first
+    names: list         # file names
+    ann_ids: list       # per image, one caption id per caption
+    licenses: list
+    captured: list      # unix times in 2013
+    karpathy: list      # per val2014 image: val, test or restval
+    n_train: int
+
+
+def _karpathy_splits(rng, n_val):
+    """val2014 -> Karpathy val / test / restval, in Karpathy's proportions."""
+    n_eval = min(n_val // 2, max(1, round(n_val * KARPATHY_EVAL_SHARE))) if n_val else 0
+    splits = ["val"] * n_eval + ["test"] * n_eval + ["restval"] * (n_val - 2 * n_eval)
+    return [splits[i] for i in rng.permutation(n_val)]
+
+
+def _layout(rng, images, val_fraction):
+    n_val = min(images - 1, round(images * val_fraction)) if val_fraction > 0 else 0
+    if val_fraction > 0 and images >= 2:
+        n_val = max(n_val, 1)
+    n_train = images - n_val
+    image_ids = (rng.choice(MAX_ID, size=images, replace=False) + 1).tolist()
+    n_caps = rng.choice([5, 6, 7], size=images, p=[0.88, 0.1, 0.02]).tolist()
+    ann_ids = (rng.choice(max(1_000_000, 10 * sum(n_caps)), size=sum(n_caps), replace=False)
+               + 1).tolist()
+    licenses = rng.integers(1, len(LICENSES) + 1, size=images).tolist()
+    captured = rng.integers(1_356_998_400, 1_388_534_400, size=images).tolist()  # 2013
+    karpathy = _karpathy_splits(rng, n_val)
+    splits = ["train2014"] * n_train + ["val2014"] * n_val
+    names = [f"COCO_{split}_{image_id:012d}.jpg" for split, image_id in zip(splits, image_ids)]
+    ends = np.cumsum(n_caps).tolist()
+    per_image = [ann_ids[end - n:end] for n, end in zip(n_caps, ends)]
+    return Layout(image_ids, splits, names, per_image, licenses, captured, karpathy, n_train)
+
 
 def _make_image(task):
     """Worker: draw, encode and write one image; return its scene and captions."""
@@ -296,20 +233,66 @@ def _make_image(task):
     return {"background": scene["background"], "objects": objects}, texts
 
 
+def _make_images(out, layout, seed, width, height, workers):
+    """[(scene, captions)] per image, the images written under out."""
+    tasks = [(seed, i, os.path.join(out, split, name), width, height, len(ann_ids))
+             for i, (split, name, ann_ids) in enumerate(zip(layout.splits, layout.names, layout.ann_ids))]
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if len(tasks) >= 200 else 1
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(_make_image, tasks, chunksize=16))
+    return [_make_image(task) for task in tasks]
+
+
 def _write_json(path, data):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
-def _karpathy_splits(rng, n_val):
-    """val2014 -> Karpathy val / test / restval, in Karpathy's proportions."""
-    n_eval = min(n_val // 2, max(1, round(n_val * KARPATHY_EVAL_SHARE))) if n_val else 0
-    splits = ["val"] * n_eval + ["test"] * n_eval + ["restval"] * (n_val - 2 * n_eval)
-    return [splits[i] for i in rng.permutation(n_val)]
+def write_coco(out, layout, results, rng, width, height):
+    """annotations/captions_SPLIT.json (COCO captions format) and scenes_SPLIT.json (the truth)."""
+    coco = {split: {"images": [], "annotations": [], "scenes": []} for split in ("train2014", "val2014")}
+    for i, (scene, texts) in enumerate(results):
+        split, image_id, name = layout.splits[i], layout.image_ids[i], layout.names[i]
+        date = np.datetime64(layout.captured[i], "s").astype(str).replace("T", " ")
+        coco[split]["images"].append({
+            "license": layout.licenses[i], "file_name": name,
+            "coco_url": f"http://capgen.invalid/{split}/{name}",
+            "height": height, "width": width, "date_captured": date,
+            "flickr_url": f"http://capgen.invalid/flickr/{image_id}.jpg", "id": image_id})
+        coco[split]["annotations"] += [{"image_id": image_id, "id": ann_id, "caption": text}
+                                       for text, ann_id in zip(texts, layout.ann_ids[i])]
+        coco[split]["scenes"].append({"image_id": image_id, **scene})
+    info = {"description": "capgen synthetic shapes in the COCO 2014 captions format",
+            "url": "http://capgen.invalid", "version": "1.0", "year": 2014,
+            "contributor": "capgen synth", "date_created": "2014-01-01 00:00:00.000000"}
+    for split, data in coco.items():
+        # COCO files list images and captions in no particular order.
+        images_json = [data["images"][k] for k in rng.permutation(len(data["images"]))]
+        anns_json = [data["annotations"][k] for k in rng.permutation(len(data["annotations"]))]
+        _write_json(os.path.join(out, "annotations", f"captions_{split}.json"),
+                    {"info": info, "images": images_json, "licenses": LICENSES,
+                     "annotations": anns_json})
+        scenes = sorted(data["scenes"], key=lambda s: s["image_id"])
+        _write_json(os.path.join(out, "annotations", f"scenes_{split}.json"), {"scenes": scenes})
+
+
+def write_karpathy(out, layout, results):
+    """dataset_coco.json in Karpathy's split format."""
+    n_train = layout.n_train
+    # Karpathy's file lists val2014 images first; imgid is the position in the list.
+    order = list(range(n_train, len(results))) + list(range(n_train))
+    entries = []
+    for imgid, i in enumerate(order):
+        split = layout.splits[i]
+        sentences = [{"tokens": re.findall(r"[a-z0-9]+", text.lower()), "raw": text,
+                      "imgid": imgid, "sentid": ann_id} for text, ann_id in zip(results[i][1], layout.ann_ids[i])]
+        entries.append({
+            "filepath": split, "sentids": layout.ann_ids[i], "filename": layout.names[i], "imgid": imgid,
+            "split": "train" if split == "train2014" else layout.karpathy[i - n_train],
+            "sentences": sentences, "cocoid": layout.image_ids[i]})
+    _write_json(os.path.join(out, "dataset_coco.json"), {"images": entries, "dataset": "coco"})
 
 
 def synthesize(out, images, seed, val_fraction=0.2, width=640, height=480, workers=None):
@@ -321,81 +304,15 @@ def synthesize(out, images, seed, val_fraction=0.2, width=640, height=480, worke
     if width < 32 or height < 32:
         raise CapgenError(f"{out}: image size must be at least 32x32, got {width}x{height}")
     rng = np.random.default_rng(seed)
-    n_val = min(images - 1, round(images * val_fraction)) if val_fraction > 0 else 0
-    if val_fraction > 0 and images >= 2:
-        n_val = max(n_val, 1)
-    n_train = images - n_val
-    image_ids = (rng.choice(MAX_ID, size=images, replace=False) + 1).tolist()
-    n_caps = rng.choice([5, 6, 7], size=images, p=[0.88, 0.1, 0.02]).tolist()
-    ann_ids = (rng.choice(max(1_000_000, 10 * sum(n_caps)), size=sum(n_caps), replace=False)
-               + 1).tolist()
-    licenses = rng.integers(1, len(LICENSES) + 1, size=images).tolist()
-    captured = rng.integers(1_356_998_400, 1_388_534_400, size=images).tolist()  # 2013
-    karpathy = _karpathy_splits(rng, n_val)
-
-    splits = ["train2014"] * n_train + ["val2014"] * n_val
+    layout = _layout(rng, images, val_fraction)
     try:
         for folder in ("train2014", "val2014", "annotations"):
             os.makedirs(os.path.join(out, folder), exist_ok=True)
     except OSError as err:
         raise CapgenError(f"{out}: cannot create the dataset folders ({err.strerror})") from None
-    names = [f"COCO_{split}_{image_id:012d}.jpg" for split, image_id in zip(splits, image_ids)]
-    tasks = [(seed, i, os.path.join(out, splits[i], names[i]), width, height, n_caps[i])
-             for i in range(images)]
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if images >= 200 else 1
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_make_image, tasks, chunksize=16))
-    else:
-        results = [_make_image(task) for task in tasks]
-
-    coco = {split: {"images": [], "annotations": [], "scenes": []} for split in splits}
-    karpathy_images = []
-    next_ann = iter(ann_ids)
-    for i, (scene, texts) in enumerate(results):
-        split, image_id = splits[i], image_ids[i]
-        date = np.datetime64(captured[i], "s").astype(str).replace("T", " ")
-        coco[split]["images"].append({
-            "license": licenses[i], "file_name": names[i],
-            "coco_url": f"http://capgen.invalid/{split}/{names[i]}",
-            "height": height, "width": width, "date_captured": date,
-            "flickr_url": f"http://capgen.invalid/flickr/{image_id}.jpg", "id": image_id})
-        sentences = []
-        for text in texts:
-            ann_id = next(next_ann)
-            coco[split]["annotations"].append({"image_id": image_id, "id": ann_id, "caption": text})
-            sentences.append({"tokens": re.findall(r"[a-z0-9]+", text.lower()), "raw": text,
-                              "imgid": None, "sentid": ann_id})
-        coco[split]["scenes"].append({"image_id": image_id, **scene})
-        karpathy_images.append({
-            "filepath": split, "sentids": [s["sentid"] for s in sentences],
-            "filename": names[i], "imgid": None,
-            "split": "train" if split == "train2014" else karpathy[i - n_train],
-            "sentences": sentences, "cocoid": image_id})
-
-    info = {"description": "capgen synthetic shapes in the COCO 2014 captions format",
-            "url": "http://capgen.invalid", "version": "1.0", "year": 2014,
-            "contributor": "capgen synth", "date_created": "2014-01-01 00:00:00.000000"}
-    for split in ("train2014", "val2014"):
-        data = coco.get(split, {"images": [], "annotations": [], "scenes": []})
-        # COCO files list images and captions in no particular order.
-        images_json = [data["images"][k] for k in rng.permutation(len(data["images"]))]
-        anns_json = [data["annotations"][k] for k in rng.permutation(len(data["annotations"]))]
-        _write_json(os.path.join(out, "annotations", f"captions_{split}.json"),
-                    {"info": info, "images": images_json, "licenses": LICENSES,
-                     "annotations": anns_json})
-        scenes = sorted(data["scenes"], key=lambda s: s["image_id"])
-        _write_json(os.path.join(out, "annotations", f"scenes_{split}.json"), {"scenes": scenes})
-
-    # Karpathy's file lists val2014 images first; imgid is the position in the list.
-    karpathy_images = karpathy_images[n_train:] + karpathy_images[:n_train]
-    for imgid, entry in enumerate(karpathy_images):
-        entry["imgid"] = imgid
-        for sentence in entry["sentences"]:
-            sentence["imgid"] = imgid
-    _write_json(os.path.join(out, "dataset_coco.json"),
-                {"images": karpathy_images, "dataset": "coco"})
-    return {"images": images, "train2014": n_train, "val2014": n_val,
-            "captions": sum(n_caps),
-            "karpathy": {s: karpathy.count(s) for s in ("val", "test", "restval")}}
+    results = _make_images(out, layout, seed, width, height, workers)
+    write_coco(out, layout, results, rng, width, height)
+    write_karpathy(out, layout, results)
+    return {"images": images, "train2014": layout.n_train, "val2014": images - layout.n_train,
+            "captions": sum(len(a) for a in layout.ann_ids),
+            "karpathy": {s: layout.karpathy.count(s) for s in ("val", "test", "restval")}}

@@ -10,7 +10,8 @@ from pycocotools.coco import COCO
 
 from pipeline.errors import CapgenError
 from pipeline.scenes import COLOURS, POSITIONS, SHAPES, SIZES, check_caption, read_scenes
-from pipeline.synth import captions, make_scene, synthesize
+from pipeline.synth import make_scene, synthesize
+from pipeline.synth_captions import captions
 from tools.cli import cli
 
 N, W, H = 20, 160, 120
