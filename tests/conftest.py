@@ -7,6 +7,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
+from pipeline import shards  # noqa: E402
+from pipeline.coco import read_coco  # noqa: E402
+from pipeline.synth import synthesize  # noqa: E402
+
 
 @pytest.fixture
 def one_thread():
@@ -17,3 +21,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """Factory: tiny_shards(images=, seed=, ...) -> folder of a shard set that the builder
+    made from synthetic images (pipeline/synth.py); a val2014 set takes the train2014
+    set's vocabulary. Each is made once per session for its arguments, so tests read
+    these folders and write elsewhere."""
+    datasets, sets = {}, {}
+
+    def make(*, images, seed, width, height, image_size, shard_size, preset, val_fraction=0.0,
+             split="train2014"):
+        data = (images, seed, width, height, val_fraction)
+        if data not in datasets:
+            datasets[data] = root = tmp_path_factory.mktemp("tiny_shards")
+            synthesize(str(root / "data"), images, seed=seed, val_fraction=val_fraction, width=width,
+                       height=height, workers=1)
+        key = data + (image_size, shard_size, preset, split)
+        if key not in sets:
+            root = datasets[data]
+            vocab = None
+            if split == "val2014":
+                train = make(images=images, seed=seed, width=width, height=height, image_size=image_size,
+                             shard_size=shard_size, preset=preset, val_fraction=val_fraction)
+                vocab = os.path.join(train, "vocab.json")
+            out = str(root / f"{split}-{image_size}px-{shard_size}-{preset}")
+            shards.build(read_coco(str(root / "data"), split), out,
+                         shards.Options(name=split, image_size=image_size, shard_size=shard_size), {},
+                         workers=1, vocab=vocab, preset=preset, min_freq=1, progress=False)
+            sets[key] = out
+        return sets[key]
+
+    return make

@@ -16,19 +16,14 @@ from tools.cli import cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tiny_shards, tmp_path_factory):
     """24 synthetic images -> 32 px shards (3 of 8) -> resnet50 layer4 features (1x1 grid)."""
     from model.bench_gpu_train import extract_features
-    from pipeline import shards as sh
-    from pipeline.coco import read_coco
-    from pipeline.synth import synthesize
 
-    root = tmp_path_factory.mktemp("bench_gpu")
-    synthesize(str(root / "data"), 24, seed=5, val_fraction=0, width=64, height=48, workers=1)
-    sh.build(read_coco(str(root / "data"), "train2014"), str(root / "set"),
-             sh.Options(name="b", image_size=32, shard_size=8), {}, workers=1, min_freq=1, progress=False)
-    extract_features(str(root / "set"), str(root / "f.h5"), workers=0, device="cpu")
-    return str(root / "set"), str(root / "f.h5")
+    shard_set = tiny_shards(images=24, seed=5, width=64, height=48, image_size=32, shard_size=8, preset="seed")
+    features = str(tmp_path_factory.mktemp("bench_gpu") / "f.h5")
+    extract_features(shard_set, features, workers=0, device="cpu")
+    return shard_set, features
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run")

@@ -211,24 +211,15 @@ def test_gpu_decode_matches_cpu_and_stays_on_device(shard_set):
 
 
 @pytest.fixture(scope="module")
-def built_set(tmp_path_factory):
+def built_set(tiny_shards):
     """A set made by synth + the shard builder (with its index files)."""
-    from pipeline import shards as sh
-    from pipeline.coco import read_coco
-    from pipeline.synth import synthesize
-
-    root = tmp_path_factory.mktemp("built")
-    synthesize(str(root / "coco"), images=10, seed=0, val_fraction=0, width=96, height=72, workers=1)
-    out = str(root / "set")
-    sh.build(read_coco(str(root / "coco"), "train2014"), out, sh.Options(name="syn", image_size=SIZE, shard_size=4),
-             {}, workers=1, min_freq=1, progress=False)
-    return out
+    return tiny_shards(images=10, seed=0, width=96, height=72, image_size=SIZE, shard_size=4, preset="seed")
 
 
 def test_builder_shards_read_like_the_cpu_loader(built_set):
     """The same ids, tokens and pixels as pipeline/loader.py reads, using the builder's index files."""
     from pipeline.loader import ShardBatches
-    from pipeline.shards import shard_paths
+    from pipeline.shardset import shard_paths
 
     tars = shard_paths(built_set)
     stamps = [os.path.getmtime(index_path(t)) for t in tars]

@@ -7,12 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import shards
-from pipeline.coco import read_coco
 from pipeline.errors import CapgenError
 from pipeline.features import FORMAT, FeatureFile, FeatureWriter
 from pipeline.loader import decode_jpeg
-from pipeline.synth import synthesize
 
 ATTRS = {"encoder": "resnet18", "weights": "none", "stop": "layer3", "image_size": 32,
          "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "shard_set": "../set"}
@@ -74,14 +71,10 @@ def test_not_a_cache_is_a_one_line_error(tmp_path):
         FeatureFile(str(tmp_path / "missing.h5"))
 
 
-def test_extract_stores_the_encoder_features_of_every_image(tmp_path):
+def test_extract_stores_the_encoder_features_of_every_image(tiny_shards, tmp_path):
     from model.extract import build_encoder, extract, normalise
 
-    synthesize(str(tmp_path / "data"), 12, seed=4, val_fraction=0.0, width=48, height=40, workers=1)
-    set_dir = str(tmp_path / "set")
-    shards.build(read_coco(str(tmp_path / "data"), "train2014"), set_dir,
-                 shards.Options(name="s", image_size=32, shard_size=5), {}, workers=1,
-                 preset="coco", min_freq=1, index=False, progress=False)
+    set_dir = tiny_shards(images=12, seed=4, width=48, height=40, image_size=32, shard_size=5, preset="coco")
     out = str(tmp_path / "feat" / "train.h5")
     with pytest.warns(UserWarning, match="random init"):
         n = extract(set_dir, out, "resnet18", "layer3", "none", batch_size=4, workers=2, progress=False)

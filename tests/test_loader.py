@@ -7,26 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import shards
-from pipeline.coco import read_coco
 from pipeline.features import FeatureWriter
 from pipeline.loader import DataSource, make_loader
-from pipeline.synth import synthesize
 from pipeline.text import TokenTable, Vocabulary
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def shard_set(tmp_path_factory):
+def shard_set(tiny_shards):
     """40 synthetic train images in 5 shards of 8, 32 px, coco preset."""
-    root = tmp_path_factory.mktemp("loader")
-    synthesize(str(root / "data"), 50, seed=3, val_fraction=0.2, width=64, height=48, workers=1)
-    out = str(root / "train")
-    shards.build(read_coco(str(root / "data"), "train2014"), out,
-                 shards.Options(name="t", image_size=SIZE, shard_size=8), {}, workers=1,
-                 preset="coco", min_freq=1, index=False, progress=False)
-    return out
+    return tiny_shards(images=50, seed=3, width=64, height=48, val_fraction=0.2, image_size=SIZE, shard_size=8,
+                       preset="coco")
 
 
 def shard_captions(folder):

@@ -9,9 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 from model.train import TrainArgs, read_log, train
-from pipeline import shards
-from pipeline.coco import read_coco
-from pipeline.synth import synthesize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=1,
@@ -19,24 +16,19 @@ TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tiny_shards, tmp_path_factory):
     """Shard sets (32 px, shards of 6) and feature caches for 24 train / 6 val images."""
     from model.extract import extract
 
     root = tmp_path_factory.mktemp("train")
-    synthesize(str(root / "data"), 30, seed=11, val_fraction=0.2, width=48, height=40, workers=1)
     out = {}
     for split, name in (("train2014", "train"), ("val2014", "val")):
-        vocab = str(root / "train" / "vocab.json") if name == "val" else None
-        shards.build(read_coco(str(root / "data"), split), str(root / name),
-                     shards.Options(name=name, image_size=32, shard_size=6), {}, workers=1, vocab=vocab,
-                     preset="coco", min_freq=1, index=False, progress=False)
-        out[name] = str(root / name)
+        out[name] = tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32,
+                                shard_size=6, preset="coco", split=split)
         with pytest.warns(UserWarning, match="random init"):
             extract(out[name], str(root / f"{name}.h5"), "resnet18", "layer3", "none", batch_size=8,
                     workers=0, progress=False)
         out[name + "_h5"] = str(root / f"{name}.h5")
-    out["data"] = str(root / "data")
     return out
 
 
