@@ -123,6 +123,7 @@ def build_task(task, progress):
     """A shard already complete is kept (after checking its hash), else written; returns
     its part record. progress(n) counts the images done."""
     out, shard = task.out, task.shard
+    path = os.path.join(out, shard)
     stem = os.path.splitext(shard)[0]
     discard(glob.glob(os.path.join(glob.escape(out), stem + ".*tmp"))  # left by a killed build
             + glob.glob(os.path.join(glob.escape(out), PARTS, stem + ".json.*tmp")))
@@ -133,21 +134,18 @@ def build_task(task, progress):
     part = _load_part(out, shard, fingerprint)
     if part is None:
         try:
-            part = write_shard(os.path.join(out, shard), task.records, task.opts, progress)
+            part = write_shard(path, task.records, task.opts, progress)
             part["fingerprint"] = fingerprint
             with atomic_write(part_path(out, shard), "w") as f:
                 json.dump(part, f)
         except OSError as err:  # disk full, read-only folder: one line, not a traceback
-            raise CapgenError(f"{os.path.join(out, shard)}: cannot write ({err.strerror or err})") from None
+            raise CapgenError(f"{path}: cannot write ({err.strerror or err})") from None
         part["reused"] = False
     else:
         progress(len(task.records))
         part["reused"] = True
-    if task.index:
-        tar = os.path.join(out, shard)
-        idx = wds_index.index_path(tar)
-        if not wds_index.is_current(tar, idx):
-            wds_index.write_index(tar, idx)
+    if task.index and not wds_index.is_current(path, wds_index.index_path(path)):
+        wds_index.write_index(path)
     return part
 
 
