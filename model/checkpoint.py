@@ -2,13 +2,12 @@
 
 trainer.pt holds plain containers only (tensors, dicts, lists, numbers, strings)
 and is read with torch.load(weights_only=True): loading never unpickles objects.
-The folder is replaced as a whole: written beside it as NAME.tmp, then swapped
-in with two renames; a crash between them leaves NAME.old, which `load` uses.
+The folder is replaced as a whole (pipeline/atomic.py's atomic_dir); a crash
+mid-swap leaves NAME.old, which `load` uses.
 """
 import json
 import os
 import random
-import shutil
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from pipeline.atomic import atomic_write
+from pipeline.atomic import atomic_dir, atomic_write
 from pipeline.errors import CapgenError
 from pipeline.text import Vocabulary
 
@@ -24,32 +23,10 @@ FORMAT = "capgen-checkpoint/1"
 WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(path, model_state, config, vocab, trainer_state=None):
     """Write the checkpoint folder `path` atomically; returns path."""
-    final = os.path.abspath(os.fspath(path))
-    tmp, old = final + ".tmp", final + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with atomic_dir(path) as tmp:
         _write(tmp, model_state, config, vocab, trainer_state)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(tmp)
-    if os.path.exists(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    os.rename(tmp, final)
-    _fsync_dir(os.path.dirname(final))
-    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -66,7 +43,7 @@ def _write(folder, model_state, config, vocab, trainer_state):
 
 
 def resolve(path):
-    """The folder to read: `path`, or what a save interrupted mid-swap left."""
+    """The folder to read: `path`, or the NAME.old a save interrupted mid-swap left."""
     path = os.path.normpath(os.fspath(path))
     if not os.path.isdir(path) and os.path.isdir(path + ".old"):
         return path + ".old"
