@@ -11,8 +11,8 @@ import torch
 
 from model import checkpoint
 from model.captioner import build
+from model.decode import decode_source
 from model.metrics import coco_scores
-from model.train import decode_source
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
 from pipeline.loader import DataSource, make_loader

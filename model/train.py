@@ -12,7 +12,6 @@ with fewer batches join early (torch.distributed.algorithms.Join). Rank 0 valida
 logs and saves.
 """
 import contextlib
-import json
 import os
 import sys
 import time
@@ -25,15 +24,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model import captioner, checkpoint
+from model.decode import validate
 from model.decoder import Decoder
 from model.extract import build_encoder, normalise
-from model.metrics import bleu
-from model.search import beam_search, greedy
-from model.step import CaptionModel, TrainStep, to_device
-from pipeline.atomic import atomic_write
+from model.runlog import Log, plot_curve
+from model.step import CaptionModel, TrainStep
 from pipeline.errors import CapgenError
 from pipeline.loader import DataSource, make_loader, stream_seed
-from pipeline.text import clean
 
 
 @dataclass
@@ -146,101 +143,6 @@ def _image_feature_stats(encoder, source, args, device, batch_size=32):
             break
     mean = total / n
     return mean.float(), (sq / n - mean * mean).clamp_min(0).sqrt().float()
-
-
-# ---------------------------------------------------------------- validation
-
-@torch.no_grad()
-def decode_source(encoder, decoder, loader, vocab, device, beam=1, limit=None, topk=1):
-    """{image_id: best caption words} for a loader's images (greedy or beam search)."""
-    out = {}
-    encoder.eval()
-    for batch in loader:
-        batch = to_device(batch, device)
-        feats = batch["features"] if "features" in batch else encoder(batch["images"])
-        ids = batch["image_ids"].tolist()
-        if beam <= 1:
-            tokens, _ = greedy(decoder, feats, vocab.max_len)
-            words = [vocab.words(row) for row in tokens.tolist()]
-        else:
-            hyps = beam_search(decoder, feats, beam=beam, max_len=vocab.max_len, topk=1)
-            words = [vocab.words(h[0].tokens) for h in hyps]
-        out.update(zip(ids, words))
-        if limit is not None and len(out) >= limit:
-            break
-    return out
-
-
-def validate(encoder, decoder, loader, vocab, refs, device, beam=1, limit=None):
-    """BLEU-1..4 (nltk, words cleaned with the vocabulary's preset) of decoded val captions."""
-    words = decode_source(encoder, decoder, loader, vocab, device, beam, limit)
-    ids = sorted(words)
-    missing = [i for i in ids if not refs.get(i)]
-    if missing:
-        raise CapgenError(f"{loader.source.path}: no reference captions for image id {missing[0]}")
-    hyps = [words[i] for i in ids]
-    ref_words = [[clean(r, vocab.preset) for r in refs[i]] for i in ids]
-    with warnings.catch_warnings():  # nltk warns at length about zero n-gram counts early on
-        warnings.simplefilter("ignore")
-        scores = bleu(hyps, ref_words)
-    return scores, {i: " ".join(words[i]) for i in ids}
-
-
-# ---------------------------------------------------------------- logs
-
-class Log:
-    """RUN/log.jsonl (rank 0): one JSON object per line, flushed as written."""
-
-    def __init__(self, path, enabled, keep_before_epoch=None):
-        self.path, self.enabled = path, enabled
-        if not enabled:
-            return
-        records = read_log(path) if keep_before_epoch is not None else []
-        keep = [r for r in records if r.get("epoch", 0) < (keep_before_epoch or 0)]
-        with atomic_write(path, "w") as f:  # a resumed run drops what the lost epoch logged
-            f.writelines(json.dumps(r) + "\n" for r in keep)
-        self.file = open(path, "a", encoding="utf-8")
-
-    def write(self, record):
-        if self.enabled:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-
-    def close(self):
-        if self.enabled:
-            self.file.close()
-
-
-def read_log(path):
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def plot_curve(log_path, png_path):
-    """Training loss per logged step and validation BLEU-4 per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_log(log_path)
-    train = [r for r in records if r["type"] == "train"]
-    val = [r for r in records if r["type"] == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss", color="tab:blue")
-    if val:
-        ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in val], [r["Bleu_4"] for r in val], "o-", color="tab:red")
-        ax2.set_ylabel("validation BLEU-4", color="tab:red")
-    ax.set_title(os.path.basename(os.path.dirname(os.path.abspath(log_path))) or "training")
-    fig.tight_layout()
-    with atomic_write(png_path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- training

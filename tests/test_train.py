@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.train import TrainArgs, read_log, train
+from model.runlog import read_log
+from model.train import TrainArgs, train
 from pipeline import shards
 from pipeline.coco import read_coco
 from pipeline.synth import synthesize
