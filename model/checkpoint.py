@@ -1,5 +1,6 @@
 """Checkpoint folder: model.safetensors, config.json (config + vocabulary), trainer.pt.
 
+What the config and the weights hold is model/checkpoint_config.py's.
 trainer.pt holds plain containers only (tensors, dicts, lists, numbers, strings)
 and is read with torch.load(weights_only=True): loading never unpickles objects.
 The folder is replaced as a whole (pipeline/atomic.py's atomic_dir); a crash
@@ -53,19 +54,7 @@ def resolve(path):
 def load(path, trainer=True):
     """-> (state_dict, config, vocab, trainer_state or None). trainer=False skips trainer.pt."""
     path = resolve(path)
-    if not os.path.isdir(path):
-        raise CapgenError(f"{path}: checkpoint folder not found")
-    cfg_path = os.path.join(path, CONFIG)
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
-        config, vocab = meta["config"], Vocabulary.from_dict(meta["vocab"])
-    except FileNotFoundError:
-        raise CapgenError(f"{cfg_path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CapgenError(f"{cfg_path}: not a capgen checkpoint config ({err})") from None
+    config, vocab = read_config(path)
     weights = os.path.join(path, WEIGHTS)
     try:
         state = load_file(weights)
@@ -80,7 +69,26 @@ def load(path, trainer=True):
     return state, config, vocab, trainer_state
 
 
+def read_config(path):
+    """-> (config, vocab) from the checkpoint folder's config.json, without the weights."""
+    path = resolve(path)
+    if not os.path.isdir(path):
+        raise CapgenError(f"{path}: checkpoint folder not found")
+    cfg_path = os.path.join(path, CONFIG)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+        return meta["config"], Vocabulary.from_dict(meta["vocab"])
+    except FileNotFoundError:
+        raise CapgenError(f"{cfg_path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CapgenError(f"{cfg_path}: not a capgen checkpoint config ({err})") from None
+
+
 def load_trainer_state(path):
+    """trainer.pt's plain containers, refusing anything else."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError for objects, others for corrupt files

@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model import captioner, checkpoint
+from model import checkpoint
+from model.checkpoint_config import model_state, split_state, trained_config
 from model.decode import validate
 from model.decoder import Decoder
 from model.extract import build_encoder, normalise
@@ -118,16 +119,11 @@ def _encoder_for(args, source):
     return encoder, weights
 
 
-def model_config(encoder, weights, decoder, source, vocab, args):
-    """captioner.model_config (what model/captioner.py rebuilds encoder + decoder and
-    the preprocessing from) plus how this model was trained."""
-    config = captioner.model_config(encoder, decoder, int(source.image_size), source.resize_mode or "stretch")
-    config["encoder"]["weights"] = str(weights)
-    config["encoder"]["grid"] = list(encoder.grid(int(source.image_size)))
-    config["training"] = {"source": os.path.abspath(source.path), "source_kind": source.kind,
-                          "fine_tune_encoder": bool(args.fine_tune_encoder), "text_preset": vocab.preset,
-                          "seed": args.seed, "batch_size": args.batch_size}
-    return config
+def _training_record(args, source, vocab):
+    """config["training"]: how this model was trained."""
+    return {"source": os.path.abspath(source.path), "source_kind": source.kind,
+            "fine_tune_encoder": bool(args.fine_tune_encoder), "text_preset": vocab.preset,
+            "seed": args.seed, "batch_size": args.batch_size}
 
 
 @torch.no_grad()
@@ -154,11 +150,6 @@ def _optimizer(model, args, device):
         if params:
             groups.append({"params": params, "lr": args.encoder_lr})
     return torch.optim.Adam(groups, fused=device.type == "cuda" or None)
-
-
-def _load_state(encoder, decoder, state):
-    encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
-    decoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
 
 
 def train(args):
@@ -197,7 +188,8 @@ def _train(args, rank, world, device, lead):
     optimizer = _optimizer(model, args, device)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=args.lr_factor, patience=args.lr_patience)
-    config = model_config(encoder, weights, decoder, train_src, vocab, args)
+    config = trained_config(encoder, weights, decoder, int(train_src.image_size), train_src.resize_mode or "stretch",
+                            _training_record(args, train_src, vocab))
 
     start_epoch, step, best, bad_epochs = 0, 0, -1.0, 0
     last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
@@ -206,7 +198,9 @@ def _train(args, rank, world, device, lead):
         if ts is None:
             raise CapgenError(f"{last_dir}: no trainer.pt to resume from")
         try:
-            _load_state(encoder, decoder, state)
+            parts = split_state(state)
+            encoder.load_state_dict(parts["encoder"])
+            decoder.load_state_dict(parts["decoder"])
         except RuntimeError as err:
             raise CapgenError(f"{last_dir}: does not match these options ({str(err).splitlines()[0]})") from None
         optimizer.load_state_dict(ts["optimizer"])
@@ -264,7 +258,7 @@ def _train(args, rank, world, device, lead):
             ts = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
                   "step": step, "best": best, "bad_epochs": bad_epochs, "seed": args.seed,
                   "rng": checkpoint.rng_state(), "scores": scores}
-            state = captioner.model_state(encoder, decoder)
+            state = model_state(encoder, decoder)
             checkpoint.save(last_dir, state, config, vocab, ts)
             if improved:
                 checkpoint.save(best_dir, state, config, vocab, ts)

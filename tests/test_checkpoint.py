@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from model import checkpoint
-from model.captioner import Captioner, model_config, model_state, preprocess
+from model.captioner import Captioner, preprocess
+from model.checkpoint_config import model_config, model_state
 from model.decoder import Decoder
 from model.encoder import Encoder
 from model.search import beam_search
