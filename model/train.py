@@ -22,7 +22,6 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,42 +38,6 @@ from model.runlog import Log, plot_curve
 from model.step import CaptionModel, TrainStep
 from pipeline.errors import CapgenError
 from pipeline.loader import DataSource, make_loader, stream_seed
-
-
-@dataclass
-class TrainArgs:
-    train: str
-    val: str
-    out: str
-    epochs: int = 20
-    batch_size: int = 32             # images per step (each with its K captions)
-    encoder: str | None = None       # None: resnet50, or what the feature cache says
-    encoder_stop: str | None = None  # None: layer4, or the cache's
-    encoder_weights: str | None = None  # None: imagenet, or the cache's
-    download: bool = False               # allow fetching ImageNet weights missing from the torch cache
-    fine_tune_encoder: bool = False
-    embed_dim: int = 512
-    attention_dim: int = 512
-    hidden_dim: int = 512
-    dropout: float = 0.5
-    decoder_lr: float = 4e-4
-    encoder_lr: float = 1e-4
-    grad_clip: float = 5.0
-    alpha_c: float = 1.0
-    lr_factor: float = 0.8
-    lr_patience: int = 3
-    patience: int = 20               # early stopping: epochs without a better val BLEU-4
-    beam: int = 1                    # validation decoding: 1 = greedy
-    val_images: int | None = None    # validate on the first N val images (None: all)
-    workers: int = 2
-    loader: str = "auto"
-    resume: bool = False
-    compile: bool = False
-    seed: int = 0
-    log_every: int = 50
-    device: str | None = None
-    progress: bool = True
-    feature_samples: int = 512       # images used to estimate channel stats (image sources)
 
 
 # ---------------------------------------------------------------- process

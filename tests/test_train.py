@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from model.runlog import read_log
-from model.train import TrainArgs, train
+from model.train import train
+from model.train_args import TrainArgs
 from pipeline import shards
 from pipeline.coco import read_coco
 from pipeline.synth import synthesize
