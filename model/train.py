@@ -168,7 +168,7 @@ def build_val_loader(args, source):
 # ---------------------------------------------------------------- fit
 
 def fit(args, device, rank=0, world=1):
-    """The training loop on this process; returns fit's summary (see `train`)."""
+    """The training loop of this process (rank `rank` of `world`); returns `train`'s summary."""
     lead = rank == 0
     train_src, val_src = DataSource(args.train), DataSource(args.val)
     vocab = train_src.vocab()
