@@ -4,7 +4,6 @@ Each word's attention grid (h x w, over the image the model saw) is upsampled
 bicubically to the image size and then smoothed with a Gaussian (sigma 0.3 cell),
 so a coarse 8x8 grid reads as soft regions rather than tiles.
 """
-import json
 import os
 from collections import defaultdict, deque
 
@@ -12,7 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageFilter, ImageOps
 
-from model.captioner import fit_mode
+from model import checkpoint
+from model.checkpoint_config import fit_mode
 from pipeline.atomic import atomic_write
 
 COLUMNS = 5
@@ -117,10 +117,8 @@ def figure_paths(out, image_paths):
 
 def figure_writer(ckpt, out, image_paths, echo=print):
     """A callback (path, image, result) for `model.caption_files.caption_files`: writes each image's figure, in order."""
-    from model import checkpoint
-
-    with open(os.path.join(checkpoint.resolve(ckpt), checkpoint.CONFIG), encoding="utf-8") as f:
-        resize_mode = json.load(f)["config"]["image"]["resize_mode"]
+    config, _ = checkpoint.read_config(ckpt)
+    resize_mode = config["image"]["resize_mode"]
     pending = defaultdict(deque)
     for path, fig_path in zip(image_paths, figure_paths(out, image_paths)):
         pending[path].append(fig_path)

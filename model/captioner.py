@@ -1,12 +1,9 @@
 """A trained captioner from a checkpoint folder: PIL images in, captions and attention out.
 
-The checkpoint config (see `model_config`) names everything needed to rebuild
-the model and its preprocessing:
-  encoder: {name, stop, weights}   decoder: Decoder.config()
-  image:   {size, resize_mode, mean, std}
-Weights are keyed "encoder.*" and "decoder.*" (`model_state`). A checkpoint
-trained on cached features may leave the encoder out: it is then rebuilt from
-its config weights ("imagenet" from the torch cache, or a file).
+`Captioner.load` is the one way from a checkpoint to a model: the config
+(model/checkpoint_config.py) names the encoder, the decoder and the preprocessing.
+A checkpoint trained on cached features may leave the encoder out: it is then
+rebuilt from its config weights ("imagenet" from the torch cache, or a file).
 """
 import warnings
 
@@ -15,40 +12,18 @@ import torch
 from PIL import ImageOps
 
 from model import checkpoint
+from model.checkpoint_config import fit_mode, split_state
 from model.decoder import Decoder
-from model.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder
+from model.encoder import Encoder
 from model.search import beam_search
 from pipeline import imaging
 from pipeline.errors import CapgenError
 
-# A config names its resize mode as the shard builder does; squash and crop are older names.
-RESIZE_ALIASES = {"squash": "stretch", "crop": "center-crop"}
-RESIZE_MODES = (*RESIZE_ALIASES, *imaging.RESIZE_MODES)
 
-
-def model_config(encoder, decoder, image_size, resize_mode="stretch", mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """The config dict a checkpoint needs (callers may add their own keys)."""
-    fit_mode(resize_mode)
-    return {
-        "encoder": {"name": encoder.name, "stop": encoder.stop, "weights": encoder.weights},
-        "decoder": decoder.config(),
-        "image": {"size": image_size, "resize_mode": resize_mode, "mean": list(mean), "std": list(std)},
-    }
-
-
-def model_state(encoder, decoder):
-    """One state dict for both parts; encoder=None leaves the encoder out."""
-    state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
-    if encoder is not None:
-        state.update({f"encoder.{k}": v for k, v in encoder.state_dict().items()})
-    return state
-
-
-def build(config, state):
+def _build(config, state):
     """(encoder, decoder) from a checkpoint's config and state dict, in eval mode."""
     enc = config["encoder"]
-    part = {p: {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(p + ".")}
-            for p in ("encoder", "decoder")}
+    part = split_state(state)
     if part["encoder"]:
         with warnings.catch_warnings():  # random init, overwritten right below
             warnings.simplefilter("ignore")
@@ -61,14 +36,6 @@ def build(config, state):
     return encoder.eval(), decoder.eval()
 
 
-def fit_mode(name):
-    """A config's resize mode as pipeline/imaging.py (the shard builder) names it."""
-    mode = RESIZE_ALIASES.get(name, name)
-    if mode not in imaging.RESIZE_MODES:
-        raise ValueError(f"unknown resize mode {name!r} (expected one of {', '.join(RESIZE_MODES)})")
-    return mode
-
-
 def preprocess(img, size, resize_mode, mean, std):
     """PIL image -> normalised float tensor [3, size, size], resized as the shard builder does."""
     pixels = np.asarray(imaging.to_rgb(ImageOps.exif_transpose(img)))
@@ -78,26 +45,27 @@ def preprocess(img, size, resize_mode, mean, std):
 
 
 class Captioner:
-    def __init__(self, encoder, decoder, vocab, image, device="cpu"):
+    """encoder + decoder + vocabulary on `device`; `config` is the checkpoint's (model/checkpoint_config.py)."""
+
+    def __init__(self, encoder, decoder, vocab, config, device="cpu"):
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device).eval()
         self.decoder = decoder.to(self.device).eval()
         if self.device.type == "cuda":
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
-        self.vocab, self.image = vocab, image
-        self.grid = list(encoder.grid(image["size"]))
+        self.vocab, self.config, self.image = vocab, config, config["image"]
+        self.grid = list(encoder.grid(self.image["size"]))
 
     @classmethod
     def load(cls, ckpt_dir, device="cpu"):
         state, config, vocab, _ = checkpoint.load(ckpt_dir, trainer=False)
         try:
-            encoder, decoder = build(config, state)
-            image = config["image"]
-            fit_mode(image["resize_mode"])
+            encoder, decoder = _build(config, state)
+            fit_mode(config["image"]["resize_mode"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CapgenError(f"{ckpt_dir}: checkpoint does not match its config ({first})") from None
-        return cls(encoder, decoder, vocab, image, device)
+        return cls(encoder, decoder, vocab, config, device)
 
     def preprocess(self, img):
         try:

@@ -80,7 +80,8 @@ def run_demo(out="demo", images=None, epochs=None, echo=print, **overrides):
     """The whole pipeline on synthetic data; returns the summary (held-out scores first)."""
     from model.evaluate import evaluate
     from model.extract import extract
-    from model.train import TrainArgs, train
+    from model.train import train
+    from model.train_args import TrainArgs
     from pipeline.scenes import attribute_accuracy, read_scenes
     from pipeline.synth import synthesize
 

@@ -9,25 +9,14 @@ import os
 import numpy as np
 import torch
 
-from model import checkpoint
-from model.captioner import build
+from model.captioner import Captioner
+from model.decode import decode_source
 from model.metrics import coco_scores
-from model.train import decode_source
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
 from pipeline.loader import DataSource, make_loader
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
-
-
-def load_model(ckpt, device):
-    state, config, vocab, _ = checkpoint.load(ckpt, trainer=False)
-    try:
-        encoder, decoder = build(config, state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CapgenError(f"{ckpt}: checkpoint does not match its config ({first})") from None
-    return encoder.to(device).eval(), decoder.to(device).eval(), vocab, config
 
 
 def check_features(source, encoder, config):
@@ -50,7 +39,8 @@ def check_features(source, encoder, config):
 def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None):
     """{image_id: caption} for every image of a shard set or feature cache; and the source."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    encoder, decoder, vocab, config = load_model(ckpt, device)
+    captioner = Captioner.load(ckpt, device)
+    encoder, decoder, vocab, config = captioner.encoder, captioner.decoder, captioner.vocab, captioner.config
     source = DataSource(data)
     if source.kind == "features":
         check_features(source, encoder, config)

@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file beside the target, fsync, rename."""
+"""Atomic file writes: a temp file beside the target, fsync, rename (and whole folders)."""
 import contextlib
 import os
 import shutil
@@ -73,3 +73,36 @@ def discard(paths):
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def fsync_dir(path):
+    """Make a rename inside the folder `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yields an empty folder PATH.tmp to fill; on success it replaces the folder `path` whole.
+
+    The swap is two renames (path -> PATH.old, PATH.tmp -> path); a crash between them
+    leaves PATH.old, the previous folder, for readers to fall back on."""
+    final = os.path.abspath(os.fspath(path))
+    tmp, old = final + ".tmp", final + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(tmp)
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    fsync_dir(os.path.dirname(final))
+    shutil.rmtree(old, ignore_errors=True)

@@ -4,7 +4,7 @@ import warnings
 import torch
 
 from model import checkpoint
-from model.captioner import model_config, model_state
+from model.checkpoint_config import model_config, model_state
 from model.decoder import Decoder
 from model.encoder import Encoder
 from pipeline.scenes import COLOURS, SHAPES

@@ -1,4 +1,5 @@
 """Checkpoint folder (safetensors + JSON + weights-only trainer state) and the Captioner built from it."""
+import dataclasses
 import io
 import json
 import os
@@ -11,7 +12,8 @@ import torch
 from PIL import Image
 
 from model import checkpoint
-from model.captioner import Captioner, model_config, model_state, preprocess
+from model.captioner import Captioner, preprocess
+from model.checkpoint_config import model_config, model_state
 from model.decoder import Decoder
 from model.encoder import Encoder
 from model.search import beam_search
@@ -40,12 +42,15 @@ def trainer_state(decoder):
     decoder.fc.bias.sum().backward()
     opt.step()
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3)
-    return {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": {"scale": 1024.0},
-            "epoch": 3, "step": 1200, "best": {"Bleu_4": 0.25}, "rng": checkpoint.rng_state()}
+    return checkpoint.TrainState(seed=5, epoch=3, step=1200, best=0.25, bad_epochs=1, scores={"Bleu_4": 0.25},
+                                 optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=checkpoint.rng_state())
 
 
 def assert_same(a, b):
-    if isinstance(a, torch.Tensor):
+    if dataclasses.is_dataclass(a):
+        assert type(a) is type(b)
+        assert_same(vars(a), vars(b))
+    elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b)
     elif isinstance(a, dict):
         assert a.keys() == b.keys()
@@ -102,7 +107,8 @@ def test_save_replaces_the_folder_whole(tmp_path, parts):
     first = {"w": torch.ones(3)}
     checkpoint.save(tmp_path / "ckpt", first, {"n": 1}, vocab)
     with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda cannot be saved
-        checkpoint.save(tmp_path / "ckpt", {"w": torch.zeros(3)}, {"n": 2}, vocab, {"bad": lambda: 0})
+        checkpoint.save(tmp_path / "ckpt", {"w": torch.zeros(3)}, {"n": 2}, vocab,
+                        checkpoint.TrainState(seed=0, scores={"bad": lambda: 0}))
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
     assert checkpoint.load(tmp_path / "ckpt")[1] == {"n": 1}
     # Killed between the two renames: the previous checkpoint is still read.

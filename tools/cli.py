@@ -1,9 +1,11 @@
 """The `capgen` command line: parse options, then call into pipeline/ and model/."""
 import os
 import sys
+from dataclasses import MISSING, fields
 
 import click
 
+from model.train_args import TrainArgs
 from pipeline.errors import CapgenError
 
 
@@ -134,42 +136,38 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
         click.echo(f"{json_out}: written")
 
 
+def _train_option_type(f, meta):
+    if meta["choices"]:
+        return click.Choice(meta["choices"])
+    if meta["folder"]:
+        return click.Path(file_okay=False)
+    return {int: int, float: float, int | None: int}.get(f.type)  # None: click's text (or a flag)
+
+
+def train_options(command):
+    """`capgen train`'s options: one per TrainArgs option() field, in field order, with its default and help."""
+    for f in reversed(fields(TrainArgs)):
+        meta = f.metadata.get("cli")
+        if meta is None:
+            continue
+        if f.default is MISSING:  # click counts an explicit default=None as a default
+            given = {"required": True}
+        else:
+            given = {"default": f.default, "is_flag": f.type is bool,
+                     "show_default": f.type is not bool and f.default is not None}
+        command = click.option(f"--{f.name.replace('_', '-')}", type=_train_option_type(f, meta), help=meta["help"],
+                               **given)(command)
+    return command
+
+
 @cli.command()
-@click.option("--train", "train_src", required=True, help="Shard set folder or feature cache .h5.")
-@click.option("--val", "val_src", required=True, help="Shard set folder or feature cache .h5.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (last/, best/, log.jsonl).")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per step (each with its captions).")
-@click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]), default=None,
-              help="Default resnet50 (for a feature cache: the cache's).")
-@click.option("--encoder-stop", type=click.Choice(["layer3", "layer4"]), default=None, help="Default layer4.")
-@click.option("--encoder-weights", default=None, help="imagenet (default), none, or a weights file.")
-@click.option("--fine-tune-encoder", is_flag=True, help="Train layers 3-4 of the encoder too (shard sets only).")
-@click.option("--download", is_flag=True, help="Allow fetching torchvision's ImageNet weights when they are not in the local cache.")
-@click.option("--embed-dim", type=int, default=512, show_default=True)
-@click.option("--attention-dim", type=int, default=512, show_default=True)
-@click.option("--hidden-dim", type=int, default=512, show_default=True)
-@click.option("--dropout", type=float, default=0.5, show_default=True)
-@click.option("--decoder-lr", type=float, default=4e-4, show_default=True)
-@click.option("--encoder-lr", type=float, default=1e-4, show_default=True)
-@click.option("--patience", type=int, default=20, show_default=True, help="Early stopping: epochs without a better val BLEU-4.")
-@click.option("--beam", type=int, default=1, show_default=True, help="Validation decoding (1: greedy).")
-@click.option("--val-images", type=int, default=None, help="Validate on the first N val images only.")
-@click.option("--resume", is_flag=True, help="Continue from OUT/last exactly.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the training step.")
-@click.option("--workers", type=int, default=2, show_default=True, help="Loader processes per rank.")
-@click.option("--loader", type=click.Choice(["auto", "cpu", "dali"]), default="auto", show_default=True,
-              help="auto: DALI on a GPU, else the CPU webdataset loader; dali without a GPU runs DALI's CPU graph.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log records.")
-@click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when present).")
-def train(train_src, val_src, out, compile_, **opts):
+@train_options
+def train(**opts):
     """Train the captioner (multi-process: torchrun --nproc_per_node N -m tools.cli train ...)."""
-    import os
-    from model.train import TrainArgs, train as run
-    result = run(TrainArgs(train=train_src, val=val_src, out=out, compile=compile_, **opts))
+    from model.train import train as run
+    result = run(TrainArgs(**opts))
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"{out}: {result['epochs']} epochs, {result['step']} steps, best val BLEU-4 "
+        click.echo(f"{opts['out']}: {result['epochs']} epochs, {result['step']} steps, best val BLEU-4 "
                    f"{result['best']:.4f}{' (early stop)' if result['early_stopped'] else ''}; "
                    f"best checkpoint {result['best_dir']}")
 
