@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from model.decoder import Decoder
-from model.extract import build_encoder
+from model.device import default_device
+from model.encoder import build_encoder
 from model.step import CaptionModel, TrainStep
 from pipeline.loader import DataSource, make_loader
 
@@ -221,7 +222,7 @@ def bench_training(shards, features, batch_size=128, steps=100, warmup=10, devic
                    vocab_size=COCO_VOCAB, workers=8, modes=MODES, dim=512):
     """{mode: figures} for the training modes (features needs `features`, the others `shards`).
     dim: the decoder's embedding, attention and LSTM sizes (512 as the trainer's defaults)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     out = {}
     for mode in modes:
         source = features if mode == "features" else shards

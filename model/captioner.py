@@ -16,10 +16,11 @@ from PIL import ImageOps
 
 from model import checkpoint
 from model.decoder import Decoder
-from model.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder
+from model.encoder import Encoder
 from model.search import beam_search
 from pipeline import imaging
 from pipeline.errors import CapgenError
+from pipeline.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 # A config names its resize mode as the shard builder does; squash and crop are older names.
 RESIZE_ALIASES = {"squash": "stretch", "crop": "center-crop"}

@@ -11,6 +11,7 @@ import torch
 
 from model import checkpoint
 from model.captioner import build
+from model.device import default_device
 from model.metrics import coco_scores
 from model.train import decode_source
 from pipeline.atomic import atomic_write
@@ -49,7 +50,7 @@ def check_features(source, encoder, config):
 
 def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None):
     """{image_id: caption} for every image of a shard set or feature cache; and the source."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     encoder, decoder, vocab, config = load_model(ckpt, device)
     source = DataSource(data)
     if source.kind == "features":

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from model import captioner, checkpoint
 from model.decoder import Decoder
-from model.extract import build_encoder, normalise
+from model.encoder import build_encoder, normalise
 from model.metrics import bleu
 from model.search import beam_search, greedy
 from model.step import CaptionModel, TrainStep, to_device

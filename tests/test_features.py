@@ -75,7 +75,8 @@ def test_not_a_cache_is_a_one_line_error(tmp_path):
 
 
 def test_extract_stores_the_encoder_features_of_every_image(tmp_path):
-    from model.extract import build_encoder, extract, normalise
+    from model.encoder import build_encoder, normalise
+    from model.extract import extract
 
     synthesize(str(tmp_path / "data"), 12, seed=4, val_fraction=0.0, width=48, height=40, workers=1)
     set_dir = str(tmp_path / "set")

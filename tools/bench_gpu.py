@@ -24,6 +24,7 @@ import warnings
 import torch
 
 from model.bench_gpu_train import COCO_TRAIN_IMAGES, COCO_VOCAB, GpuBusy
+from model.device import default_device
 from pipeline.dali import CROP_AREA, CROP_ASPECT, JITTER, MEAN, STD, make_dali_loader
 from pipeline.loader import ShardBatches
 from pipeline.wds_index import read_samples, shard_tars
@@ -105,7 +106,7 @@ def run(shard_dir, batch_size=256, image_size=256, batches=50, warmup=5, device=
     """{name: images/s} for dali, torchvision and the cpu loader, plus the device name."""
     if quick:
         batch_size, batches, warmup = min(batch_size, 16), 4, 2
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     cores = os.cpu_count() or 1
     gpu = device.type == "cuda"
     results = {"device": torch.cuda.get_device_name(device) if gpu else f"CPU ({cores} cores)",
@@ -172,7 +173,7 @@ def run_gpu(shards=None, features=None, batch_size=128, steps=100, warmup=10, de
     from pipeline.errors import CapgenError
     from pipeline.shards import available_cores
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     cuda = device.type == "cuda"
     if not cuda and not quick:
         raise CapgenError("bench gpu: no CUDA device here; --quick runs a CPU smoke test (no figures)")
