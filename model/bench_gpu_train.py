@@ -5,8 +5,8 @@
 - frozen: DALI loader -> ResNet-50 (to layer4, channels_last, no grad) -> decoder;
 - finetune: the same with layers 3-4 trainable (encoder lr 1e-4, decoder lr 4e-4).
 
-The step is the trainer's own (model/step.py's TrainStep): batch to the device,
-left/right swap for mirrored images, bf16 autocast forward, masked cross-entropy +
+The step is the trainer's own (model/step.py's TrainStep): batch to the device
+(uint8 images normalised there), bf16 autocast forward, masked cross-entropy +
 doubly stochastic term, backward, clip 5, fused Adam, and the per-step statistics
 kept on the device. No host sync inside the timed loop: the clock reads after
 torch.cuda.synchronize at both ends.
@@ -135,7 +135,7 @@ def build_step(mode, vocab, vocab_size, channels, device, dim=512):
     if mode == "finetune":
         groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": ENCODER_LR})
     optimizer = torch.optim.Adam(groups, fused=device.type == "cuda" or None)
-    return TrainStep(model, model, optimizer, device, vocab, ALPHA_C, GRAD_CLIP)
+    return TrainStep(model, model, optimizer, device, alpha_c=ALPHA_C, grad_clip=GRAD_CLIP)
 
 
 # ---------------------------------------------------------------- timing

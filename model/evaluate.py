@@ -7,7 +7,6 @@ import json
 import os
 
 import numpy as np
-import torch
 
 from model import checkpoint
 from model.captioner import build

@@ -31,6 +31,7 @@ from model.metrics import bleu
 from model.search import beam_search, greedy
 from model.step import CaptionModel, TrainStep, to_device
 from pipeline.atomic import atomic_write
+from pipeline.distributed import dist_info
 from pipeline.errors import CapgenError
 from pipeline.loader import DataSource, make_loader, stream_seed
 from pipeline.text import clean
@@ -80,13 +81,13 @@ def _dist_setup(device):
     if world <= 1:
         return 0, 1, 0, False
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False
+        return *dist_info(), int(os.environ.get("LOCAL_RANK", 0)), False
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
     if cuda:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local, True
+    return *dist_info(), local, True
 
 
 def _device(args, local_rank):
@@ -329,7 +330,7 @@ def _train(args, rank, world, device, lead):
     val_loader = make_loader(val_src, args.batch_size, shuffle=False, workers=min(args.workers, 1),
                              loader=args.loader if args.loader != "auto" else "cpu") if lead else None
     refs = val_src.references() if lead else None
-    train_step = TrainStep(model, step_fn, optimizer, device, vocab, args.alpha_c, args.grad_clip)
+    train_step = TrainStep(model, step_fn, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
 
     done, stopped = start_epoch, False
     for epoch in range(start_epoch, args.epochs):
