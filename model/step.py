@@ -1,7 +1,8 @@
 """One training step, shared by the trainer and the GPU benchmark.
 
 batch to the device (images normalised there) -> autocast forward -> masked
-cross-entropy + doubly stochastic attention term -> backward -> clip -> optimizer step. Running sums stay on the device: no host sync per step.
+cross-entropy + doubly stochastic attention term -> backward -> clip -> optimizer step.
+Running sums stay on the device: no host sync per step.
 """
 import contextlib
 
