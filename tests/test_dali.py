@@ -269,6 +269,16 @@ def test_make_loader_dali_runs_on_the_gpu_or_the_cpu_graph(built_set):
         assert make_loader(built_set, 4, shuffle=True, loader="auto").__class__.__name__ == "Loader"
 
 
+def test_make_loader_dali_counts_per_rank(built_set):
+    from pipeline.loader import make_loader
+
+    ranks = [make_loader(built_set, 4, shuffle=False, loader="dali", rank=r, world=2) for r in range(2)]
+    ids = [[i for b in loader for i in b["image_ids"].tolist()] for loader in ranks]
+    assert [loader.num_samples() for loader in ranks] == [len(i) for i in ids] == [5, 5]
+    assert [len(loader) for loader in ranks] == [2, 2] and sorted(ids[0] + ids[1]) == sorted(
+        TokenTable.load(os.path.join(built_set, "tokens.npz")).image_ids.tolist())
+
+
 def test_loader_benchmark_quick_runs_on_cpu(shard_set):
     from tools.bench_gpu import report, run
     r = run(str(shard_set), image_size=SIZE, device="cpu", quick=True)
