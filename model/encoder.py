@@ -4,6 +4,7 @@ At 256x256 ResNet-50 gives an 8x8 grid (P=64, C=2048), used as is (no
 upsampling). `stop="layer3"` cuts one stage earlier: a 16x16 grid of 1024
 channels, cheaper and finer (the CPU demo uses it).
 """
+import functools
 import os
 import warnings
 
@@ -128,9 +129,16 @@ def normalise(images, device, dtype=torch.float32):
     """uint8 [B, 3, H, W] (the loaders' images) -> ImageNet-normalised float on the device
     (channels_last), what Encoder.forward takes."""
     x = images.to(device, non_blocking=True).to(dtype).div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    mean, std = _imagenet_stats(torch.device(device), dtype)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@functools.cache
+def _imagenet_stats(device, dtype):
+    """Mean and std as [1, 3, 1, 1] tensors on the device, made once: a blocking copy to
+    a GPU would sync the host on every batch."""
+    return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1)
+                 for v in (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def read_state_dict(path):
