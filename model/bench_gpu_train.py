@@ -5,8 +5,8 @@
 - frozen: DALI loader -> ResNet-50 (to layer4, channels_last, no grad) -> decoder;
 - finetune: the same with layers 3-4 trainable (encoder lr 1e-4, decoder lr 4e-4).
 
-The step is the trainer's own (model/step.py's TrainStep): batch to the device,
-left/right swap for mirrored images, bf16 autocast forward, masked cross-entropy +
+The step is the trainer's own (model/step.py's TrainStep): batch to the device
+(uint8 images normalised there), bf16 autocast forward, masked cross-entropy +
 doubly stochastic term, backward, clip 5, fused Adam, and the per-step statistics
 kept on the device. No host sync inside the timed loop: the clock reads after
 torch.cuda.synchronize at both ends.
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from model.decoder import Decoder
-from model.extract import build_encoder
+from model.device import default_device
+from model.encoder import build_encoder
 from model.step import CaptionModel, TrainStep
 from pipeline.loader import DataSource, make_loader
 
@@ -134,7 +135,7 @@ def build_step(mode, vocab, vocab_size, channels, device, dim=512):
     if mode == "finetune":
         groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": ENCODER_LR})
     optimizer = torch.optim.Adam(groups, fused=device.type == "cuda" or None)
-    return TrainStep(model, model, optimizer, device, vocab, ALPHA_C, GRAD_CLIP)
+    return TrainStep(model, model, optimizer, device, alpha_c=ALPHA_C, grad_clip=GRAD_CLIP)
 
 
 # ---------------------------------------------------------------- timing
@@ -221,7 +222,7 @@ def bench_training(shards, features, batch_size=128, steps=100, warmup=10, devic
                    vocab_size=COCO_VOCAB, workers=8, modes=MODES, dim=512):
     """{mode: figures} for the training modes (features needs `features`, the others `shards`).
     dim: the decoder's embedding, attention and LSTM sizes (512 as the trainer's defaults)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     out = {}
     for mode in modes:
         source = features if mode == "features" else shards

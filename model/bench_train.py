@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.decoder import Decoder, caption_loss
+from model.device import default_device
 from model.search import beam_search
 from pipeline.text import END, START
 
@@ -194,7 +195,7 @@ def bench_train(quick=False, device=None, amp=None, compiled=False):
 
     amp (default: on a GPU) runs both sides under bf16 autocast; Adam is fused on a GPU for both."""
     cfg = QUICK if quick else FULL
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     amp = device.type == "cuda" if amp is None else amp
     return {"device": device_name(device), "amp": "bf16" if amp else "fp32", "quick": quick, "compiled": compiled,
             "step": [bench_step(P, cfg, device, amp, compiled) for P in cfg["grids"]],

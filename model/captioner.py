@@ -18,6 +18,7 @@ from model.encoder import Encoder
 from model.search import beam_search
 from pipeline import imaging
 from pipeline.errors import CapgenError
+from pipeline.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _build(config, state):

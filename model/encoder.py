@@ -4,6 +4,7 @@ At 256x256 ResNet-50 gives an 8x8 grid (P=64, C=2048), used as is (no
 upsampling). `stop="layer3"` cuts one stage earlier: a 16x16 grid of 1024
 channels, cheaper and finer (the CPU demo uses it).
 """
+import functools
 import os
 import warnings
 
@@ -12,9 +13,9 @@ from torch import nn
 from torchvision import models
 
 from pipeline.errors import CapgenError
+from pipeline.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+ENCODER_SEED = 0  # random-init encoders are drawn from this seed (their weights are stored anyway)
 
 # The classic ImageNet weights (what `pretrained=True` gave), one file per depth.
 ARCHS = {
@@ -112,6 +113,32 @@ class Encoder(nn.Module):
             x = self.layer4(x)
         # [B, C, h, w] -> [B, h*w, C]; free (a view) when x is channels_last.
         return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def build_encoder(name, weights, stop, download=False):
+    """An Encoder; random init is drawn from a fixed seed without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ENCODER_SEED)
+        try:
+            return Encoder(name, weights=weights, stop=stop, download=download)
+        except ValueError as err:
+            raise CapgenError(f"encoder: {err}") from None
+
+
+def normalise(images, device, dtype=torch.float32):
+    """uint8 [B, 3, H, W] (the loaders' images) -> ImageNet-normalised float on the device
+    (channels_last), what Encoder.forward takes."""
+    x = images.to(device, non_blocking=True).to(dtype).div_(255)
+    mean, std = _imagenet_stats(torch.device(device), dtype)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@functools.cache
+def _imagenet_stats(device, dtype):
+    """Mean and std as [1, 3, 1, 1] tensors on the device, made once: a blocking copy to
+    a GPU would sync the host on every batch."""
+    return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1)
+                 for v in (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def read_state_dict(path):

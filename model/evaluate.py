@@ -7,10 +7,10 @@ import json
 import os
 
 import numpy as np
-import torch
 
 from model.captioner import Captioner
 from model.decode import decode_source
+from model.device import default_device
 from model.metrics import coco_scores
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
@@ -38,7 +38,7 @@ def check_features(source, encoder, config):
 
 def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None):
     """{image_id: caption} for every image of a shard set or feature cache; and the source."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     captioner = Captioner.load(ckpt, device)
     encoder, decoder, vocab, config = captioner.encoder, captioner.decoder, captioner.vocab, captioner.config
     source = DataSource(data)

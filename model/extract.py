@@ -5,30 +5,12 @@ import os
 import torch
 from tqdm import tqdm
 
-from model.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder
+from model.device import default_device
+from model.encoder import build_encoder, normalise
 from pipeline.errors import CapgenError
 from pipeline.features import FeatureWriter
+from pipeline.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.loader import DataSource, make_loader
-
-ENCODER_SEED = 0  # random-init encoders are drawn from this seed (their weights are stored anyway)
-
-
-def normalise(images, device, dtype=torch.float32):
-    """uint8 [B, 3, H, W] -> ImageNet-normalised float on the device (channels_last)."""
-    x = images.to(device, non_blocking=True).to(dtype).div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def build_encoder(name, weights, stop, download=False):
-    """An Encoder; random init is drawn from a fixed seed without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ENCODER_SEED)
-        try:
-            return Encoder(name, weights=weights, stop=stop, download=download)
-        except ValueError as err:
-            raise CapgenError(f"encoder: {err}") from None
 
 
 def encoder_attrs(encoder, image_size, resize_mode, shard_set):
@@ -41,7 +23,7 @@ def encoder_attrs(encoder, image_size, resize_mode, shard_set):
 def extract(shards, out, encoder="resnet50", stop="layer4", weights="imagenet", batch_size=64,
             workers=2, device=None, download=False, progress=True):
     """Features of every image of the shard set, in shard order; returns the row count."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     source = DataSource(shards)
     if source.kind != "images":
         raise CapgenError(f"{shards}: features are extracted from a shard set folder")

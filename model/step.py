@@ -1,8 +1,8 @@
 """One training step, shared by the trainer and the GPU benchmark.
 
-batch to the device -> left/right swap for mirrored images -> autocast forward ->
-masked cross-entropy + doubly stochastic attention term -> backward -> clip ->
-optimizer step. Running sums stay on the device: no host sync per step.
+batch to the device (images normalised there) -> autocast forward -> masked
+cross-entropy + doubly stochastic attention term -> backward -> clip -> optimizer step.
+Running sums stay on the device: no host sync per step.
 """
 import contextlib
 
@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from model.decoder import caption_mask
-from model.extract import normalise
+from model.encoder import normalise
 from model.metrics import top5_accuracy
-from pipeline.mirror import mirror_ids, mirror_tokens
 
 
 class CaptionModel(nn.Module):
@@ -33,13 +32,11 @@ class CaptionModel(nn.Module):
 
 
 def to_device(batch, device, image_dtype=torch.float32):
-    """uint8 images are normalised on the device; DALI's are already normalised."""
+    """A loader batch (pipeline/loader.py's contract) on the device, images normalised
+    for the encoder, features as float32."""
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if "images" in out:
-        if out["images"].dtype == torch.uint8:
-            out["images"] = normalise(out["images"], device, image_dtype)
-        else:
-            out["images"] = out["images"].to(image_dtype).contiguous(memory_format=torch.channels_last)
+        out["images"] = normalise(out["images"], device, image_dtype)
     if "features" in out:
         out["features"] = out["features"].float()
     return out
@@ -52,26 +49,18 @@ class TrainStep:
     since the last `take()`: loss, ce, top-5 hits x tokens, tokens, steps.
     """
 
-    def __init__(self, model, forward, optimizer, device, vocab, alpha_c=1.0, grad_clip=5.0):
+    def __init__(self, model, forward, optimizer, device, *, alpha_c=1.0, grad_clip=5.0):
         self.model, self.forward, self.optimizer, self.device = model, forward, optimizer, device
-        self.vocab, self.alpha_c, self.grad_clip = vocab, alpha_c, grad_clip
+        self.alpha_c, self.grad_clip = alpha_c, grad_clip
         cuda = device.type == "cuda"
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         self.image_dtype = torch.bfloat16 if cuda else torch.float32
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.mirror = None
         self.sums = torch.zeros(5, device=device)
-
-    def _swap_mirrored(self, batch):
-        if self.mirror is None:
-            self.mirror = torch.from_numpy(mirror_ids(self.vocab)).to(self.device)
-        return mirror_tokens(batch["tokens"], batch["flipped"], self.mirror)
 
     def __call__(self, batch):
         images = len(batch["image_ids"])
         batch = to_device(batch, self.device, self.image_dtype)
-        if "flipped" in batch:  # DALI mirrored these images: swap left/right words
-            batch["tokens"] = self._swap_mirrored(batch)
         tokens, lengths = batch["tokens"], batch["lengths"]
         with self.amp:
             logits, alphas = self.forward(batch)

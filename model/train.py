@@ -33,9 +33,10 @@ from model.checkpoint import TrainState
 from model.checkpoint_config import model_state, split_state, trained_config
 from model.decode import validate
 from model.decoder import Decoder
-from model.extract import build_encoder, normalise
+from model.encoder import build_encoder, normalise
 from model.runlog import Log, plot_curve
 from model.step import CaptionModel, TrainStep
+from pipeline.distributed import dist_info
 from pipeline.errors import CapgenError
 from pipeline.loader import DataSource, make_loader, stream_seed
 
@@ -48,13 +49,13 @@ def _dist_setup(device):
     if world <= 1:
         return 0, 1, 0, False
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False
+        return *dist_info(), int(os.environ.get("LOCAL_RANK", 0)), False
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
     if cuda:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local, True
+    return *dist_info(), local, True
 
 
 def _device(args, local_rank):
@@ -192,7 +193,7 @@ def fit(args, device, rank=0, world=1):
     loader = build_train_loader(args, train_src, device, rank, world)
     val_loader = build_val_loader(args, val_src) if lead else None
     refs = val_src.references() if lead else None
-    train_step = TrainStep(model, forward, optimizer, device, vocab, args.alpha_c, args.grad_clip)
+    train_step = TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
 
     stopped = False
     for epoch in range(state.epoch, args.epochs):

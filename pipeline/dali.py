@@ -1,9 +1,13 @@
-"""DALI pipeline over a shard set: read, decode (nvJPEG on a GPU), augment, normalise.
+"""DALI pipeline and loader over a shard set: read, decode (nvJPEG on a GPU), augment,
+batch per pipeline/loader.py's batch contract (uint8 images, normalised on the model side
+as the CPU loader's are).
 
-The reader is sharded by rank and pads its shard, and the iterator drops the padding,
-so each epoch yields every sample exactly once. The image id is the sample key, which
-arrives through the reader's source_info ("tar:offset:KEY.jpg", from the index file):
-no JSON on the hot path. Captions come from the token table, kept on the device.
+A training flip mirrors the image and swaps "left" and "right" in its captions here, on
+the device, so a batch's tokens always describe its pixels. The reader is sharded by
+rank and pads its shard, and the iterator drops the padding, so each epoch yields every
+sample exactly once. The image id is the sample key, which arrives through the reader's
+source_info ("tar:offset:KEY.jpg", from the index file): no JSON on the hot path.
+Captions come from the token table, kept on the device.
 """
 import os
 
@@ -12,13 +16,13 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from pipeline.distributed import dist_info
 from pipeline.errors import CapgenError
-from pipeline.text import TokenTable
+from pipeline.mirror import mirror_ids, mirror_tokens
+from pipeline.text import TokenTable, Vocabulary
 from pipeline.wds_index import index_path, is_current, shard_tars, write_index
 
 READER = "shards"
-MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
-STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 KEY_BYTES = 64          # tail of source_info kept per sample: ":offset:KEY.jpg" fits
 CROP_AREA = (0.85, 1.0)
 CROP_ASPECT = (0.9, 1.1)
@@ -63,9 +67,8 @@ def caption_pipeline(tars, idxs, image_size, train, shard_id, num_shards, shuffl
         flip = fn.random.coin_flip(probability=0.5)
     else:
         images = fn.resize(images, size=[image_size, image_size])
-        flip = fn.random.coin_flip(probability=0.0)
-    images = fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if gpu else types.FLOAT,
-                                      output_layout="CHW", mean=MEAN, std=STD, mirror=flip)
+        flip = fn.random.coin_flip(probability=0.0)  # the same outputs in both modes
+    images = fn.flip(images, horizontal=flip)  # uint8 HWC, as decoded
     return images, (flip.gpu() if gpu else flip), key
 
 
@@ -83,20 +86,18 @@ def key_ids(keys):
 
 
 class DALILoader:
-    """Batches per the batch contract: images (normalised, NCHW), image_ids, tokens,
-    lengths, flipped; all on the pipeline's device. Iterating again starts a new epoch
-    (break out of one and DALI goes on where it stopped)."""
+    """Batches per the batch contract (pipeline/loader.py), all on the pipeline's device.
+    Iterating again starts a new epoch (break out of one and DALI goes on where it stopped)."""
 
-    kind = "images"
-
-    def __init__(self, pipe, table, train, device, drop_last=False):
-        self.train = train
+    def __init__(self, pipe, table, vocab, device, drop_last=False):
         self.device = device
+        self.source = None  # the DataSource, when make_loader built this loader
         order = np.argsort(table.image_ids, kind="stable")
         self._sorted_ids = table.image_ids[order]
         self._order = order
         self._tokens = torch.from_numpy(table.tokens).to(device)
         self._lengths = torch.from_numpy(table.lengths).to(device)
+        self._mirror = torch.from_numpy(mirror_ids(vocab)).to(device)
         policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
         self._it = DALIGenericIterator([pipe], ["images", "flipped", "key"], reader_name=READER,
                                        last_batch_policy=policy, auto_reset=True)
@@ -139,39 +140,35 @@ class DALILoader:
             if not len(ids):  # a rank whose slot is a whole batch smaller than the largest
                 continue
             rows = torch.from_numpy(self.rows(ids)).to(self.device, non_blocking=True)
+            flipped = out["flipped"].view(-1).bool()
             yield {
-                "images": out["images"],
                 "image_ids": torch.from_numpy(ids).to(self.device, non_blocking=True),
-                "tokens": self._tokens[rows].long(),
+                "tokens": mirror_tokens(self._tokens[rows].long(), flipped, self._mirror),
                 "lengths": self._lengths[rows].long(),
-                "flipped": out["flipped"].view(-1).bool(),
+                # [B, H, W, 3] -> [B, 3, H, W] view: channels_last in memory, as the CPU loader's.
+                "images": out["images"].permute(0, 3, 1, 2),
             }
         self._epoch += 1
-
-
-def dist_shard():
-    """(rank, world size) from torch.distributed when initialised, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def make_dali_loader(shard_dir, batch_size, image_size=256, train=True, device_id=None,
                      num_threads=4, seed=0, shard_id=None, num_shards=None, prefetch=2,
                      tokens=None, drop_last=False, shuffle_buffer=SHUFFLE_BUFFER):
-    """DALI loader over a shard set folder (its *.tar shards and tokens.npz).
+    """DALI loader over a shard set folder (its *.tar shards, tokens.npz and vocab.json).
 
     train: shuffle + augment (crop, jitter, flip); else stored order, resize only.
-    device_id None: CPU only (decode on the CPU, float32 images); an int: that GPU
-    (nvJPEG decode, float16 images). shard_id/num_shards default to the
+    device_id None: CPU only (decode on the CPU, batches in host memory); an int: that
+    GPU (nvJPEG decode, batches on it). shard_id/num_shards default to the
     torch.distributed rank and world size. Without drop_last each rank ends an epoch on
     a partial batch, and ranks may differ by one batch (the trainer joins uneven inputs);
     with drop_last every rank yields the same number of full batches."""
     if shard_id is None or num_shards is None:
-        shard_id, num_shards = dist_shard()
+        shard_id, num_shards = dist_info()
     tars = shard_tars(shard_dir)
     idxs = shard_index(tars)
-    table = TokenTable.load(tokens or os.path.join(shard_dir, "tokens.npz"))
+    tokens_path = tokens or os.path.join(shard_dir, "tokens.npz")
+    table = TokenTable.load(tokens_path)
+    vocab = Vocabulary.load(os.path.join(os.path.dirname(tokens_path), "vocab.json"))
     gpu = device_id is not None
     pipe = caption_pipeline(
         tars, idxs, image_size, train, shard_id, num_shards, seed, shuffle_buffer, gpu,
@@ -179,13 +176,5 @@ def make_dali_loader(shard_dir, batch_size, image_size=256, train=True, device_i
         seed=seed + shard_id, prefetch_queue_depth=prefetch)
     pipe.build()
     device = torch.device("cuda", device_id) if gpu else torch.device("cpu")
-    return DALILoader(pipe, table, train, device, drop_last)
+    return DALILoader(pipe, table, vocab, device, drop_last)
 
-
-def make_loader(source, batch_size, *, shuffle=True, seed=0, rank=0, world=1, workers=0,
-                drop_last=False):
-    """pipeline.loader.make_loader's entry (a DataSource, on the current GPU)."""
-    return make_dali_loader(source.path, batch_size, image_size=source.image_size or 256,
-                            train=shuffle, device_id=torch.cuda.current_device(),
-                            num_threads=max(workers, 4), seed=seed, shard_id=rank, num_shards=world,
-                            tokens=source.tokens_path, drop_last=drop_last)

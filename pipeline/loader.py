@@ -1,14 +1,27 @@
-"""CPU loaders: a shard set or a feature cache -> batches (the batch contract).
+"""Loaders: a shard set or a feature cache -> batches. The CPU loaders live here;
+make_loader picks them or DALI's (pipeline/dali.py).
 
-A batch is a dict: image_ids [B] int64, tokens [B, K, T] int64, lengths [B, K] int64,
-and images [B, 3, H, W] uint8 (shards; the trainer normalises on the device) or
-features [B, P, C] float16 (HDF5).
+The batch contract, the same from every loader: a dict of
+  image_ids [B] int64        the images' COCO ids (their sample keys)
+  tokens    [B, K, T] int64  the token table's K captions of each image, padded with 0;
+                             for an image the loader mirrored (DALI's training flips),
+                             "left" and "right" are already swapped
+  lengths   [B, K] int64     tokens per caption, <start> and <end> included
+and, from a shard set,
+  images    [B, 3, H, W] uint8     RGB pixels, channels_last in memory; the model
+                                   normalises them (model/encoder.py's normalise)
+or, from a feature cache,
+  features  [B, P, C] float16      the encoder's features.
+CPU loaders yield host tensors, DALI's are on its device. Every loader has set_epoch,
+num_samples() and len() (samples and batches this rank sees this epoch), batch_size and
+source (its DataSource).
 
-Order is a pure function of (seed, epoch, rank, worker), so a resumed run sees
-the same batches as an uninterrupted one, and every sample comes once per epoch:
-the shard (or chunk block) order is permuted with the epoch's seed, split by rank
-then by worker, and shuffled within the worker. Tokens come from the token table
-beside the shards, never from the JSON.
+Tokens come from the token table beside the shards, never from the JSON. The CPU
+loaders' order is a pure function of (seed, epoch, rank, worker), so a resumed run sees
+the same batches as an uninterrupted one, and every sample comes once per epoch: the
+shard (or chunk block) order is permuted with the epoch's seed, split by rank then by
+worker, and shuffled within the worker. DALI draws each epoch's order from its own
+running RNG (its set_epoch does nothing): a DALI-fed run does not resume bit-exactly.
 """
 import io
 import math
@@ -236,7 +249,6 @@ class Loader:
 
     def __init__(self, source, dataset, batch_size, workers=0, pin_memory=False):
         self.source, self.dataset, self.batch_size = source, dataset, batch_size
-        self.kind = source.kind
         kw = {}
         if workers > 0:
             kw = {"prefetch_factor": 4, "persistent_workers": False}
@@ -280,10 +292,12 @@ def make_loader(source, batch_size, *, shuffle=True, seed=0, rank=0, world=1, wo
     if src.kind == "images" and loader in ("dali", "auto"):
         dali, gpu = _dali(), torch.cuda.is_available()
         if dali is not None and (gpu or loader == "dali"):  # no GPU: DALI's CPU-mode graph, slow but the same
-            return DaliLoader(src, dali.make_dali_loader(
+            dali_loader = dali.make_dali_loader(
                 src.path, batch_size, image_size=int(src.image_size), train=shuffle,
                 device_id=torch.cuda.current_device() if gpu else None, num_threads=max(workers, 2),
-                seed=seed, shard_id=rank, num_shards=world))
+                seed=seed, shard_id=rank, num_shards=world, tokens=src.tokens_path, drop_last=drop_last)
+            dali_loader.source = src
+            return dali_loader
         if loader == "dali":
             raise CapgenError(f"{src.path}: the DALI loader needs nvidia-dali (pip install nvidia-dali-cuda130)")
     if src.kind == "features":
@@ -302,25 +316,3 @@ def _dali():
         return None
     return dali
 
-
-class DaliLoader:
-    """pipeline/dali.py's loader behind the same face as Loader. DALI reshuffles by
-    itself after each epoch, so set_epoch has nothing to do (resume is not bit-exact)."""
-
-    kind = "images"
-
-    def __init__(self, source, loader):
-        self.source, self.loader = source, loader
-        self.batch_size = loader.batch_size
-
-    def set_epoch(self, epoch):
-        pass
-
-    def num_samples(self):
-        return self.source.num_samples
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        return iter(self.loader)

@@ -1,5 +1,5 @@
 """DALI pipeline in CPU mode: same ids, captions and pixels as a plain webdataset read;
-each sample once per epoch across ranks; flips reported and swappable; index files used."""
+each sample once per epoch across ranks; flips swap left/right in the captions; index files used."""
 import io
 import json
 import os
@@ -14,12 +14,13 @@ dali = pytest.importorskip("pipeline.dali")
 wds = pytest.importorskip("webdataset")
 
 from pipeline.errors import CapgenError  # noqa: E402
-from pipeline.mirror import mirror_ids, mirror_tokens  # noqa: E402
+from pipeline.mirror import mirror_ids  # noqa: E402
 from pipeline.text import TokenTable, Vocabulary  # noqa: E402
 from pipeline.wds_index import index_path, index_shards, read_samples  # noqa: E402
 
 SIZE = 64
 SHARDS = (7, 4)  # uneven, and 11 samples: no batch size below divides it
+CONTRACT = {"image_ids", "tokens", "lengths", "images"}  # pipeline/loader.py's batch fields
 CAPTIONS = ["a red circle on the left", "the square is right of the circle",
             "a blue square on the right side", "shapes from left to right"]
 
@@ -64,11 +65,25 @@ def epoch(loader):
     return [{k: v.clone() for k, v in b.items()} for b in loader]
 
 
-def unnormalise(images):
-    """[B,3,H,W] normalised float -> [B,H,W,3] float pixels 0..255."""
-    mean = torch.tensor(dali.MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(dali.STD).view(1, 3, 1, 1)
-    return (images.float() * std + mean).permute(0, 2, 3, 1).numpy()
+def hwc(images):
+    """[B,3,H,W] uint8 -> [B,H,W,3] float pixels 0..255."""
+    return images.float().permute(0, 2, 3, 1).numpy()
+
+
+def left_brighter(images):
+    """Which images were mirrored: image() makes the right half the bright one."""
+    px = hwc(images.cpu())
+    return (px[:, :, : SIZE // 3].mean(axis=(1, 2, 3)) > px[:, :, -SIZE // 3:].mean(axis=(1, 2, 3))).tolist()
+
+
+def assert_mirrored_captions(b, flips, vocab, table):
+    """The captions of the flipped images, and only theirs, have left and right swapped."""
+    stored, _ = table.rows(b["image_ids"].cpu().numpy())
+    swap = {"left": "right", "right": "left"}
+    for i, f in enumerate(flips):
+        for k in range(stored.shape[1]):
+            before, after = vocab.words(stored[i, k]), vocab.words(b["tokens"][i, k].cpu())
+            assert after == ([swap.get(w, w) for w in before] if f else before)
 
 
 def test_eval_matches_webdataset_read(shard_set):
@@ -80,14 +95,14 @@ def test_eval_matches_webdataset_read(shard_set):
     assert [len(b["image_ids"]) for b in batches] == [4, 4, 3]
     b = {k: torch.cat([x[k] for x in batches]) for k in batches[0]}
     assert b["image_ids"].tolist() == [r[0] for r in ref]
-    assert b["images"].dtype == torch.float32 and b["images"].shape == (11, 3, SIZE, SIZE)
+    assert set(batches[0]) == CONTRACT
+    assert b["images"].dtype == torch.uint8 and b["images"].shape == (11, 3, SIZE, SIZE)
     assert b["tokens"].dtype == b["lengths"].dtype == torch.int64
-    assert not b["flipped"].any()
     for i, (_, jpg, caps) in enumerate(ref):
         assert b["tokens"][i].tolist() == [vocab.encode(c) for c in caps]
         assert b["lengths"][i].tolist() == [len(vocab.words(vocab.encode(c))) + 2 for c in caps]
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(r[1])).convert("RGB")) for r in ref])
-    assert np.abs(unnormalise(b["images"]) - pixels).max() < 0.5  # same uint8 pixels (both libjpeg-turbo)
+    assert np.abs(hwc(b["images"]) - pixels).max() < 0.5  # same uint8 pixels (both libjpeg-turbo)
 
 
 @pytest.mark.parametrize("batch_size", [3, 5])
@@ -136,23 +151,17 @@ def test_drop_last_gives_full_batches_only(shard_set):
         assert sizes == [[5], [5]] and [len(r) for r in ranks] == [1, 1] and ranks[0].num_samples() == 5
 
 
-def test_flips_are_reported_and_swap_left_right(shard_set):
+def test_flips_swap_left_right_in_the_captions(shard_set):
     vocab = Vocabulary.load(shard_set / "vocab.json")
-    perm = torch.from_numpy(mirror_ids(vocab))
+    table = TokenTable.load(shard_set / "tokens.npz")
     loader = dali.make_dali_loader(shard_set, batch_size=11, image_size=SIZE, train=True, seed=1, num_threads=1)
     flips = []
     for _ in range(3):
         (b,) = epoch(loader)
-        px = unnormalise(b["images"])
-        left_brighter = px[:, :, : SIZE // 3].mean(axis=(1, 2, 3)) > px[:, :, -SIZE // 3:].mean(axis=(1, 2, 3))
-        assert left_brighter.tolist() == b["flipped"].tolist()
-        mirrored = mirror_tokens(b["tokens"], b["flipped"], perm)
-        for i, f in enumerate(b["flipped"].tolist()):
-            for k in range(b["tokens"].shape[1]):
-                before, after = vocab.words(b["tokens"][i, k]), vocab.words(mirrored[i, k])
-                swap = {"left": "right", "right": "left"}
-                assert after == ([swap.get(w, w) for w in before] if f else before)
-        flips += b["flipped"].tolist()
+        assert set(b) == CONTRACT
+        flipped = left_brighter(b["images"])
+        assert_mirrored_captions(b, flipped, vocab, table)
+        flips += flipped
     assert 0 < sum(flips) < len(flips)
 
 
@@ -169,7 +178,8 @@ def test_reader_goes_by_the_index(shard_set, tmp_path):
     import shutil
     for p in shard_set.glob("*.tar"):
         shutil.copy(p, tmp_path / p.name)
-    shutil.copy(shard_set / "tokens.npz", tmp_path / "tokens.npz")
+    for name in ("tokens.npz", "vocab.json"):
+        shutil.copy(shard_set / name, tmp_path / name)
     tars = sorted(str(p) for p in tmp_path.glob("*.tar"))
     assert [w for _, _, w in index_shards(tmp_path)] == [True, True]
     # An index that lists only 2 samples of the first shard hides the rest of it.
@@ -198,16 +208,16 @@ def test_gpu_decode_matches_cpu_and_stays_on_device(shard_set):
     cpu = epoch(dali.make_dali_loader(shard_set, batch_size=4, image_size=SIZE, train=False, num_threads=1))
     gpu = epoch(dali.make_dali_loader(shard_set, batch_size=4, image_size=SIZE, train=False, device_id=0))
     for c, g in zip(cpu, gpu, strict=True):
-        assert all(v.is_cuda for v in g.values())
-        assert g["images"].dtype == torch.float16
-        for k in ("image_ids", "tokens", "lengths", "flipped"):
+        assert all(v.is_cuda for v in g.values()) and set(g) == CONTRACT
+        assert g["images"].dtype == torch.uint8
+        for k in ("image_ids", "tokens", "lengths"):
             assert torch.equal(c[k], g[k].cpu())
-        diff = np.abs(unnormalise(c["images"]) - unnormalise(g["images"].cpu()))
+        diff = np.abs(hwc(c["images"]) - hwc(g["images"].cpu()))
         assert diff.mean() < 1.0 and diff.max() < 16  # nvJPEG vs libjpeg-turbo IDCT/upsampling
     (b,) = epoch(dali.make_dali_loader(shard_set, batch_size=11, image_size=SIZE, train=True, device_id=0, seed=1))
-    px = unnormalise(b["images"].cpu())
-    left_brighter = px[:, :, : SIZE // 3].mean(axis=(1, 2, 3)) > px[:, :, -SIZE // 3:].mean(axis=(1, 2, 3))
-    assert left_brighter.tolist() == b["flipped"].cpu().tolist()
+    assert b["tokens"].is_cuda
+    assert_mirrored_captions(b, left_brighter(b["images"]), Vocabulary.load(shard_set / "vocab.json"),
+                             TokenTable.load(shard_set / "tokens.npz"))
 
 
 @pytest.fixture(scope="module")
@@ -230,11 +240,11 @@ def test_builder_shards_read_like_the_cpu_loader(built_set):
     for g, r in zip(got, ref):
         for k in ("image_ids", "tokens", "lengths"):
             assert torch.equal(g[k], r[k])
-        assert np.abs(unnormalise(g["images"]) - r["images"].permute(0, 2, 3, 1).numpy()).max() < 0.5
+        assert np.abs(hwc(g["images"]) - hwc(r["images"])).max() < 0.5
 
 
 def test_make_loader_dali_runs_on_the_gpu_or_the_cpu_graph(built_set):
-    """--loader dali: nvJPEG + fp16 on a GPU; without one, DALI's CPU-mode graph."""
+    """--loader dali: nvJPEG on a GPU; without one, DALI's CPU-mode graph. The same batch fields."""
     from pipeline.loader import make_loader
 
     loader = make_loader(built_set, 4, shuffle=True, loader="dali")
@@ -244,10 +254,20 @@ def test_make_loader_dali_runs_on_the_gpu_or_the_cpu_graph(built_set):
     assert len(batches) == len(loader) and loader.num_samples() == 10
     gpu = torch.cuda.is_available()
     assert all(b["images"].is_cuda == gpu for b in batches)
-    assert all(b["images"].dtype == (torch.float16 if gpu else torch.float32) for b in batches)
-    assert all(b["flipped"].dtype == torch.bool for b in batches)
+    assert all(b["images"].dtype == torch.uint8 and set(b) == CONTRACT for b in batches)
+    assert loader.source.path == built_set
     if not gpu:  # auto picks the CPU webdataset loader without a GPU
         assert make_loader(built_set, 4, shuffle=True, loader="auto").__class__.__name__ == "Loader"
+
+
+def test_make_loader_dali_counts_per_rank(built_set):
+    from pipeline.loader import make_loader
+
+    ranks = [make_loader(built_set, 4, shuffle=False, loader="dali", rank=r, world=2) for r in range(2)]
+    ids = [[i for b in loader for i in b["image_ids"].tolist()] for loader in ranks]
+    assert [loader.num_samples() for loader in ranks] == [len(i) for i in ids] == [5, 5]
+    assert [len(loader) for loader in ranks] == [2, 2] and sorted(ids[0] + ids[1]) == sorted(
+        TokenTable.load(os.path.join(built_set, "tokens.npz")).image_ids.tolist())
 
 
 def test_loader_benchmark_quick_runs_on_cpu(shard_set):

@@ -72,7 +72,8 @@ def test_not_a_cache_is_a_one_line_error(tmp_path):
 
 
 def test_extract_stores_the_encoder_features_of_every_image(tiny_shards, tmp_path):
-    from model.extract import build_encoder, extract, normalise
+    from model.encoder import build_encoder, normalise
+    from model.extract import extract
 
     set_dir = tiny_shards(images=12, seed=4, width=48, height=40, image_size=32, shard_size=5, preset="coco")
     out = str(tmp_path / "feat" / "train.h5")

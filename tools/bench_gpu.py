@@ -1,6 +1,6 @@
 """Loader-only throughput (images/s) on one shard set, three ways, in the same run:
 
-- dali: pipeline/dali.py, nvJPEG decode + crop/jitter/flip + normalise (DALI CPU mode
+- dali: pipeline/dali.py, nvJPEG decode + crop/jitter/flip to uint8 (DALI CPU mode
   without a GPU);
 - torchvision: torchvision.io.decode_jpeg on a batch list on the same device, then the
   same augmentation per image; JPEG bytes are read into memory beforehand, so this
@@ -24,7 +24,8 @@ import warnings
 import torch
 
 from model.bench_gpu_train import COCO_TRAIN_IMAGES, COCO_VOCAB, GpuBusy
-from pipeline.dali import CROP_AREA, CROP_ASPECT, JITTER, MEAN, STD, make_dali_loader
+from model.device import default_device
+from pipeline.dali import CROP_AREA, CROP_ASPECT, JITTER, make_dali_loader
 from pipeline.loader import ShardBatches
 from pipeline.wds_index import read_samples, shard_tars
 
@@ -72,7 +73,7 @@ def read_jpegs(shard_dir, limit):
 
 
 class TorchvisionBatches:
-    """decode_jpeg(list, device), per-image random resized crop, then batched flip, jitter, normalise."""
+    """decode_jpeg(list, device), per-image random resized crop, then batched flip and jitter to uint8."""
 
     def __init__(self, jpegs, batch_size, image_size, device, seed=0):
         from torchvision.transforms import v2
@@ -80,9 +81,6 @@ class TorchvisionBatches:
         self.data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
         self.batch_size, self.device = batch_size, device
         self.crop = v2.RandomResizedCrop(image_size, scale=CROP_AREA, ratio=CROP_ASPECT, antialias=True)
-        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
-        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
         self.gen = torch.Generator().manual_seed(seed)
 
     def __iter__(self):
@@ -96,16 +94,15 @@ class TorchvisionBatches:
             # brightness * (128 + contrast * (x - 128)), as DALI's brightness_contrast
             lo, hi = JITTER
             b, c = (lo + (hi - lo) * torch.rand(2, len(images), 1, 1, 1, generator=self.gen)).to(self.device)
-            images = (b * (128 + c * (images - 128))).clamp(0, 255)
-            images = ((images - self.mean) / self.std).to(self.dtype)
-            yield {"images": images, "image_ids": torch.arange(len(images)), "flipped": flips}
+            images = (b * (128 + c * (images - 128))).clamp(0, 255).round().to(torch.uint8)
+            yield {"images": images, "image_ids": torch.arange(len(images))}
 
 
 def run(shard_dir, batch_size=256, image_size=256, batches=50, warmup=5, device=None, quick=False):
     """{name: images/s} for dali, torchvision and the cpu loader, plus the device name."""
     if quick:
         batch_size, batches, warmup = min(batch_size, 16), 4, 2
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     cores = os.cpu_count() or 1
     gpu = device.type == "cuda"
     results = {"device": torch.cuda.get_device_name(device) if gpu else f"CPU ({cores} cores)",
@@ -172,7 +169,7 @@ def run_gpu(shards=None, features=None, batch_size=128, steps=100, warmup=10, de
     from pipeline.errors import CapgenError
     from pipeline.shards import available_cores
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     cuda = device.type == "cuda"
     if not cuda and not quick:
         raise CapgenError("bench gpu: no CUDA device here; --quick runs a CPU smoke test (no figures)")
