@@ -247,7 +247,7 @@ def score(results, annotations, as_json):
 @click.option("--device", default=None)
 def caption(ckpt, images, beam, topk, as_json, attention_out, device):
     """Caption image files (any size or mode); unreadable ones fail at the end."""
-    from model.caption_files import caption_files
+    from tools.caption_files import caption_files
     on_result = None
     if attention_out:
         from model.attention_figure import figure_writer
@@ -267,7 +267,7 @@ def caption(ckpt, images, beam, topk, as_json, attention_out, device):
 def demo(out, as_json, images, epochs):
     """synth -> shards -> features -> train -> eval -> caption, on this machine's CPU."""
     import json
-    from model.demo import run_demo
+    from tools.demo import run_demo
     summary = run_demo(out, images=images, epochs=epochs, echo=click.echo)
     if as_json:
         click.echo(json.dumps(summary))
