@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline.errors import CapgenError
-from tools.serve import running_server
+from tools.server_process import running_server
 
 COLOURS = ((220, 40, 40), (40, 170, 60), (40, 80, 220), (240, 210, 40), (150, 60, 180), (250, 250, 250))
 
