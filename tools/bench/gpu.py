@@ -10,7 +10,7 @@
 
 Every figure is batches after a warm-up, timed to the last byte on the device.
 
-`capgen bench gpu` (run_gpu) adds the training side (model/bench_gpu_train.py): the
+`capgen bench gpu` (run_gpu) adds the training side (tools/bench/gpu_train.py): the
 trainer's step on frozen HDF5 features, end to end with the encoder frozen, and end to
 end fine-tuned; GPU busy %, projected COCO epoch times and loader/training ratios.
 """
@@ -23,10 +23,10 @@ import warnings
 
 import torch
 
-from model.bench_gpu_train import COCO_TRAIN_IMAGES, COCO_VOCAB, GpuBusy
 from pipeline.dali import CROP_AREA, CROP_ASPECT, JITTER, MEAN, STD, make_dali_loader
 from pipeline.loader import ShardBatches
 from pipeline.wds_index import read_samples, shard_tars
+from tools.bench.gpu_train import COCO_TRAIN_IMAGES, COCO_VOCAB, GpuBusy
 
 # torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the baseline.
 warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
@@ -198,7 +198,7 @@ def run_gpu(shards=None, features=None, batch_size=128, steps=100, warmup=10, de
 
 
 def _run_gpu(shards, features, device, quick, cores, cfg, tmp, echo):
-    from model.bench_gpu_train import (bench_training, extract_features, feature_loader_rate, image_loader_rate,
+    from tools.bench.gpu_train import (bench_training, extract_features, feature_loader_rate, image_loader_rate,
                                        synthetic_set)
     from pipeline.shards import read_manifest
 

@@ -1,4 +1,4 @@
-"""Decoder training-step and beam-search throughput, ours against the common implementation.
+"""`capgen bench train`: decoder training step and beam search, ours against the common implementation.
 
 The baseline is a line-for-line port of sgrvinod/a-PyTorch-Tutorial-to-Image-Captioning
 (DecoderWithAttention.forward, Attention.forward, the train() loss) run on a copy
@@ -199,3 +199,31 @@ def bench_train(quick=False, device=None, amp=None, compiled=False):
     return {"device": device_name(device), "amp": "bf16" if amp else "fp32", "quick": quick, "compiled": compiled,
             "step": [bench_step(P, cfg, device, amp, compiled) for P in cfg["grids"]],
             "beam": bench_beam(cfg["grids"][0], cfg, device, amp)}
+
+
+def format_report(r):
+    lines = [f"device: {r['device']}, {r['amp']}" + (" (quick shapes)" if r["quick"] else "")]
+    for s in r["step"]:
+        lines.append(
+            f"train step  {s['images']} images x {s['per_image']} captions, T={s['T']}, P={s['P']}, C={s['C']}, "
+            f"vocab {s['vocab']}: ours {s['ours_captions_per_s']:.0f} captions/s, baseline "
+            f"{s['baseline_captions_per_s']:.0f} captions/s ({s['baseline_decode_steps']} steps), "
+            f"ratio {s['ratio']:.2f}x")
+        if "compiled_ratio" in s:
+            lines.append(f"            ours compiled: {s['compiled_captions_per_s']:.0f} captions/s, "
+                         f"ratio {s['compiled_ratio']:.2f}x")
+    b = r["beam"]
+    lines.append(
+        f"beam search batch {b['images']}, k={b['beam']}, P={b['P']}: batched {b['ours_images_per_s']:.1f} images/s, "
+        f"one at a time {b['baseline_images_per_s']:.1f} images/s, ratio {b['ratio']:.2f}x "
+        f"(same best caption: {b['same_best_caption']:.0%})")
+    return "\n".join(lines)
+
+
+def run(quick=False, device=None, compiled=False, threads=None):
+    """Measure and print; returns the figures."""
+    if threads:
+        torch.set_num_threads(threads)
+    r = bench_train(quick=quick, device=device, compiled=compiled)
+    print(format_report(r), flush=True)
+    return r
