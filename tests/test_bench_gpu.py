@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 pytest.importorskip("nvidia.dali")
 
-from tools.bench.gpu_train import COCO_TRAIN_IMAGES, GpuBusy  # noqa: E402
+from tools.bench.gpu_train import COCO_TRAIN_IMAGES  # noqa: E402
+from tools.bench.timing import GpuBusy  # noqa: E402
 from tools.cli import cli  # noqa: E402
 
 

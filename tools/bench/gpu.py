@@ -14,46 +14,24 @@ Every figure is batches after a warm-up, timed to the last byte on the device.
 trainer's step on frozen HDF5 features, end to end with the encoder frozen, and end to
 end fine-tuned; GPU busy %, projected COCO epoch times and loader/training ratios.
 """
-import contextlib
 import datetime
 import os
 import tempfile
-import time
 import warnings
 
 import torch
 
 from pipeline.dali import CROP_AREA, CROP_ASPECT, JITTER, MEAN, STD, make_dali_loader
+from pipeline.errors import CapgenError
 from pipeline.loader import ShardBatches
+from pipeline.shards import available_cores, read_manifest
 from pipeline.wds_index import read_samples, shard_tars
-from tools.bench.gpu_train import COCO_TRAIN_IMAGES, COCO_VOCAB, GpuBusy
+from tools.bench.gpu_train import (COCO_TRAIN_IMAGES, COCO_VOCAB, bench_training, extract_features,
+                                   feature_loader_rate, image_loader_rate, synthetic_set)
+from tools.bench.timing import loader_only
 
 # torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the baseline.
 warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(batches, n, warmup, device, busy=None):
-    """images/s over n batches after `warmup` batches; `batches` is re-iterated per epoch.
-    busy: a GpuBusy entered around the timed batches only."""
-    def stream():
-        while True:
-            yield from batches
-
-    it = stream()
-    for _ in range(warmup):
-        next(it)
-    _sync(device)
-    with busy or contextlib.nullcontext():
-        start, images = time.perf_counter(), 0
-        for _ in range(n):
-            images += len(next(it)["image_ids"])
-        _sync(device)
-        return images / (time.perf_counter() - start)
 
 
 def read_jpegs(shard_dir, limit):
@@ -114,17 +92,17 @@ def run(shard_dir, batch_size=256, image_size=256, batches=50, warmup=5, device=
     dali = make_dali_loader(shard_dir, batch_size, image_size, train=True,
                             device_id=(device.index or 0) if gpu else None,
                             num_threads=min(cores, 8) if gpu else cores, shard_id=0, num_shards=1)
-    busy = {"dali": GpuBusy(device), "torchvision": GpuBusy(device)}
-    results["dali"] = measure(dali, batches, warmup, device, busy["dali"])
+    on_dali = loader_only(dali, batches, warmup, device)
+    results["dali"] = on_dali["images_per_s"]
     results["dali_threads"] = min(cores, 8) if gpu else cores
     del dali
 
     jpegs = read_jpegs(shard_dir, batch_size * (batches + warmup))
     if len(jpegs) < batch_size:
         jpegs = jpegs * (batch_size // max(len(jpegs), 1) + 1)
-    results["torchvision"] = measure(TorchvisionBatches(jpegs, batch_size, image_size, device),
-                                     batches, warmup, device, busy["torchvision"])
-    results["gpu_busy"] = {k: b.mean for k, b in busy.items()}
+    on_torchvision = loader_only(TorchvisionBatches(jpegs, batch_size, image_size, device), batches, warmup, device)
+    results["torchvision"] = on_torchvision["images_per_s"]
+    results["gpu_busy"] = {"dali": on_dali["gpu_busy"], "torchvision": on_torchvision["gpu_busy"]}
 
     tars = shard_tars(shard_dir)
     dataset = ShardBatches(tars, os.path.join(shard_dir, "tokens.npz"), batch_size, shuffle=True)
@@ -132,7 +110,7 @@ def run(shard_dir, batch_size=256, image_size=256, batches=50, warmup=5, device=
     cpu = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
                                       pin_memory=gpu, prefetch_factor=4 if workers else None,
                                       persistent_workers=workers > 0)
-    results["cpu"] = measure(cpu, batches, warmup, torch.device("cpu"))
+    results["cpu"] = loader_only(cpu, batches, warmup, torch.device("cpu"))["images_per_s"]
     results["cpu_workers"] = workers
     return results
 
@@ -169,9 +147,6 @@ def run_gpu(shards=None, features=None, batch_size=128, steps=100, warmup=10, de
     Without `shards`, a synthetic set is made in a temporary folder (enough images for the
     timed steps); without `features`, they are extracted from the shards there. Without a
     GPU only `quick` runs (a smoke test of the code paths: tiny shapes, DALI in CPU mode)."""
-    from pipeline.errors import CapgenError
-    from pipeline.shards import available_cores
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     if not cuda and not quick:
@@ -198,10 +173,6 @@ def run_gpu(shards=None, features=None, batch_size=128, steps=100, warmup=10, de
 
 
 def _run_gpu(shards, features, device, quick, cores, cfg, tmp, echo):
-    from tools.bench.gpu_train import (bench_training, extract_features, feature_loader_rate, image_loader_rate,
-                                       synthetic_set)
-    from pipeline.shards import read_manifest
-
     cuda = device.type == "cuda"
     bs, steps, warmup, workers = cfg["batch_size"], cfg["steps"], cfg["warmup"], cfg["workers"]
     r = {"smoke": quick or not cuda, "device": torch.cuda.get_device_name(device) if cuda else f"CPU ({cores} cores)",

@@ -16,100 +16,24 @@ on one batch resident on the device ("step only", what the step can consume).
 GPU busy % is NVML's utilisation, sampled every 100 ms in a thread during the timed
 steps (pynvml, else `nvidia-smi -lms 100`).
 """
-import shutil
-import subprocess
-import threading
-import time
+import os
 import warnings
 
-import numpy as np
 import torch
 
 from model.decoder import Decoder
-from model.extract import build_encoder
+from model.extract import build_encoder, extract
 from model.step import CaptionModel, TrainStep
+from pipeline import shards as sh
+from pipeline.coco import read_coco
 from pipeline.loader import DataSource, make_loader
+from pipeline.synth import synthesize
+from tools.bench.timing import endless, loader_only, repeat, timed
 
 MODES = ("features", "frozen", "finetune")
 DECODER_LR, ENCODER_LR, GRAD_CLIP, ALPHA_C = 4e-4, 1e-4, 5.0, 1.0
 COCO_TRAIN_IMAGES = 82_783
 COCO_VOCAB = 10_000  # a COCO-sized output layer (Karpathy train, min freq 5: about 9,500 words)
-
-
-# ---------------------------------------------------------------- GPU busy %
-
-class GpuBusy:
-    """Context manager: mean NVML GPU utilisation (%) while inside; `.mean` is None without a GPU."""
-
-    def __init__(self, device, period=0.1):
-        self.device, self.period = device, period
-        self.samples, self.source, self.mean = [], None, None
-        self._stop = threading.Event()
-        self._thread = self._proc = None
-
-    def __enter__(self):
-        if self.device.type != "cuda":
-            return self
-        read = self._nvml()
-        if read is not None:
-            self.source = "nvml"
-            self._thread = threading.Thread(target=self._poll, args=(read,), daemon=True)
-        elif shutil.which("nvidia-smi"):
-            self.source = "nvidia-smi"
-            self._proc = subprocess.Popen(
-                ["nvidia-smi", f"--id={self._index()}", "--query-gpu=utilization.gpu",
-                 "--format=csv,noheader,nounits", f"-lms={int(self.period * 1000)}"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            self._thread = threading.Thread(target=self._read_lines, daemon=True)
-        if self._thread is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._proc is not None:
-            self._proc.terminate()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        if self._proc is not None:
-            self._proc.wait(timeout=2)
-        if self.samples:
-            self.mean = float(np.mean(self.samples))
-        return False
-
-    def _index(self):
-        try:  # CUDA_VISIBLE_DEVICES-aware
-            return torch.cuda._get_nvml_device_index(self.device)
-        except Exception:  # noqa: BLE001 -- private helper: fall back to the torch index
-            return self.device.index or 0
-
-    def _nvml(self):
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(self._index())
-            return lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
-        except Exception:  # noqa: BLE001 -- no pynvml or no NVML: try nvidia-smi
-            return None
-
-    def _poll(self, read):
-        while not self._stop.wait(self.period):
-            self.samples.append(read())
-
-    def _read_lines(self):
-        for line in self._proc.stdout:
-            if self._stop.is_set():
-                break
-            if line.strip().isdigit():
-                self.samples.append(int(line))
-
-
-# ---------------------------------------------------------------- the trainer's step
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_step(mode, vocab, vocab_size, channels, device, dim=512):
@@ -135,35 +59,6 @@ def build_step(mode, vocab, vocab_size, channels, device, dim=512):
         groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": ENCODER_LR})
     optimizer = torch.optim.Adam(groups, fused=device.type == "cuda" or None)
     return TrainStep(model, model, optimizer, device, vocab, ALPHA_C, GRAD_CLIP)
-
-
-# ---------------------------------------------------------------- timing
-
-def endless(loader):
-    while True:
-        yield from loader
-
-
-def timed(step, batches, steps, warmup, device):
-    """{images_per_s, seconds, images, gpu_busy, gpu_busy_source} over `steps` after `warmup`."""
-    it = iter(batches)
-    for _ in range(warmup):
-        step(next(it))
-    sync(device)
-    images = 0
-    with GpuBusy(device) as busy:
-        start = time.perf_counter()
-        for _ in range(steps):
-            images += step(next(it))
-        sync(device)
-        seconds = time.perf_counter() - start
-    return {"images_per_s": images / seconds, "seconds": seconds, "images": images,
-            "gpu_busy": busy.mean, "gpu_busy_source": busy.source}
-
-
-def repeat(batch):
-    while True:
-        yield batch
 
 
 def image_loader(shards, batch_size, device, workers):
@@ -232,25 +127,17 @@ def bench_training(shards, features, batch_size=128, steps=100, warmup=10, devic
 def feature_loader_rate(features, batch_size, batches, warmup, workers, pin_memory):
     """Loader-only images/s of the HDF5 feature loader (host side)."""
     loader = make_loader(features, batch_size, shuffle=True, workers=workers, pin_memory=pin_memory, loader="cpu")
-    r = timed(lambda b: len(b["image_ids"]), endless(loader), batches, warmup, torch.device("cpu"))
-    return r["images_per_s"]
+    return loader_only(loader, batches, warmup, torch.device("cpu"))["images_per_s"]
 
 
 def image_loader_rate(shards, batch_size, batches, warmup, device, workers):
-    """Loader-only images/s of the loader image_loader gives the trainer (DALI)."""
-    loader = image_loader(shards, batch_size, device, workers)
-    return timed(lambda b: len(b["image_ids"]), endless(loader), batches, warmup, device)
+    """Loader-only figures of the loader image_loader gives the trainer (DALI)."""
+    return loader_only(image_loader(shards, batch_size, device, workers), batches, warmup, device)
 
 
 def synthetic_set(root, images, image_size=256, width=640, height=480, workers=None, device=None):
     """capgen synth -> shards build -> features extract (resnet50 layer4, random init) under root;
     returns (shard set folder, feature cache path)."""
-    import os
-
-    from pipeline import shards as sh
-    from pipeline.coco import read_coco
-    from pipeline.synth import synthesize
-
     data, out, h5 = (os.path.join(root, n) for n in ("data", "shards", "features.h5"))
     synthesize(data, images, seed=0, val_fraction=0, width=width, height=height, workers=workers)
     sh.build(read_coco(data, "train2014"), out, sh.Options(name="bench", image_size=image_size,
@@ -261,8 +148,6 @@ def synthetic_set(root, images, image_size=256, width=640, height=480, workers=N
 
 def extract_features(shards, out, workers, device=None, batch_size=256):
     """model/extract.py over the set: resnet50 layer4, random init (throughput only)."""
-    from model.extract import extract
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return extract(shards, out, "resnet50", "layer4", "none", batch_size=batch_size, workers=workers,

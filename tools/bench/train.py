@@ -19,7 +19,6 @@ images one at a time (the same beam search with B=1, as the common
 single-image caption_image_beam_search is used).
 """
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from model.decoder import Decoder, caption_loss
 from model.search import beam_search
 from pipeline.text import END, START
+from tools.bench.timing import best_of
 
 FULL = {"images": 32, "per_image": 5, "T": 22, "C": 2048, "vocab": 10000, "dim": 512, "grids": (64, 196),
         "beam_images": 64, "beam": 3, "iters": 3, "warmup": 1}
@@ -90,27 +90,6 @@ def synthetic_batch(images, per_image, T, P, C, vocab, device, seed=0):
     return features.to(device), tokens.to(device), lengths.to(device)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _best_seconds(fns, iters, warmup, device):
-    """Best time of one call of each fn; calls interleaved so that all see the same machine load."""
-    for fn, n in zip(fns, warmup):
-        for _ in range(n):
-            fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(iters):
-        for i, fn in enumerate(fns):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
-
-
 def _train_step(dec, loss_fn, amp, device, compiled=False):
     opt = torch.optim.Adam(dec.parameters(), lr=4e-4, fused=device.type == "cuda")
 
@@ -149,7 +128,7 @@ def bench_step(P, cfg, device, amp, compiled=False):
         mode = "reduce-overhead" if device.type == "cuda" else None
         steps.append(_train_step(ours, torch.compile(ours_loss, mode=mode), amp, device, compiled=True))
         warmup.append(cfg["warmup"] + 2)  # compile, then CUDA graph capture
-    t_ours, t_base, *t_compiled = _best_seconds(steps, cfg["iters"], warmup, device)
+    t_ours, t_base, *t_compiled = best_of(steps, cfg["iters"], warmup, device)
     out = {"P": P, "C": C, "images": B, "per_image": K, "T": T, "vocab": V,
            "baseline_decode_steps": int(lengths.max()) - 1,
            "ours_captions_per_s": B * K / t_ours, "baseline_captions_per_s": B * K / t_base,
@@ -176,7 +155,7 @@ def bench_beam(P, cfg, device, amp):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out["single"] = [beam_search(dec, features[i:i + 1], beam=k, max_len=max_len)[0] for i in range(B)]
 
-    t_batched, t_single = _best_seconds([batched, one_by_one], cfg["iters"], [cfg["warmup"]] * 2, device)
+    t_batched, t_single = best_of([batched, one_by_one], cfg["iters"], cfg["warmup"], device)
     same = sum(a[0].tokens == b[0].tokens for a, b in zip(out["batched"], out["single"]))
     return {"P": P, "images": B, "beam": k, "ours_images_per_s": B / t_batched,
             "baseline_images_per_s": B / t_single, "ratio": t_single / t_batched, "same_best_caption": same / B}
