@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("nvidia.dali")
 
-from tools.bench.gpu_train import COCO_TRAIN_IMAGES  # noqa: E402
+from tools.bench.gpu import COCO_TRAIN_IMAGES  # noqa: E402
 from tools.bench.timing import GpuBusy  # noqa: E402
 from tools.cli import cli  # noqa: E402
 
@@ -19,7 +19,7 @@ from tools.cli import cli  # noqa: E402
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """24 synthetic images -> 32 px shards (3 of 8) -> resnet50 layer4 features (1x1 grid)."""
-    from tools.bench.gpu_train import extract_features
+    from tools.bench.gpu import extract_features
     from pipeline import shards as sh
     from pipeline.coco import read_coco
     from pipeline.synth import synthesize

@@ -101,7 +101,7 @@ def bench_train_cmd(device, quick, compiled, threads):
 @click.option("--quick", is_flag=True, help="Smoke test: batch 16, 4 timed batches.")
 def bench_loaders(shard_dir, batch_size, image_size, batches, device, quick):
     """Loader-only images/s: DALI vs torchvision decode_jpeg vs the CPU webdataset loader."""
-    from tools.bench.gpu import report, run
+    from tools.bench.loaders import report, run
     click.echo(report(run(shard_dir, batch_size, image_size, batches, device=device, quick=quick)))
 
 
@@ -124,7 +124,7 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
     """Loaders and training (features / end to end frozen / fine-tuned) on one GPU: images/s, busy %, epoch."""
     import json
     from pipeline.atomic import atomic_write
-    from tools.bench.gpu import report_gpu, run_gpu
+    from tools.bench.loaders import report_gpu, run_gpu
     r = run_gpu(shard_dir, features, batch_size, steps, warmup, device=device, quick=quick, workers=workers,
                 vocab_size=vocab_size, echo=lambda msg: click.echo(msg, err=True))
     click.echo(report_gpu(r))
