@@ -124,10 +124,10 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
     """Loaders and training (features / end to end frozen / fine-tuned) on one GPU: images/s, busy %, epoch."""
     import json
     from pipeline.atomic import atomic_write
-    from tools.bench.loaders import report_gpu, run_gpu
-    r = run_gpu(shard_dir, features, batch_size, steps, warmup, device=device, quick=quick, workers=workers,
-                vocab_size=vocab_size, echo=lambda msg: click.echo(msg, err=True))
-    click.echo(report_gpu(r))
+    from tools.bench.gpu import report, run
+    r = run(shard_dir, features, batch_size, steps, warmup, device=device, quick=quick, workers=workers,
+            vocab_size=vocab_size, echo=lambda msg: click.echo(msg, err=True))
+    click.echo(report(r))
     if json_out:
         with atomic_write(json_out, "w") as f:
             json.dump(r, f, indent=1)
