@@ -21,9 +21,6 @@ from pipeline.loader import ShardBatches
 from pipeline.wds_index import read_samples, shard_tars
 from tools.bench.timing import loader_only
 
-# torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the baseline.
-warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
-
 
 def read_jpegs(shard_dir, limit):
     """Up to `limit` JPEGs (bytes) from the shards, in order."""
@@ -58,7 +55,9 @@ class TorchvisionBatches:
         from torchvision.io import decode_jpeg
 
         for s in range(0, len(self.data) - self.batch_size + 1, self.batch_size):
-            images = decode_jpeg(self.data[s:s + self.batch_size], device=self.device)
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates it for TorchCodec; still the baseline
+                warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
+                images = decode_jpeg(self.data[s:s + self.batch_size], device=self.device)
             flips = torch.rand(len(images), generator=self.gen) < 0.5
             images = torch.stack([self.crop(x) for x in images]).float()
             images = torch.where(flips.to(self.device).view(-1, 1, 1, 1), images.flip(-1), images)
