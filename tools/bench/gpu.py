@@ -6,11 +6,13 @@ and loader/training ratios:
 - features: frozen features from the HDF5 cache (pipeline/loader.py's FeatureBatches
   through make_loader, pinned memory, worker processes) -> decoder only;
 - frozen: DALI loader -> ResNet-50 (to layer4, channels_last, no grad) -> decoder;
-- finetune: the same with layers 3-4 trainable (encoder lr 1e-4, decoder lr 4e-4).
+- finetune: the same with layers 3-4 trainable.
 
-The step is the trainer's own (model/step.py's TrainStep): batch to the device,
-left/right swap for mirrored images, bf16 autocast forward, masked cross-entropy +
-doubly stochastic term, backward, clip 5, fused Adam, and the per-step statistics
+Encoder, decoder and optimizer are the trainer's, from TrainArgs' defaults (its
+learning rates, dropout, clipping; the decoder's output layer COCO-sized). The step
+is the trainer's own (model/step.py's TrainStep): batch to the device, left/right
+swap for mirrored images, bf16 autocast forward, masked cross-entropy + doubly
+stochastic term, backward, gradient clipping, fused Adam, and the per-step statistics
 kept on the device. No host sync inside the timed loop: the clock reads after
 torch.cuda.synchronize at both ends.
 
@@ -27,8 +29,9 @@ import warnings
 import torch
 
 from model.decoder import Decoder
-from model.extract import build_encoder, extract
+from model.extract import extract
 from model.step import CaptionModel, TrainStep
+from model.train import TrainArgs, _encoder_for, _optimizer
 from pipeline import shards as sh
 from pipeline.coco import read_coco
 from pipeline.errors import CapgenError
@@ -38,35 +41,38 @@ from tools.bench import loaders
 from tools.bench.timing import endless, loader_only, repeat, timed
 
 MODES = ("features", "frozen", "finetune")
-DECODER_LR, ENCODER_LR, GRAD_CLIP, ALPHA_C = 4e-4, 1e-4, 5.0, 1.0
 COCO_TRAIN_IMAGES = 82_783
 COCO_VOCAB = 10_000  # a COCO-sized output layer (Karpathy train, min freq 5: about 9,500 words)
 GOAL = 1.5  # loader images/s over what the training step consumes
 
 
-def build_step(mode, vocab, vocab_size, channels, device, dim=512):
-    """Encoder (None for features) + decoder + fused Adam, set up as model/train.py does,
-    driven by the trainer's own TrainStep."""
-    encoder = None
+def train_args(mode, source, dim):
+    """The trainer's options for one mode: TrainArgs' defaults, random init (throughput does
+    not depend on the weights), dim for the decoder's embedding, attention and LSTM sizes."""
+    return TrainArgs(train=source, val=source, out="", encoder_weights="none", fine_tune_encoder=mode == "finetune",
+                     embed_dim=dim, attention_dim=dim, hidden_dim=dim)
+
+
+def build_step(mode, src, vocab, vocab_size, device, dim):
+    """Encoder (None for features) + decoder + fused Adam, built as model/train.py builds them,
+    driven by the trainer's own TrainStep; vocab_size: the decoder's output layer."""
+    args = train_args(mode, src.path, dim)
+    encoder, channels = None, src.cache.channels if mode == "features" else None
     if mode != "features":
-        with warnings.catch_warnings():  # random init: throughput does not depend on the weights
+        with warnings.catch_warnings():  # the random-init warning
             warnings.simplefilter("ignore")
-            encoder = build_encoder("resnet50", "none", "layer4")
-        if mode == "finetune":
+            encoder, _ = _encoder_for(args, src)
+        if args.fine_tune_encoder:
             encoder.set_fine_tune()
         encoder.to(device)
         if device.type == "cuda":
             encoder.to(memory_format=torch.channels_last)
         channels = encoder.channels
-    decoder = Decoder(vocab_size, channels, dim, dim, dim).to(device)
-    model = CaptionModel(encoder, decoder, fine_tune=mode == "finetune").train()
-    if encoder is not None and mode != "finetune":
+    decoder = Decoder(vocab_size, channels, args.embed_dim, args.attention_dim, args.hidden_dim, args.dropout)
+    model = CaptionModel(encoder, decoder.to(device), args.fine_tune_encoder).train()
+    if encoder is not None and not args.fine_tune_encoder:
         encoder.eval()
-    groups = [{"params": [p for p in decoder.parameters() if p.requires_grad], "lr": DECODER_LR}]
-    if mode == "finetune":
-        groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": ENCODER_LR})
-    optimizer = torch.optim.Adam(groups, fused=device.type == "cuda" or None)
-    return TrainStep(model, model, optimizer, device, vocab, ALPHA_C, GRAD_CLIP)
+    return TrainStep(model, model, _optimizer(model, args, device), device, vocab, args.alpha_c, args.grad_clip)
 
 
 def image_loader(shards, batch_size, device, workers):
@@ -80,7 +86,7 @@ def image_loader(shards, batch_size, device, workers):
                             num_threads=max(workers, 1), shard_id=0, num_shards=1)
 
 
-def bench_mode(mode, source, batch_size, steps, warmup, device, vocab_size, workers, dim=512):
+def bench_mode(mode, source, batch_size, steps, warmup, device, vocab_size, workers, dim):
     """One training mode, fed by its loader and on a resident batch."""
     torch.manual_seed(0)
     cuda = device.type == "cuda"
@@ -88,8 +94,7 @@ def bench_mode(mode, source, batch_size, steps, warmup, device, vocab_size, work
         torch.cuda.reset_peak_memory_stats(device)
     src = DataSource(source)
     vocab = src.vocab()
-    channels = src.cache.channels if src.kind == "features" else None
-    step = build_step(mode, vocab, max(vocab_size, len(vocab)), channels, device, dim)
+    step = build_step(mode, src, vocab, max(vocab_size, len(vocab)), device, dim)
     if mode == "features":
         step.model.decoder.set_feature_stats(torch.from_numpy(src.cache.channel_mean),
                                         torch.from_numpy(src.cache.channel_std))
@@ -121,9 +126,9 @@ def bench_mode(mode, source, batch_size, steps, warmup, device, vocab_size, work
 
 
 def bench_training(shards, features, batch_size=128, steps=100, warmup=10, device=None,
-                   vocab_size=COCO_VOCAB, workers=8, modes=MODES, dim=512):
+                   vocab_size=COCO_VOCAB, workers=8, modes=MODES, dim=TrainArgs.hidden_dim):
     """{mode: figures} for the training modes (features needs `features`, the others `shards`).
-    dim: the decoder's embedding, attention and LSTM sizes (512 as the trainer's defaults)."""
+    dim: the decoder's embedding, attention and LSTM sizes (default: the trainer's)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = {}
     for mode in modes:
@@ -173,7 +178,7 @@ def _versions():
 
 
 def run(shards=None, features=None, batch_size=128, steps=100, warmup=10, device=None, quick=False,
-            workers=None, vocab_size=None, images=None, echo=print):
+        workers=None, vocab_size=None, images=None, echo=print):
     """Loader-only and training figures on one device, in one run, as one dict.
 
     Without `shards`, a synthetic set is made in a temporary folder (enough images for the
@@ -188,7 +193,7 @@ def run(shards=None, features=None, batch_size=128, steps=100, warmup=10, device
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     cores = sh.available_cores()
-    cfg = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "dim": 512, "image_size": 256,
+    cfg = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "dim": TrainArgs.hidden_dim, "image_size": 256,
            "vocab_size": vocab_size or COCO_VOCAB, "workers": workers or (min(cores, 8) if cuda else 1),
            "images": images or (steps + warmup + 2) * batch_size, "width": 640, "height": 480}
     if quick:  # shapes a 2-core CPU runs in seconds: code paths, not figures
@@ -274,8 +279,9 @@ def report(r):
     for name, rate, b in rows:
         lines.append(f"  {name:<46} {rate:9.0f}  {_pct(b)}")
     lines += ["",
-              "training: the trainer's step (masked CE + doubly stochastic, clip 5, Adam; on a GPU bf16 autocast, "
-              f"fused Adam), decoder vocab {any_mode['vocab_size']}, dims {any_mode['decoder_dim']}",
+              f"training: the trainer's step (masked CE + doubly stochastic, clip {TrainArgs.grad_clip:g}, Adam; "
+              f"on a GPU bf16 autocast, fused Adam), decoder vocab {any_mode['vocab_size']}, "
+              f"dims {any_mode['decoder_dim']}",
               "                          with its loader                      step only (batch on device)",
               "  mode                  images/s captions/s  busy  epoch      images/s  busy  epoch    peak GB"]
     names = {"features": "hdf5 features", "frozen": "e2e, frozen enc", "finetune": "e2e, fine-tune 3-4"}

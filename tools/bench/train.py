@@ -9,8 +9,9 @@ of the same weights, so both compute the same loss:
 - captions sorted by length, the batch shrinking to batch_size_t each step,
   pack_padded_sequence for the loss.
 Ours: features [B, P, C] projected once per batch, the K captions as a group
-axis, static shapes and a masked loss. Same shapes, optimizer (Adam, gradient
-values clipped at 5 as there), precision and device, measured in the same run:
+axis, static shapes and a masked loss. Same shapes, decoder sizes, optimizer
+(Adam), learning rate and clipping threshold (TrainArgs'; gradients clipped by
+value as there), precision and device, measured in the same run:
 iterations interleaved (ours, baseline, ours, ...), each side's best one kept,
 so a busy machine slows both alike.
 
@@ -26,12 +27,14 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.decoder import Decoder, caption_loss
 from model.search import beam_search
+from model.train import TrainArgs
 from pipeline.text import END, START
 from tools.bench.timing import best_of
 
-FULL = {"images": 32, "per_image": 5, "T": 22, "C": 2048, "vocab": 10000, "dim": 512, "grids": (64, 196),
+TRAINER_DIMS = (TrainArgs.embed_dim, TrainArgs.attention_dim, TrainArgs.hidden_dim)
+FULL = {"images": 32, "per_image": 5, "T": 22, "C": 2048, "vocab": 10000, "dims": TRAINER_DIMS, "grids": (64, 196),
         "beam_images": 64, "beam": 3, "iters": 3, "warmup": 1}
-QUICK = {"images": 4, "per_image": 5, "T": 22, "C": 64, "vocab": 300, "dim": 32, "grids": (16,),
+QUICK = {"images": 4, "per_image": 5, "T": 22, "C": 64, "vocab": 300, "dims": (32, 32, 32), "grids": (16,),
          "beam_images": 6, "beam": 3, "iters": 1, "warmup": 1}
 
 
@@ -91,7 +94,7 @@ def synthetic_batch(images, per_image, T, P, C, vocab, device, seed=0):
 
 
 def _train_step(dec, loss_fn, amp, device, compiled=False):
-    opt = torch.optim.Adam(dec.parameters(), lr=4e-4, fused=device.type == "cuda")
+    opt = torch.optim.Adam(dec.parameters(), lr=TrainArgs.decoder_lr, fused=device.type == "cuda")
 
     def step():
         if compiled:
@@ -100,7 +103,7 @@ def _train_step(dec, loss_fn, amp, device, compiled=False):
             loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_value_(dec.parameters(), 5.0)
+        torch.nn.utils.clip_grad_value_(dec.parameters(), TrainArgs.grad_clip)
         opt.step()
     return step
 
@@ -108,9 +111,9 @@ def _train_step(dec, loss_fn, amp, device, compiled=False):
 def bench_step(P, cfg, device, amp, compiled=False):
     """Training steps (forward + backward + Adam) per second for ours and the baseline;
     compiled=True also times ours under torch.compile (CUDA graphs on a GPU)."""
-    B, K, T, C, V, D = cfg["images"], cfg["per_image"], cfg["T"], cfg["C"], cfg["vocab"], cfg["dim"]
+    B, K, T, C, V = cfg["images"], cfg["per_image"], cfg["T"], cfg["C"], cfg["vocab"]
     torch.manual_seed(0)
-    ours = Decoder(V, C, D, D, D).to(device).train()
+    ours = Decoder(V, C, *cfg["dims"], TrainArgs.dropout).to(device).train()
     base = copy.deepcopy(ours)
     features, tokens, lengths = synthetic_batch(B, K, T, P, C, V, device)
     # The baseline's input as its pipeline makes it: one feature copy per caption.
@@ -119,10 +122,12 @@ def bench_step(P, cfg, device, amp, compiled=False):
 
     def ours_loss():
         logits, alphas = ours(features, tokens)
-        return caption_loss(logits, alphas, tokens, lengths)[0]
+        return caption_loss(logits, alphas, tokens, lengths, TrainArgs.alpha_c)[0]
 
-    steps = [_train_step(ours, ours_loss, amp, device),
-             _train_step(base, lambda: baseline_loss(base, features_rep, caps, caplens), amp, device)]
+    def base_loss():
+        return baseline_loss(base, features_rep, caps, caplens, TrainArgs.alpha_c)
+
+    steps = [_train_step(ours, ours_loss, amp, device), _train_step(base, base_loss, amp, device)]
     warmup = [cfg["warmup"]] * 2
     if compiled:
         mode = "reduce-overhead" if device.type == "cuda" else None
@@ -140,9 +145,9 @@ def bench_step(P, cfg, device, amp, compiled=False):
 
 def bench_beam(P, cfg, device, amp):
     """Images per second: one batched beam search against one image at a time."""
-    B, C, V, D, k = cfg["beam_images"], cfg["C"], cfg["vocab"], cfg["dim"], cfg["beam"]
+    B, C, V, k = cfg["beam_images"], cfg["C"], cfg["vocab"], cfg["beam"]
     torch.manual_seed(0)
-    dec = Decoder(V, C, D, D, D).to(device).eval()
+    dec = Decoder(V, C, *cfg["dims"], TrainArgs.dropout).to(device).eval()
     features = synthetic_batch(B, 1, cfg["T"], P, C, V, device)[0]
     max_len = cfg["T"] - 2
     out = {}
