@@ -57,8 +57,10 @@ def build_step(mode, src, vocab, vocab_size, device, dim):
     """Encoder (None for features) + decoder + fused Adam, built as model/train.py builds them,
     driven by the trainer's own TrainStep; vocab_size: the decoder's output layer."""
     args = train_args(mode, src.path, dim)
-    encoder, channels = None, src.cache.channels if mode == "features" else None
-    if mode != "features":
+    encoder = None
+    if mode == "features":
+        channels = src.cache.channels
+    else:
         with warnings.catch_warnings():  # the random-init warning
             warnings.simplefilter("ignore")
             encoder, _ = _encoder_for(args, src)
