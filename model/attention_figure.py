@@ -116,7 +116,7 @@ def figure_paths(out, image_paths):
 
 
 def figure_writer(ckpt, out, image_paths, echo=print):
-    """A callback (path, image, result) for `model.caption_files.caption_files`: writes each image's figure, in order."""
+    """A callback (path, image, result) for `capgen caption`: writes each image's figure, in order."""
     config, _ = checkpoint.read_config(ckpt)
     resize_mode = config["image"]["resize_mode"]
     pending = defaultdict(deque)

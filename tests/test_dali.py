@@ -271,7 +271,7 @@ def test_make_loader_dali_counts_per_rank(built_set):
 
 
 def test_loader_benchmark_quick_runs_on_cpu(shard_set):
-    from tools.bench_gpu import report, run
+    from tools.bench.loaders import report, run
     r = run(str(shard_set), image_size=SIZE, device="cpu", quick=True)
     assert all(r[k] > 0 for k in ("dali", "torchvision", "cpu")) and r["batch_size"] == 16
     text = report(r)

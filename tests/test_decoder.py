@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.bench_train import baseline_loss, bench_train, synthetic_batch
 from model.decoder import Decoder, caption_loss, caption_mask
 from model.search import greedy
 from pipeline.text import END, PAD, START
+from tools.bench.train import baseline_loss, bench_train, synthetic_batch
 
 V, C, P = 40, 16, 6
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from serve_checkpoint import make_checkpoint
-from tools.serve import running_server
+from tools.server_process import running_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -153,7 +153,7 @@ def test_chunked_oversize_upload_is_cut_off_while_reading(server):
 
 
 def test_bench_serve_quick_runs_clean(checkpoint, server):
-    from tools.bench_serve import run
+    from tools.bench.serve import run
 
     lines = []
     # Against the running server (starting one is what the fixture tests), in a thread of its own:

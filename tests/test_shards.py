@@ -333,7 +333,7 @@ def test_moved_images_are_rebuilt_not_trusted(coco, built, tmp_path):
 
 
 def test_bench_smoke():
-    from tools.bench_shards import bench_shards, format_report
+    from tools.bench.shards import bench_shards, format_report
 
     r = bench_shards(images=12, rounds=1, workers=[1, 2])
     assert r["naive_images_per_s"] > 0 and [b["workers"] for b in r["build"]] == [1, 2]

@@ -74,7 +74,7 @@ def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads
 @click.option("--quick", is_flag=True, help="Smoke test: 24 requests, 4 at a time, 12 baseline captions.")
 def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url, quick):
     """HTTP load on a local `capgen serve` vs. the same images captioned in process."""
-    from tools.bench_serve import run
+    from tools.bench.serve import run
     if quick:
         requests, concurrency, n_images = 24, 4, 4
     run(checkpoint, requests, concurrency, n_images, baseline_calls=12 if quick else None, beam=beam,
@@ -90,7 +90,7 @@ def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url,
               help="Torch CPU threads (default: torch's; 1 measures steadier on a shared machine).")
 def bench_train_cmd(device, quick, compiled, threads):
     """Decoder training step and batched beam search vs. the common implementation (sgrvinod's)."""
-    from tools.bench_train import run
+    from tools.bench.train import run
     run(quick=quick, device=device, compiled=compiled, threads=threads)
 
 
@@ -103,7 +103,7 @@ def bench_train_cmd(device, quick, compiled, threads):
 @click.option("--quick", is_flag=True, help="Smoke test: batch 16, 4 timed batches.")
 def bench_loaders(shard_dir, batch_size, image_size, batches, device, quick):
     """Loader-only images/s: DALI vs torchvision decode_jpeg vs the CPU webdataset loader."""
-    from tools.bench_gpu import report, run
+    from tools.bench.loaders import report, run
     click.echo(report(run(shard_dir, batch_size, image_size, batches, device=device, quick=quick)))
 
 
@@ -126,10 +126,10 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
     """Loaders and training (features / end to end frozen / fine-tuned) on one GPU: images/s, busy %, epoch."""
     import json
     from pipeline.atomic import atomic_write
-    from tools.bench_gpu import report_gpu, run_gpu
-    r = run_gpu(shard_dir, features, batch_size, steps, warmup, device=device, quick=quick, workers=workers,
-                vocab_size=vocab_size, echo=lambda msg: click.echo(msg, err=True))
-    click.echo(report_gpu(r))
+    from tools.bench.gpu import report, run
+    r = run(shard_dir, features, batch_size, steps, warmup, device=device, quick=quick, workers=workers,
+            vocab_size=vocab_size, echo=lambda msg: click.echo(msg, err=True))
+    click.echo(report(r))
     if json_out:
         with atomic_write(json_out, "w") as f:
             json.dump(r, f, indent=1)
@@ -245,7 +245,7 @@ def score(results, annotations, as_json):
 @click.option("--device", default=None)
 def caption(ckpt, images, beam, topk, as_json, attention_out, device):
     """Caption image files (any size or mode); unreadable ones fail at the end."""
-    from model.caption_files import caption_files
+    from tools.caption_files import caption_files
     on_result = None
     if attention_out:
         from model.attention_figure import figure_writer
@@ -265,7 +265,7 @@ def caption(ckpt, images, beam, topk, as_json, attention_out, device):
 def demo(out, as_json, images, epochs):
     """synth -> shards -> features -> train -> eval -> caption, on this machine's CPU."""
     import json
-    from model.demo import run_demo
+    from tools.demo import run_demo
     summary = run_demo(out, images=images, epochs=epochs, echo=click.echo)
     if as_json:
         click.echo(json.dumps(summary))
@@ -407,7 +407,7 @@ def vocab_cmd(shard_dir, preset, min_freq, vocab_path, captions_per_image):
 @click.option("--workers", type=click.IntRange(min=1), multiple=True, help="Worker counts [default: 1 and all cores].")
 def bench_shards_cmd(images, rounds, workers):
     """Shard build images/s vs. a naive PIL loop on the same photographic JPEGs."""
-    from tools.bench_shards import run
+    from tools.bench.shards import run
     run(images, rounds, list(workers) or None)
 
 

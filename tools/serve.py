@@ -4,17 +4,15 @@
 `serve(...)` loads a checkpoint once and runs it under uvicorn. Bad uploads get
 a 4xx answer `{"error": "..."}` and the server keeps serving.
 """
-import contextlib
 import io
 import logging
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
+import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -24,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from model.attention_figure import attention_region
+from model.captioner import Captioner
 from pipeline.errors import CapgenError
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -175,10 +174,6 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
 def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb=10, max_pixels=MAX_PIXELS,
           threads=None, log_level="info"):
     """Load the checkpoint once, warm it up, and serve until interrupted."""
-    import torch
-
-    from model.captioner import Captioner
-
     if threads:
         torch.set_num_threads(threads)
 
@@ -189,58 +184,6 @@ def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb
           f"http://{host}:{port}/", file=sys.stderr, flush=True)
     app = create_app(captioner, beam=beam, topk=topk, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                      max_pixels=max_pixels, info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))})
-    import uvicorn
-
     # Connections past the limit get 503 at once instead of queueing uploads in memory.
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "info",
                 limit_concurrency=MAX_CONNECTIONS)
-
-
-def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def capgen_command():
-    """argv prefix that runs the capgen CLI with this interpreter."""
-    script = os.path.join(os.path.dirname(sys.executable), "capgen")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "import sys; sys.argv[0] = 'capgen'; from tools.cli import main; main()"]
-
-
-@contextlib.contextmanager
-def running_server(checkpoint, args=(), timeout=120, log_path=None):
-    """Start `capgen serve` on a free loopback port; yield its base URL once /healthz answers."""
-    import httpx  # a test and benchmark dependency, not the server's
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = capgen_command() + ["serve", "--checkpoint", str(checkpoint), "--port", str(port), *args]
-    log_file = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
-    proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                log_file.seek(0)
-                tail = log_file.read().decode(errors="replace").strip().splitlines()[-5:]
-                raise RuntimeError(f"capgen serve exited with code {proc.returncode}: " + " | ".join(tail))
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"capgen serve did not answer /healthz within {timeout}s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()

@@ -7,8 +7,17 @@ standardised per channel from the cache's statistics; small batches, many steps.
 import os
 import time
 
-from model.caption_files import caption_files
-from model.evaluate import METRICS
+import torch
+
+from model.evaluate import METRICS, evaluate
+from model.extract import extract
+from model.train import train
+from model.train_args import TrainArgs
+from pipeline import shards
+from pipeline.coco import read_coco
+from pipeline.scenes import attribute_accuracy, read_scenes
+from pipeline.synth import synthesize
+from tools.caption_files import caption_files
 
 DEMO = {
     "images": 2300,            # train2014 + val2014
@@ -52,8 +61,6 @@ def _one_thread(fn, *args):
     """Run fn on one intra-op thread: a decoder step of 8 images is too small to split
     across two cores (measured here: 68 img/s on one thread, 75 on two when the machine
     is idle, and far less on two when anything else runs)."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -63,9 +70,6 @@ def _one_thread(fn, *args):
 
 
 def _build_shards(data, split, out, cfg, vocab=None):
-    from pipeline import shards
-    from pipeline.coco import read_coco
-
     source = read_coco(data, split)
     opts = shards.Options(name=f"synth-{split}", image_size=cfg["image_size"], resize_mode="stretch",
                           shard_size=cfg["shard_size"])
@@ -78,13 +82,6 @@ def _build_shards(data, split, out, cfg, vocab=None):
 
 def run_demo(out="demo", images=None, epochs=None, echo=print, **overrides):
     """The whole pipeline on synthetic data; returns the summary (held-out scores first)."""
-    from model.evaluate import evaluate
-    from model.extract import extract
-    from model.train import train
-    from model.train_args import TrainArgs
-    from pipeline.scenes import attribute_accuracy, read_scenes
-    from pipeline.synth import synthesize
-
     cfg = {**DEMO, **overrides}
     cfg["images"] = images or cfg["images"]
     cfg["epochs"] = epochs or cfg["epochs"]

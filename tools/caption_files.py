@@ -3,6 +3,8 @@ import json
 
 from PIL import Image
 
+from model.captioner import Captioner
+
 
 def read_image(path):
     """PIL image fully decoded, or a one-line reason it cannot be."""
@@ -24,8 +26,6 @@ def caption_files(ckpt, paths, beam=3, topk=3, as_json=False, device=None, out=p
     """Caption image files in order; unreadable ones are reported via err. Returns the failures.
 
     on_result(path, image, result), if given, sees each Captioner result (e.g. to draw attention)."""
-    from model.captioner import Captioner
-
     captioner = Captioner.load(ckpt, device or "cpu")
     failed = 0
     for start in range(0, len(paths), chunk):

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from model.captioner import Captioner
 from pipeline.errors import CapgenError
-from tools.serve import running_server
+from tools.bench.timing import seconds
+from tools.server_process import running_server
 
 COLOURS = ((220, 40, 40), (40, 170, 60), (40, 80, 220), (240, 210, 40), (150, 60, 180), (250, 250, 250))
 
@@ -50,12 +52,9 @@ def baseline(captioner, images, calls, beam):
     """Caption `calls` images (cycling) in process, one at a time: (best captions, latencies s, wall s)."""
     decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
     best = [captioner.caption([img], beam=beam)[0]["captions"][0]["text"] for img in decoded]  # also warms up
-    latencies = []
     start = time.perf_counter()
-    for i in range(calls):
-        t = time.perf_counter()
-        captioner.caption([decoded[i % len(decoded)]], beam=beam)
-        latencies.append(time.perf_counter() - t)
+    latencies = [seconds(lambda: captioner.caption([decoded[i % len(decoded)]], beam=beam), captioner.device)
+                 for i in range(calls)]
     return best, latencies, time.perf_counter() - start
 
 
@@ -87,8 +86,6 @@ async def load(url, images, expected, requests, concurrency):
 def run(checkpoint, requests=500, concurrency=8, n_images=8, baseline_calls=None, beam=3, threads=None, url=None,
         echo=print):
     """url: bench that running server (serving `checkpoint` with `beam`) instead of starting one."""
-    from model.captioner import Captioner
-
     if threads:
         torch.set_num_threads(threads)  # the server gets the same below
 

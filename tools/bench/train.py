@@ -1,4 +1,4 @@
-"""Decoder training-step and beam-search throughput, ours against the common implementation.
+"""`capgen bench train`: decoder training step and beam search, ours against the common implementation.
 
 The baseline is a line-for-line port of sgrvinod/a-PyTorch-Tutorial-to-Image-Captioning
 (DecoderWithAttention.forward, Attention.forward, the train() loss) run on a copy
@@ -9,8 +9,9 @@ of the same weights, so both compute the same loss:
 - captions sorted by length, the batch shrinking to batch_size_t each step,
   pack_padded_sequence for the loss.
 Ours: features [B, P, C] projected once per batch, the K captions as a group
-axis, static shapes and a masked loss. Same shapes, optimizer (Adam, gradient
-values clipped at 5 as there), precision and device, measured in the same run:
+axis, static shapes and a masked loss. Same shapes, decoder sizes, optimizer
+(Adam), learning rate and clipping threshold (TrainArgs'; gradients clipped by
+value as there), precision and device, measured in the same run:
 iterations interleaved (ours, baseline, ours, ...), each side's best one kept,
 so a busy machine slows both alike.
 
@@ -19,7 +20,6 @@ images one at a time (the same beam search with B=1, as the common
 single-image caption_image_beam_search is used).
 """
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,14 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from model.decoder import Decoder, caption_loss
 from model.device import default_device
 from model.search import beam_search
+from model.train_args import TrainArgs
 from pipeline.text import END, START
+from tools.bench.timing import best_of
 
-FULL = {"images": 32, "per_image": 5, "T": 22, "C": 2048, "vocab": 10000, "dim": 512, "grids": (64, 196),
+TRAINER_DIMS = (TrainArgs.embed_dim, TrainArgs.attention_dim, TrainArgs.hidden_dim)
+FULL = {"images": 32, "per_image": 5, "T": 22, "C": 2048, "vocab": 10000, "dims": TRAINER_DIMS, "grids": (64, 196),
         "beam_images": 64, "beam": 3, "iters": 3, "warmup": 1}
-QUICK = {"images": 4, "per_image": 5, "T": 22, "C": 64, "vocab": 300, "dim": 32, "grids": (16,),
+QUICK = {"images": 4, "per_image": 5, "T": 22, "C": 64, "vocab": 300, "dims": (32, 32, 32), "grids": (16,),
          "beam_images": 6, "beam": 3, "iters": 1, "warmup": 1}
 
 
@@ -91,29 +94,8 @@ def synthetic_batch(images, per_image, T, P, C, vocab, device, seed=0):
     return features.to(device), tokens.to(device), lengths.to(device)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _best_seconds(fns, iters, warmup, device):
-    """Best time of one call of each fn; calls interleaved so that all see the same machine load."""
-    for fn, n in zip(fns, warmup):
-        for _ in range(n):
-            fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(iters):
-        for i, fn in enumerate(fns):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
-
-
 def _train_step(dec, loss_fn, amp, device, compiled=False):
-    opt = torch.optim.Adam(dec.parameters(), lr=4e-4, fused=device.type == "cuda")
+    opt = torch.optim.Adam(dec.parameters(), lr=TrainArgs.decoder_lr, fused=device.type == "cuda")
 
     def step():
         if compiled:
@@ -122,7 +104,7 @@ def _train_step(dec, loss_fn, amp, device, compiled=False):
             loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_value_(dec.parameters(), 5.0)
+        torch.nn.utils.clip_grad_value_(dec.parameters(), TrainArgs.grad_clip)
         opt.step()
     return step
 
@@ -130,9 +112,9 @@ def _train_step(dec, loss_fn, amp, device, compiled=False):
 def bench_step(P, cfg, device, amp, compiled=False):
     """Training steps (forward + backward + Adam) per second for ours and the baseline;
     compiled=True also times ours under torch.compile (CUDA graphs on a GPU)."""
-    B, K, T, C, V, D = cfg["images"], cfg["per_image"], cfg["T"], cfg["C"], cfg["vocab"], cfg["dim"]
+    B, K, T, C, V = cfg["images"], cfg["per_image"], cfg["T"], cfg["C"], cfg["vocab"]
     torch.manual_seed(0)
-    ours = Decoder(V, C, D, D, D).to(device).train()
+    ours = Decoder(V, C, *cfg["dims"], TrainArgs.dropout).to(device).train()
     base = copy.deepcopy(ours)
     features, tokens, lengths = synthetic_batch(B, K, T, P, C, V, device)
     # The baseline's input as its pipeline makes it: one feature copy per caption.
@@ -141,16 +123,18 @@ def bench_step(P, cfg, device, amp, compiled=False):
 
     def ours_loss():
         logits, alphas = ours(features, tokens)
-        return caption_loss(logits, alphas, tokens, lengths)[0]
+        return caption_loss(logits, alphas, tokens, lengths, TrainArgs.alpha_c)[0]
 
-    steps = [_train_step(ours, ours_loss, amp, device),
-             _train_step(base, lambda: baseline_loss(base, features_rep, caps, caplens), amp, device)]
+    def base_loss():
+        return baseline_loss(base, features_rep, caps, caplens, TrainArgs.alpha_c)
+
+    steps = [_train_step(ours, ours_loss, amp, device), _train_step(base, base_loss, amp, device)]
     warmup = [cfg["warmup"]] * 2
     if compiled:
         mode = "reduce-overhead" if device.type == "cuda" else None
         steps.append(_train_step(ours, torch.compile(ours_loss, mode=mode), amp, device, compiled=True))
         warmup.append(cfg["warmup"] + 2)  # compile, then CUDA graph capture
-    t_ours, t_base, *t_compiled = _best_seconds(steps, cfg["iters"], warmup, device)
+    t_ours, t_base, *t_compiled = best_of(steps, cfg["iters"], warmup, device)
     out = {"P": P, "C": C, "images": B, "per_image": K, "T": T, "vocab": V,
            "baseline_decode_steps": int(lengths.max()) - 1,
            "ours_captions_per_s": B * K / t_ours, "baseline_captions_per_s": B * K / t_base,
@@ -162,9 +146,9 @@ def bench_step(P, cfg, device, amp, compiled=False):
 
 def bench_beam(P, cfg, device, amp):
     """Images per second: one batched beam search against one image at a time."""
-    B, C, V, D, k = cfg["beam_images"], cfg["C"], cfg["vocab"], cfg["dim"], cfg["beam"]
+    B, C, V, k = cfg["beam_images"], cfg["C"], cfg["vocab"], cfg["beam"]
     torch.manual_seed(0)
-    dec = Decoder(V, C, D, D, D).to(device).eval()
+    dec = Decoder(V, C, *cfg["dims"], TrainArgs.dropout).to(device).eval()
     features = synthetic_batch(B, 1, cfg["T"], P, C, V, device)[0]
     max_len = cfg["T"] - 2
     out = {}
@@ -177,7 +161,7 @@ def bench_beam(P, cfg, device, amp):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out["single"] = [beam_search(dec, features[i:i + 1], beam=k, max_len=max_len)[0] for i in range(B)]
 
-    t_batched, t_single = _best_seconds([batched, one_by_one], cfg["iters"], [cfg["warmup"]] * 2, device)
+    t_batched, t_single = best_of([batched, one_by_one], cfg["iters"], cfg["warmup"], device)
     same = sum(a[0].tokens == b[0].tokens for a, b in zip(out["batched"], out["single"]))
     return {"P": P, "images": B, "beam": k, "ours_images_per_s": B / t_batched,
             "baseline_images_per_s": B / t_single, "ratio": t_single / t_batched, "same_best_caption": same / B}
@@ -200,3 +184,31 @@ def bench_train(quick=False, device=None, amp=None, compiled=False):
     return {"device": device_name(device), "amp": "bf16" if amp else "fp32", "quick": quick, "compiled": compiled,
             "step": [bench_step(P, cfg, device, amp, compiled) for P in cfg["grids"]],
             "beam": bench_beam(cfg["grids"][0], cfg, device, amp)}
+
+
+def format_report(r):
+    lines = [f"device: {r['device']}, {r['amp']}" + (" (quick shapes)" if r["quick"] else "")]
+    for s in r["step"]:
+        lines.append(
+            f"train step  {s['images']} images x {s['per_image']} captions, T={s['T']}, P={s['P']}, C={s['C']}, "
+            f"vocab {s['vocab']}: ours {s['ours_captions_per_s']:.0f} captions/s, baseline "
+            f"{s['baseline_captions_per_s']:.0f} captions/s ({s['baseline_decode_steps']} steps), "
+            f"ratio {s['ratio']:.2f}x")
+        if "compiled_ratio" in s:
+            lines.append(f"            ours compiled: {s['compiled_captions_per_s']:.0f} captions/s, "
+                         f"ratio {s['compiled_ratio']:.2f}x")
+    b = r["beam"]
+    lines.append(
+        f"beam search batch {b['images']}, k={b['beam']}, P={b['P']}: batched {b['ours_images_per_s']:.1f} images/s, "
+        f"one at a time {b['baseline_images_per_s']:.1f} images/s, ratio {b['ratio']:.2f}x "
+        f"(same best caption: {b['same_best_caption']:.0%})")
+    return "\n".join(lines)
+
+
+def run(quick=False, device=None, compiled=False, threads=None):
+    """Measure and print; returns the figures."""
+    if threads:
+        torch.set_num_threads(threads)
+    r = bench_train(quick=quick, device=device, compiled=compiled)
+    print(format_report(r), flush=True)
+    return r

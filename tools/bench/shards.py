@@ -8,14 +8,20 @@ decode, resize, encode, tar, fsync, sha256, vocabulary) with 1 worker and
 with every core; the figures are the best of a few interleaved rounds.
 """
 import io
+import itertools
 import json
 import os
 import shutil
 import tempfile
-import time
 
 import numpy as np
+import torch
 from PIL import Image
+
+from pipeline import imaging
+from pipeline.coco import read_coco
+from pipeline.shards import Options, available_cores, build
+from tools.bench.timing import best_of
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina",
           "hubble_deep_field", "stereo_motorcycle")
@@ -69,48 +75,33 @@ def make_dataset(root, n, seed=0, width=640, height=480):
 
 
 def naive(paths, size=256, quality=90):
-    """The baseline loop; returns seconds."""
-    start = time.perf_counter()
+    """The baseline loop."""
     for path in paths:
         im = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=quality)
-    return time.perf_counter() - start
 
 
 def convert_only(paths, size=256):
-    """pipeline.imaging alone, in process (no tar, no pool); returns seconds."""
-    import torch
-
-    from pipeline import imaging
-
+    """pipeline.imaging alone, in process (no tar, no pool)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        start = time.perf_counter()
         for path in paths:
             imaging.convert(imaging.read(path), size)
-        return time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
 
 
 def build_once(root, out, workers, shard_size):
-    from pipeline.coco import read_coco
-    from pipeline.shards import Options, build
-
-    shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
+    """The whole shard build of root's train2014 into out (a new folder)."""
     source = read_coco(root, "train2014")
     build(source, out, Options(name="bench", shard_size=shard_size), {"bench": True},
           workers=workers, min_freq=1, progress=False)
-    return time.perf_counter() - start
 
 
 def bench_shards(images=None, rounds=3, workers=None, tmp=None):
     """Default: 200 images, or 50 per worker on bigger machines; two shards per worker."""
-    from pipeline.shards import available_cores
-
     cores = available_cores()
     counts = sorted(set(workers or [1, cores]))
     images = images or max(200, 50 * max(counts))
@@ -121,13 +112,14 @@ def bench_shards(images=None, rounds=3, workers=None, tmp=None):
         for p in paths:  # page cache warm for everyone
             with open(p, "rb") as f:
                 f.read()
-        best = {"naive": float("inf"), "convert": float("inf")}
-        best.update({w: float("inf") for w in counts})
-        for _ in range(rounds):
-            best["naive"] = min(best["naive"], naive(paths))
-            best["convert"] = min(best["convert"], convert_only(paths))
-            for w in counts:
-                best[w] = min(best[w], build_once(os.path.join(root, "coco"), os.path.join(root, "out"), w, shard_size))
+        coco, builds = os.path.join(root, "coco"), itertools.count()
+
+        def build_with(w):  # a new folder per build: no deletion on the clock
+            return lambda: build_once(coco, os.path.join(root, f"out-{next(builds)}"), w, shard_size)
+
+        fns = {"naive": lambda: naive(paths), "convert": lambda: convert_only(paths),
+               **{w: build_with(w) for w in counts}}
+        best = dict(zip(fns, best_of(list(fns.values()), rounds, 0, torch.device("cpu"))))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rate = {k: images / v for k, v in best.items()}
