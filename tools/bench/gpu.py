@@ -37,6 +37,7 @@ from pipeline import shards as sh
 from pipeline.coco import read_coco
 from pipeline.errors import CapgenError
 from pipeline.loader import DataSource, make_loader
+from pipeline.shardset import read_manifest
 from pipeline.synth import synthesize
 from tools.bench import loaders
 from tools.bench.timing import endless, loader_only, repeat, timed
@@ -215,7 +216,7 @@ def _run(shards, features, device, quick, cores, cfg, tmp, echo):
         features = os.path.join(tmp, "features.h5")
         extract_features(shards, features, cores, device)
     r["shards"], r["features"] = os.path.abspath(shards), os.path.abspath(features)
-    r["image_size"] = image_size = int(sh.read_manifest(shards)["image_size"])
+    r["image_size"] = image_size = int(read_manifest(shards)["image_size"])
 
     echo("bench gpu: loaders")
     batches = 4 if quick else max(steps, 20)
