@@ -150,26 +150,62 @@ def train_options(command):
         meta = f.metadata.get("cli")
         if meta is None:
             continue
-        if f.default is MISSING:  # click counts an explicit default=None as a default
-            given = {"required": True}
+        name = f"--{f.name.replace('_', '-')}"
+        if f.default is MISSING:  # required, unless --config gives it (checked in `train`)
+            given = {"default": None, "help": f"{meta['help']} [required unless --config]"}
         else:
-            given = {"default": f.default, "is_flag": f.type is bool,
-                     "show_default": f.type is not bool and f.default is not None}
-        command = click.option(f"--{f.name.replace('_', '-')}", type=_train_option_type(f, meta), help=meta["help"],
-                               **given)(command)
+            given = {"default": f.default, "show_default": f.type is not bool and f.default is not None,
+                     "help": meta["help"]}
+            if f.type is bool:  # --no-NAME turns off a flag that --config turned on
+                name = f"{name}/--no-{f.name.replace('_', '-')}"
+        command = click.option(name, f.name, type=_train_option_type(f, meta), **given)(command)
     return command
+
+
+def _train_args(config, opts):
+    """TrainArgs from --config's args.json (if given) with every option given on the command line on top."""
+    ctx = click.get_current_context()
+    values = dict(opts)
+    if config:
+        from model.run_config import read_run_args
+        values = read_run_args(config)
+        values.update({k: v for k, v in opts.items()
+                       if ctx.get_parameter_source(k) in (click.core.ParameterSource.COMMANDLINE,
+                                                          click.core.ParameterSource.ENVIRONMENT)})
+    for f in fields(TrainArgs):
+        if f.default is MISSING and values.get(f.name) is None:
+            raise click.UsageError(f"Missing option '--{f.name.replace('_', '-')}' (or --config RUN/args.json).")
+    return TrainArgs(**values)
 
 
 @cli.command()
 @train_options
-def train(**opts):
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="A run's args.json: its options, then those given here on top.")
+def train(config, **opts):
     """Train the captioner (multi-process: torchrun --nproc_per_node N -m tools.cli train ...)."""
     from model.train import train as run
-    result = run(TrainArgs(**opts))
+    args = _train_args(config, opts)
+    result = run(args)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"{opts['out']}: {result['epochs']} epochs, {result['step']} steps, best val BLEU-4 "
+        click.echo(f"{args.out}: {result['epochs']} epochs, {result['step']} steps, best val BLEU-4 "
                    f"{result['best']:.4f}{' (early stop)' if result['early_stopped'] else ''}; "
                    f"best checkpoint {result['best_dir']}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run per line instead of the table.")
+def runs(runs, as_json):
+    """Runs side by side: best val BLEU-4 and its epoch, epochs, time, key options (log.jsonl, args.json)."""
+    import json
+    from model.run_summary import run_summary, runs_table
+    summaries = [run_summary(r) for r in runs]
+    if as_json:
+        for s in summaries:
+            click.echo(json.dumps(s))
+    else:
+        click.echo(runs_table(summaries))
 
 
 @cli.group()
