@@ -224,12 +224,15 @@ def features():
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default=None)
-def features_extract(shards, out, encoder, encoder_stop, encoder_weights, download, batch_size, workers, device):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def features_extract(shards, out, encoder, encoder_stop, encoder_weights, download, batch_size, workers, device,
+                     quiet):
     """Run the frozen encoder over a shard set into OUT (written atomically)."""
     import time
     from model.extract import extract
     start = time.perf_counter()
-    n = extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device, download)
+    n = extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device, download,
+                progress=not quiet)
     click.echo(f"{out}: {n} images in {time.perf_counter() - start:.1f} s")
 
 
@@ -242,13 +245,22 @@ def features_extract(shards, out, encoder, encoder_stop, encoder_weights, downlo
 @click.option("--limit", type=int, default=None, help="Caption the first N images only.")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: the scores as one JSON object.")
 @click.option("--device", default=None)
-def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device):
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write a page of the images with generated and reference captions and per-image scores.")
+@click.option("--html-images", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Images on the --html page (the first by id).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, html_images, quiet):
     """Caption DATA with a checkpoint, write COCO results, score against all raw references."""
     import json
     from model.evaluate import evaluate, format_scores
-    r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device)
+    r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device, progress=not quiet)
     click.echo(f"{out}: {r['images']} images, beam {r['beam']}, text preset {r['text_preset']}")
     click.echo(format_scores(r["scores"]))
+    if html_out:
+        from tools.report_html import write_report
+        cards, thumbs = write_report(html_out, r, limit=html_images)
+        click.echo(f"{html_out}: {cards} images, {thumbs} thumbnails")
     if as_json:
         click.echo(json.dumps({**r["scores"], "images": r["images"], "beam": r["beam"],
                                "text_preset": r["text_preset"], "results": r["results"]}))
@@ -279,7 +291,8 @@ def score(results, annotations, as_json):
 @click.option("--attention", "attention_out", type=click.Path(dir_okay=False), default=None,
               help="Write the attention figure to this PNG; for several images OUT-<stem>.png each.")
 @click.option("--device", default=None)
-def caption(ckpt, images, beam, topk, as_json, attention_out, device):
+@click.option("--quiet", is_flag=True, help="No progress bar (shown for more than 16 files).")
+def caption(ckpt, images, beam, topk, as_json, attention_out, device, quiet):
     """Caption image files (any size or mode); unreadable ones fail at the end."""
     from tools.caption_files import caption_files
     on_result = None
@@ -288,7 +301,8 @@ def caption(ckpt, images, beam, topk, as_json, attention_out, device):
         # Figure notes go to stderr so that --json keeps stdout one object per line.
         on_result = figure_writer(ckpt, attention_out, images, lambda msg: click.echo(msg, err=True))
     failed = caption_files(ckpt, images, beam, topk, as_json, device, click.echo,
-                           lambda msg: click.echo(f"capgen: error: {msg}", err=True), on_result=on_result)
+                           lambda msg: click.echo(f"capgen: error: {msg}", err=True), on_result=on_result,
+                           progress=not quiet)
     if failed:
         sys.exit(1)
 
