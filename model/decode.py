@@ -5,6 +5,7 @@ Used by the trainer (validation each epoch) and by model/evaluate.py (COCO resul
 import warnings
 
 import torch
+from tqdm import tqdm
 
 from model.metrics import bleu
 from model.search import beam_search, greedy
@@ -14,10 +15,15 @@ from pipeline.text import clean
 
 
 @torch.no_grad()
-def decode_source(encoder, decoder, loader, vocab, device, beam=1, limit=None):
-    """{image_id: best caption words} for a loader's images (greedy or beam search)."""
+def decode_source(encoder, decoder, loader, vocab, device, beam=1, limit=None, progress=False):
+    """{image_id: best caption words} for a loader's images (greedy or beam search).
+
+    progress: a tqdm bar on stderr (images/s, ETA) when stderr is a terminal."""
     out = {}
     encoder.eval()
+    total = loader.num_samples() if limit is None else min(limit, loader.num_samples())
+    bar = tqdm(total=total, unit="img", desc="captions", disable=None if progress else True, dynamic_ncols=True,
+               leave=False)
     for batch in loader:
         batch = to_device(batch, device)
         feats = batch["features"] if "features" in batch else encoder(batch["images"])
@@ -29,8 +35,10 @@ def decode_source(encoder, decoder, loader, vocab, device, beam=1, limit=None):
             hyps = beam_search(decoder, feats, beam=beam, max_len=vocab.max_len, topk=1)
             words = [vocab.words(h[0].tokens) for h in hyps]
         out.update(zip(ids, words))
+        bar.update(len(ids))
         if limit is not None and len(out) >= limit:
             break
+    bar.close()
     return out
 
 

@@ -36,7 +36,7 @@ def check_features(source, encoder, config):
                               "than the checkpoint's encoder")
 
 
-def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None):
+def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False):
     """{image_id: caption} for every image of a shard set or feature cache; and the source."""
     device = default_device(device)
     captioner = Captioner.load(ckpt, device)
@@ -48,7 +48,7 @@ def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, dev
         raise CapgenError(f"{data}: images are {source.image_size} px, the checkpoint wants "
                           f"{config['image']['size']}")
     loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, 1))
-    words = decode_source(encoder, decoder, loader, vocab, device, beam, limit)
+    words = decode_source(encoder, decoder, loader, vocab, device, beam, limit, progress)
     return {i: " ".join(w) for i, w in sorted(words.items())}, source, vocab
 
 
@@ -59,9 +59,11 @@ def write_results(path, captions):
         json.dump(rows, f, ensure_ascii=False)
 
 
-def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None):
-    """Caption `data`, write `out` (COCO results), score against all raw references."""
-    captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device)
+def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False):
+    """Caption `data`, write `out` (COCO results), score against all raw references.
+
+    The result also holds "per_image" scores, the references ("refs") and the source."""
+    captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device, progress)
     if not captions:
         raise CapgenError(f"{data}: no images")
     write_results(out, captions)
@@ -69,9 +71,11 @@ def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, devi
     missing = [i for i in captions if not refs.get(i)]
     if missing:
         raise CapgenError(f"{source.shard_set}: no reference captions for image id {missing[0]}")
-    scores = coco_scores(captions, refs)
+    per_image = {}
+    scores = coco_scores(captions, refs, per_image)
     return {"scores": scores, "images": len(captions), "beam": beam, "text_preset": vocab.preset,
-            "results": os.fspath(out), "captions": captions}
+            "results": os.fspath(out), "captions": captions, "per_image": per_image,
+            "refs": {i: refs[i] for i in captions}, "source": source}
 
 
 def format_scores(scores):

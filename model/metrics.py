@@ -50,8 +50,11 @@ def _simple_tokenize(captions):
     return {key: [" ".join(_PUNCT.sub(" ", c.lower()).split()) for c in caps] for key, caps in captions.items()}
 
 
-def coco_scores(results, refs):
+def coco_scores(results, refs, per_image=None):
     """COCO caption metrics of {image_id: caption} against {image_id: [captions]}.
+
+    per_image: a dict to fill with {image_id: {"Bleu_4", "CIDEr"}}, the scorers' own
+    per-image values (BLEU-4 of the one sentence; CIDEr-D with the corpus's IDF).
 
     Scores the images in `results` (each must have references), as the official
     toolkit does: PTB tokenisation, then Bleu(4), METEOR, ROUGE_L, CIDEr. METEOR and
@@ -77,7 +80,7 @@ def coco_scores(results, refs):
     res = {i: tok[("res", i)] for i in ids}
 
     out = {}
-    score, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    score, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
     out.update({f"Bleu_{n + 1}": float(s) for n, s in enumerate(score)})
     if java:
         from pycocoevalcap.meteor.meteor import Meteor
@@ -87,7 +90,11 @@ def coco_scores(results, refs):
         finally:
             del meteor  # its __del__ stops the java process
     out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    out["CIDEr"], cider_each = Cider().compute_score(gts, res)
+    out["CIDEr"] = float(out["CIDEr"])
+    if per_image is not None:
+        per_image.update({i: {"Bleu_4": float(b), "CIDEr": float(c)}
+                          for i, b, c in zip(gts, bleu_each[3], cider_each)})
     return out
 
 

@@ -1,6 +1,9 @@
-"""A training run's log (RUN/log.jsonl, one JSON object per line) and its curve plot."""
+"""A training run's log (RUN/log.jsonl, one JSON object per line), its TensorBoard
+mirror (RUN/tb/, when the tensorboard package is installed) and its curve plot."""
+import importlib.util
 import json
 import os
+import time
 
 from pipeline.atomic import atomic_write
 
@@ -20,15 +23,64 @@ class Log:
         with atomic_write(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in keep)
         self.file = open(path, "a", encoding="utf-8")
+        # A resumed run hides the TensorBoard events of the epoch it lost, as it drops its records.
+        purge = max((r.get("step", 0) for r in keep), default=0) + 1 if keep_before_epoch is not None else None
+        self.board = Board(os.path.join(os.path.dirname(path), "tb"), purge) if tensorboard_present() else None
+        self.mark = time.perf_counter()
 
     def write(self, record):
-        if self.enabled:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+        """Append `record`; a val record gains "seconds": wall time since the last one (or the start)."""
+        if not self.enabled:
+            return
+        if record.get("type") == "val":
+            now = time.perf_counter()
+            record, self.mark = {**record, "seconds": round(now - self.mark, 3)}, now
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.board is not None:
+            self.board.write(record)
+
+    def captions(self, captions, refs, step, count=5):
+        """A few validation captions (generated, then a reference) as TensorBoard text."""
+        if self.enabled and self.board is not None:
+            rows = [f"| {i} | {captions[i]} | {(refs.get(i) or [''])[0]} |" for i in sorted(captions)[:count]]
+            self.board.text("val/captions", "\n".join(["| image | generated | reference |", "|---|---|---|", *rows]),
+                            step)
 
     def close(self):
         if self.enabled:
             self.file.close()
+            if self.board is not None:
+                self.board.close()
+
+
+def tensorboard_present():
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+# Record fields that are positions, not measurements.
+_NOT_SCALARS = {"type", "epoch", "step", "world", "end_of_epoch"}
+
+
+class Board:
+    """TensorBoard events in `folder`: every numeric field of a record as scalar TYPE/FIELD
+    at the record's step (train/loss, train/top5, train/lr, train/samples_per_s (images/s),
+    val/Bleu_4, val/lr, ...)."""
+
+    def __init__(self, folder, purge_step=None):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(folder, purge_step=purge_step, flush_secs=30)
+
+    def write(self, record):
+        for key, value in record.items():
+            if key not in _NOT_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{record['type']}/{key}", value, record.get("step", 0))
+
+    def text(self, tag, text, step):
+        self.writer.add_text(tag, text, step)
+
+    def close(self):
+        self.writer.close()
 
 
 def read_log(path):

@@ -34,6 +34,7 @@ from model.checkpoint_config import model_state, split_state, trained_config
 from model.decode import validate
 from model.decoder import Decoder
 from model.encoder import build_encoder, normalise
+from model.run_config import write_run_args
 from model.runlog import Log, plot_curve
 from model.step import CaptionModel, TrainStep
 from pipeline.distributed import dist_info
@@ -188,6 +189,7 @@ def fit(args, device, rank=0, world=1):
         state = _resume(last_dir, args, encoder, decoder, optimizer, scheduler)
     if lead:
         os.makedirs(args.out, exist_ok=True)
+        write_run_args(args, train_src, val_src)
     log = Log(os.path.join(args.out, "log.jsonl"), lead, state.epoch if args.resume else None)
     forward, joined = _wrap(model, args, device, world)
     loader = build_train_loader(args, train_src, device, rank, world)
@@ -208,7 +210,9 @@ def fit(args, device, rank=0, world=1):
                    "samples_per_rank": per_rank})
         scores = None
         if lead:
-            scores, _ = validate(encoder, decoder, val_loader, vocab, refs, device, args.beam, args.val_images)
+            scores, val_captions = validate(encoder, decoder, val_loader, vocab, refs, device, args.beam,
+                                            args.val_images)
+            log.captions(val_captions, refs, state.step)
         improved = _end_epoch(state, epoch, _broadcast(scores, world), scheduler)
         if lead:
             _report(args, log, state, optimizer)

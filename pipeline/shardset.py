@@ -112,6 +112,23 @@ def read_captions(shard_dir, names=None):
     return captions
 
 
+def read_jpegs(shard_dir, image_ids):
+    """image id -> the sample's JPEG bytes, for those of `image_ids` in the set (read in shard order)."""
+    wanted, found = set(int(i) for i in image_ids), {}
+    for path in shard_paths(shard_dir):
+        if len(found) == len(wanted):
+            break
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:
+                    key, _, ext = member.name.rpartition("/")[2].partition(".")
+                    if member.isreg() and ext == "jpg" and key.isdigit() and int(key) in wanted:
+                        found[int(key)] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError) as err:
+            raise CapgenError(f"{path}: cannot read images ({err})") from None
+    return found
+
+
 def verify(shard_dir):
     """Problems found, one line each naming the shard; empty when the set is intact."""
     manifest = read_manifest(shard_dir)

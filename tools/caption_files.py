@@ -2,6 +2,7 @@
 import json
 
 from PIL import Image
+from tqdm import tqdm
 
 from model.captioner import Captioner
 
@@ -22,11 +23,15 @@ def read_image(path):
 
 
 def caption_files(ckpt, paths, beam=3, topk=3, as_json=False, device=None, out=print, err=print,
-                  chunk=16, on_result=None):
+                  chunk=16, on_result=None, progress=False):
     """Caption image files in order; unreadable ones are reported via err. Returns the failures.
 
-    on_result(path, image, result), if given, sees each Captioner result (e.g. to draw attention)."""
+    on_result(path, image, result), if given, sees each Captioner result (e.g. to draw attention).
+    progress: a tqdm bar on stderr for more than one chunk of files, when stderr is a terminal."""
     captioner = Captioner.load(ckpt, device or "cpu")
+    bar = tqdm(total=len(paths), unit="img", desc="captions", dynamic_ncols=True, leave=False,
+               disable=None if progress and len(paths) > chunk else True)
+    out, err = _above(bar, out), _above(bar, err)
     failed = 0
     for start in range(0, len(paths), chunk):
         readable = []
@@ -52,4 +57,17 @@ def caption_files(ckpt, paths, beam=3, topk=3, as_json=False, device=None, out=p
                 out(path)
                 for c in caps:
                     out(f"  {c['score']:9.4f}  {c['text']}")
+        bar.update(len(paths[start:start + chunk]))
+    bar.close()
     return failed
+
+
+def _above(bar, write):
+    """`write`, printing its line above the progress bar rather than through it."""
+    if bar.disable:
+        return write
+
+    def above(line):
+        with tqdm.external_write_mode():
+            write(line)
+    return above

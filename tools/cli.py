@@ -150,26 +150,62 @@ def train_options(command):
         meta = f.metadata.get("cli")
         if meta is None:
             continue
-        if f.default is MISSING:  # click counts an explicit default=None as a default
-            given = {"required": True}
+        name = f"--{f.name.replace('_', '-')}"
+        if f.default is MISSING:  # required, unless --config gives it (checked in `train`)
+            given = {"default": None, "help": f"{meta['help']} [required unless --config]"}
         else:
-            given = {"default": f.default, "is_flag": f.type is bool,
-                     "show_default": f.type is not bool and f.default is not None}
-        command = click.option(f"--{f.name.replace('_', '-')}", type=_train_option_type(f, meta), help=meta["help"],
-                               **given)(command)
+            given = {"default": f.default, "show_default": f.type is not bool and f.default is not None,
+                     "help": meta["help"]}
+            if f.type is bool:  # --no-NAME turns off a flag that --config turned on
+                name = f"{name}/--no-{f.name.replace('_', '-')}"
+        command = click.option(name, f.name, type=_train_option_type(f, meta), **given)(command)
     return command
+
+
+def _train_args(config, opts):
+    """TrainArgs from --config's args.json (if given) with every option given on the command line on top."""
+    ctx = click.get_current_context()
+    values = dict(opts)
+    if config:
+        from model.run_config import read_run_args
+        values = read_run_args(config)
+        values.update({k: v for k, v in opts.items()
+                       if ctx.get_parameter_source(k) in (click.core.ParameterSource.COMMANDLINE,
+                                                          click.core.ParameterSource.ENVIRONMENT)})
+    for f in fields(TrainArgs):
+        if f.default is MISSING and values.get(f.name) is None:
+            raise click.UsageError(f"Missing option '--{f.name.replace('_', '-')}' (or --config RUN/args.json).")
+    return TrainArgs(**values)
 
 
 @cli.command()
 @train_options
-def train(**opts):
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="A run's args.json: its options, then those given here on top.")
+def train(config, **opts):
     """Train the captioner (multi-process: torchrun --nproc_per_node N -m tools.cli train ...)."""
     from model.train import train as run
-    result = run(TrainArgs(**opts))
+    args = _train_args(config, opts)
+    result = run(args)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"{opts['out']}: {result['epochs']} epochs, {result['step']} steps, best val BLEU-4 "
+        click.echo(f"{args.out}: {result['epochs']} epochs, {result['step']} steps, best val BLEU-4 "
                    f"{result['best']:.4f}{' (early stop)' if result['early_stopped'] else ''}; "
                    f"best checkpoint {result['best_dir']}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run per line instead of the table.")
+def runs(runs, as_json):
+    """Runs side by side: best val BLEU-4 and its epoch, epochs, time, key options (log.jsonl, args.json)."""
+    import json
+    from model.run_summary import run_summary, runs_table
+    summaries = [run_summary(r) for r in runs]
+    if as_json:
+        for s in summaries:
+            click.echo(json.dumps(s))
+    else:
+        click.echo(runs_table(summaries))
 
 
 @cli.group()
@@ -188,12 +224,15 @@ def features():
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default=None)
-def features_extract(shards, out, encoder, encoder_stop, encoder_weights, download, batch_size, workers, device):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def features_extract(shards, out, encoder, encoder_stop, encoder_weights, download, batch_size, workers, device,
+                     quiet):
     """Run the frozen encoder over a shard set into OUT (written atomically)."""
     import time
     from model.extract import extract
     start = time.perf_counter()
-    n = extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device, download)
+    n = extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device, download,
+                progress=not quiet)
     click.echo(f"{out}: {n} images in {time.perf_counter() - start:.1f} s")
 
 
@@ -206,13 +245,22 @@ def features_extract(shards, out, encoder, encoder_stop, encoder_weights, downlo
 @click.option("--limit", type=int, default=None, help="Caption the first N images only.")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: the scores as one JSON object.")
 @click.option("--device", default=None)
-def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device):
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write a page of the images with generated and reference captions and per-image scores.")
+@click.option("--html-images", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Images on the --html page (the first by id).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, html_images, quiet):
     """Caption DATA with a checkpoint, write COCO results, score against all raw references."""
     import json
     from model.evaluate import evaluate, format_scores
-    r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device)
+    r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device, progress=not quiet)
     click.echo(f"{out}: {r['images']} images, beam {r['beam']}, text preset {r['text_preset']}")
     click.echo(format_scores(r["scores"]))
+    if html_out:
+        from tools.report_html import write_report
+        cards, thumbs = write_report(html_out, r, limit=html_images)
+        click.echo(f"{html_out}: {cards} images, {thumbs} thumbnails")
     if as_json:
         click.echo(json.dumps({**r["scores"], "images": r["images"], "beam": r["beam"],
                                "text_preset": r["text_preset"], "results": r["results"]}))
@@ -243,7 +291,8 @@ def score(results, annotations, as_json):
 @click.option("--attention", "attention_out", type=click.Path(dir_okay=False), default=None,
               help="Write the attention figure to this PNG; for several images OUT-<stem>.png each.")
 @click.option("--device", default=None)
-def caption(ckpt, images, beam, topk, as_json, attention_out, device):
+@click.option("--quiet", is_flag=True, help="No progress bar (shown for more than 16 files).")
+def caption(ckpt, images, beam, topk, as_json, attention_out, device, quiet):
     """Caption image files (any size or mode); unreadable ones fail at the end."""
     from tools.caption_files import caption_files
     on_result = None
@@ -252,7 +301,8 @@ def caption(ckpt, images, beam, topk, as_json, attention_out, device):
         # Figure notes go to stderr so that --json keeps stdout one object per line.
         on_result = figure_writer(ckpt, attention_out, images, lambda msg: click.echo(msg, err=True))
     failed = caption_files(ckpt, images, beam, topk, as_json, device, click.echo,
-                           lambda msg: click.echo(f"capgen: error: {msg}", err=True), on_result=on_result)
+                           lambda msg: click.echo(f"capgen: error: {msg}", err=True), on_result=on_result,
+                           progress=not quiet)
     if failed:
         sys.exit(1)
 

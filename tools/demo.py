@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from model.attention_figure import figure_writer
 from model.evaluate import METRICS, evaluate
 from model.extract import extract
 from model.train import train
@@ -18,6 +19,7 @@ from pipeline.coco import read_coco
 from pipeline.scenes import attribute_accuracy, read_scenes
 from pipeline.synth import synthesize
 from tools.caption_files import caption_files
+from tools.report_html import write_report
 
 DEMO = {
     "images": 2300,            # train2014 + val2014
@@ -105,19 +107,25 @@ def run_demo(out="demo", images=None, epochs=None, echo=print, **overrides):
     result = steps.run("train", _one_thread, train, args)
     best = os.path.abspath(result["best_dir"])
     results_json = os.path.join(out, "results_val.json")
-    ev = steps.run("eval", evaluate, best, val_h5, results_json, beam=cfg["beam"])
+    ev = steps.run("eval", evaluate, best, val_h5, results_json, beam=cfg["beam"], progress=True)
     scenes = read_scenes(os.path.join(data, "annotations", "scenes_val2014.json"))
     accuracy = attribute_accuracy(ev["captions"], scenes)
 
     val_dir = os.path.join(data, "val2014")
     held_out = [os.path.join(val_dir, f) for f in sorted(os.listdir(val_dir))[:2]]
-    lines = []
-    steps.run("caption", caption_files, best, held_out, cfg["beam"], 1, False, None, lines.append, echo)
+    lines, figure = [], os.path.join(out, "attention.png")
+    draw = figure_writer(best, figure, held_out[:1], lambda msg: None)
+    steps.run("caption", caption_files, best, held_out, cfg["beam"], 1, False, None, lines.append, echo,
+              on_result=lambda path, image, r: draw(path, image, r) if path == held_out[0] else None)
     for line in lines:
         echo(line)
+    report = os.path.join(out, "report.html")
+    steps.run("report", write_report, report, ev, f"capgen demo: {ev['images']} held-out images, beam "
+              f"{cfg['beam']}", limit=ev["images"])
 
     summary = {**{k: round(ev["scores"][k], 4) for k in METRICS if k in ev["scores"]},
                "attribute_accuracy": round(accuracy, 4), "checkpoint": best,
+               "report": os.path.abspath(report), "attention_figure": os.path.abspath(figure),
                "images": {"train": counts["train2014"], "val": counts["val2014"]}, "beam": cfg["beam"],
                "text_preset": ev["text_preset"], "epochs": result["epochs"],
                "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, frozen",
@@ -135,6 +143,7 @@ def summary_table(s):
             ("decoding", f"beam {s['beam']}, text preset {s['text_preset']}")]
     rows += [(k, f"{s[k]:.4f}") for k in METRICS if k in s]
     rows += [("attribute accuracy", f"{s['attribute_accuracy']:.4f}"), ("best checkpoint", s["checkpoint"]),
+             ("report", s["report"]), ("attention figure", s["attention_figure"]),
              ("time", ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
