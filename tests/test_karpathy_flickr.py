@@ -48,7 +48,8 @@ def test_cli_builds_flickr_shards(tmp_path):
     images = tmp_path / "Flicker8k_Dataset"
     write_images(images, names)
     train, test = tmp_path / "train", tmp_path / "test"
-    for split, out, extra in (("train", train, ["--min-freq", "1"]), ("test", test, ["--vocab", str(train / "vocab.json")])):
+    for split, out, extra in (("train", train, ["--min-freq", "1"]),
+                              ("test", test, ["--vocab", str(train / "vocab.json")])):
         run = subprocess.run(CAPGEN + ["shards", "build", "--karpathy", str(path), "--karpathy-split", split,
                                        "--images", str(images), "--out", str(out), "--workers", "1", "--quiet"] + extra,
                              cwd=ROOT, capture_output=True, text=True, timeout=120)

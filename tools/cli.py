@@ -325,22 +325,17 @@ def shards_build(coco_root, split, karpathy, karpathy_split, captions, images_di
     """Decode COCO 2014, a Karpathy split or your own captions file once into verified WebDataset shards."""
     import os
     from pipeline import shards as sh
-    from pipeline.caption_table import read_caption_table
     from pipeline.coco import read_coco, read_karpathy
     from pipeline.slurm import array_job
     num_jobs, job_index = array_job(num_jobs, job_index)
     table = {}
     if captions:
-        source = read_caption_table(captions, captions_split, images_dir, file_column, caption_column,
-                                    split_column, val_fraction)
+        source, table = _captions_source(captions, images_dir, captions_split, file_column, caption_column,
+                                         split_column, val_fraction)
         name = name or f"captions-{captions_split}"
         evaluation = captions_split != "train"
-        table = {"captions": captions, "images": images_dir, "captions_split": captions_split,
-                 "file_column": file_column, "caption_column": caption_column, "split_column": split_column,
-                 "val_fraction": val_fraction, "rows": source.rows, "rows_set_aside": source.dropped}
-        set_aside = ", ".join(f"{k} {v}" for k, v in source.dropped.items()) or "none"
-        click.echo(f"{captions}: {source.rows} rows, {len(source.records)} {captions_split} images; "
-                   f"set aside: {set_aside}", err=True)
+    elif any(v is not None for v in (file_column, caption_column, split_column, val_fraction)):
+        raise click.UsageError("--file-column, --caption-column, --split-column and --val-fraction need --captions")
     elif karpathy and karpathy_split:
         source = read_karpathy(karpathy, karpathy_split, image_root=images_dir or coco_root)
         name = name or f"karpathy-{karpathy_split}"
@@ -378,6 +373,20 @@ def shards_build(coco_root, split, karpathy, karpathy_split, captions, images_di
                f"skipped: {skipped}; {r['elapsed']:.1f} s ({images / max(r['elapsed'], 1e-9):.0f} images/s)")
     if num_jobs > 1:
         click.echo(f"{out}: when all {num_jobs} jobs are done: capgen shards merge JOB_FOLDER... [--out SET]")
+
+
+def _captions_source(captions, images_dir, captions_split, file_column, caption_column, split_column,
+                     val_fraction):
+    """Your own captions file's records, and what the manifest's build_args record of it."""
+    from pipeline.caption_table import read_caption_table
+    source = read_caption_table(captions, captions_split, images_dir, file_column, caption_column,
+                                split_column, val_fraction)
+    set_aside = ", ".join(f"{k} {v}" for k, v in source.dropped.items()) or "none"
+    click.echo(f"{captions}: {source.rows} rows, {len(source.records)} {captions_split} images; "
+               f"set aside: {set_aside}", err=True)
+    return source, {"captions": captions, "images": images_dir, "captions_split": captions_split,
+                    "file_column": file_column, "caption_column": caption_column, "split_column": split_column,
+                    "val_fraction": val_fraction, "rows": source.rows, "rows_set_aside": source.dropped}
 
 
 @shards.command("verify")
