@@ -3,6 +3,10 @@ import os
 # Before torch is imported anywhere: idle OpenMP threads sleep instead of spinning,
 # which on a 2-core machine keeps a busy neighbour from slowing each test 10x.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# `capgen shards build` takes its job index and count from a Slurm array task's
+# environment: a suite run inside one must not build a fraction of each test's set.
+for _name in [k for k in os.environ if k.startswith("SLURM_ARRAY_")]:
+    del os.environ[_name]
 
 
 import pytest  # noqa: E402
