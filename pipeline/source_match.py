@@ -27,7 +27,7 @@ def preprocessing(source):
 def check_same_inputs(train, val):
     """Refuse a val source made otherwise than the train source (both DataSources)."""
     a, b = preprocessing(train), preprocessing(val)
-    for key in a.keys() & b.keys():
+    for key in [k for k in a if k in b]:
         if a[key] != b[key]:
             raise CapgenError(f"{val.path}: made with {key} {b[key]!r}, but {train.path} with {a[key]!r}")
     if train.kind == val.kind == "features" and not _same_encoder(train.cache, val.cache):
