@@ -1,6 +1,7 @@
 """Run the frozen encoder over a shard set into the HDF5 feature store."""
 import contextlib
 import os
+import re
 
 import torch
 from tqdm import tqdm
@@ -48,7 +49,7 @@ def extract(shards, out, encoder="resnet50", stop="layer4", weights="imagenet", 
         _check_lost(shards, loader, max_lost, writer)
         writer.close(allow_fewer=True)
     except OSError as err:
-        raise CapgenError(f"{out}: cannot write the feature cache ({err.strerror or _first_line(err)})") from None
+        raise CapgenError(f"{out}: cannot write the feature cache ({_first_line(err)})") from None
     return writer.rows
 
 
@@ -76,6 +77,11 @@ def _check_lost(shards, loader, max_lost, writer):
 
 
 def _first_line(err):
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """h5py's OSError text runs over several lines; its 'error message = ...' is the cause."""
+    text = str(err)
+    found = re.search(r"error message = '([^']*)'", text)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in (err.strerror or text).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
