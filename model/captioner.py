@@ -66,6 +66,9 @@ class Captioner:
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CapgenError(f"{ckpt_dir}: checkpoint does not match its config ({first})") from None
+        if len(vocab) != decoder.vocab_size:
+            raise CapgenError(f"{checkpoint.resolve(ckpt_dir)}/config.json: vocabulary of {len(vocab)} words, "
+                              f"the decoder predicts {decoder.vocab_size}")
         return cls(encoder, decoder, vocab, config, device)
 
     def preprocess(self, img):

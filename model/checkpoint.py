@@ -2,19 +2,29 @@
 
 What the config and the weights hold is model/checkpoint_config.py's. trainer.pt is a
 TrainState as plain containers (tensors, dicts, lists, numbers, strings), read with
-torch.load(weights_only=True): loading never unpickles objects. The folder is replaced
-as a whole (pipeline/atomic.py's atomic_dir); a crash mid-swap leaves NAME.old, which
-`load` uses.
+torch.load(weights_only=True): loading never unpickles objects. config.json records the
+sha256 of model.safetensors, checked on load. The folder is replaced as a whole
+(pipeline/atomic.py's atomic_dir); a crash mid-swap leaves NAME.old, which `resolve` finds.
+
+A run folder holds best/ and last/. The trainer writes best first, then last (whose
+trainer.pt records the best score), so a kill at any moment leaves a best/ (or best.old/)
+holding the weights of the best score that last/ records; `reconcile` finishes an
+interrupted swap before a resume. Every command taking a checkpoint goes through
+`resolve`: a checkpoint folder, its NAME.old, or a run folder (its best, else its last).
 """
+import hashlib
 import json
+import math
 import os
 import random
+import shutil
+import sys
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from pipeline.atomic import atomic_dir, atomic_write
@@ -50,30 +60,51 @@ class TrainState:
 
 
 def save(path, model_state, config, vocab, train_state=None):
-    """Write the checkpoint folder `path` atomically (train_state: a TrainState); returns path."""
-    with atomic_dir(path) as tmp:
-        _write(tmp, model_state, config, vocab, train_state)
+    """Write the checkpoint folder `path` atomically (train_state: a TrainState); returns path.
+    An OS error (disk full, ...) is a one-line CapgenError; the previous folder survives."""
+    try:
+        with atomic_dir(path) as tmp:
+            _write(tmp, model_state, config, vocab, train_state)
+    except OSError as err:
+        shutil.rmtree(os.path.abspath(os.fspath(path)) + ".tmp", ignore_errors=True)
+        raise CapgenError(f"{err.filename or path}: cannot write checkpoint ({err.strerror or err})") from None
     return path
 
 
 def _write(folder, model_state, config, vocab, train_state):
     # Copies: safetensors refuses tensors that share memory (views of one buffer).
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model_state.items()}
+    data = safetensors_bytes(tensors)
     with atomic_write(os.path.join(folder, WEIGHTS)) as f:
-        f.write(safetensors_bytes(tensors))
+        f.write(data)
     with atomic_write(os.path.join(folder, CONFIG), "w") as f:
-        json.dump({"format": FORMAT, "config": config, "vocab": vocab.to_dict()}, f, ensure_ascii=False)
+        json.dump({"format": FORMAT, "config": config, "vocab": vocab.to_dict(),
+                   "weights_sha256": hashlib.sha256(data).hexdigest()}, f, ensure_ascii=False)
     if train_state is not None:
         with atomic_write(os.path.join(folder, TRAINER)) as f:
             torch.save(train_state.to_dict(), f)
 
 
 def resolve(path):
-    """The folder to read: `path`, or the NAME.old a save interrupted mid-swap left."""
+    """The checkpoint folder `path` names: itself, the NAME.old a save interrupted mid-swap
+    left, or for a run folder its best (else its last), each with the same fallback."""
     path = os.path.normpath(os.fspath(path))
-    if not os.path.isdir(path) and os.path.isdir(path + ".old"):
-        return path + ".old"
-    return path
+    if _is_run(path):
+        for name in ("best", "last"):
+            found = _folder(os.path.join(path, name))
+            if os.path.isdir(found):
+                return found
+    return _folder(path)
+
+
+def _folder(path):
+    return path + ".old" if not os.path.exists(path) and os.path.isdir(path + ".old") else path
+
+
+def _is_run(path):
+    """A folder without config.json but with best/ or last/ (or their .old)."""
+    return (os.path.isdir(path) and not os.path.exists(os.path.join(path, CONFIG))
+            and any(os.path.isdir(os.path.join(path, n)) for n in ("best", "last", "best.old", "last.old")))
 
 
 def load(path, trainer=True):
@@ -82,11 +113,19 @@ def load(path, trainer=True):
     config, vocab = read_config(path)
     weights = os.path.join(path, WEIGHTS)
     try:
-        state = load_file(weights)
+        with open(weights, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise CapgenError(f"{weights}: file not found") from None
-    except (SafetensorError, OSError) as err:
+    except OSError as err:
+        raise CapgenError(f"{weights}: cannot read ({err.strerror or err})") from None
+    try:
+        state = safetensors_load(data)
+    except (SafetensorError, OSError, ValueError) as err:
         raise CapgenError(f"{weights}: not a safetensors file ({err})") from None
+    want = _recorded_sha256(path)
+    if want is not None and hashlib.sha256(data).hexdigest() != want:
+        raise CapgenError(f"{weights}: sha256 does not match the one in config.json (corrupt or replaced)")
     train_state = None
     trainer_path = os.path.join(path, TRAINER)
     if trainer and os.path.isfile(trainer_path):
@@ -110,6 +149,11 @@ def read_config(path):
         raise CapgenError(f"{cfg_path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise CapgenError(f"{cfg_path}: not a capgen checkpoint config ({err})") from None
+
+
+def _recorded_sha256(path):
+    with open(os.path.join(path, CONFIG), encoding="utf-8") as f:
+        return json.load(f).get("weights_sha256")
 
 
 def load_trainer_state(path):
@@ -141,3 +185,38 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- a run's best and last
+
+def trainer_best(folder):
+    """The best score the checkpoint folder's trainer.pt records, or None."""
+    path = os.path.join(folder, TRAINER)
+    if not os.path.isfile(path):
+        return None
+    best = TrainState.from_dict(load_trainer_state(path), path).best
+    return best if math.isfinite(best) and best >= 0 else None
+
+
+def reconcile(run):
+    """Before a resume: finish swaps a kill interrupted (NAME.old -> NAME, drop NAME.tmp),
+    then make RUN/best hold the best score RUN/last records (copied from last when last
+    is that epoch; a run of older code could have saved them in the other order)."""
+    for name in ("best", "last"):
+        final = os.path.join(run, name)
+        shutil.rmtree(final + ".tmp", ignore_errors=True)
+        if not os.path.exists(final) and os.path.isdir(final + ".old"):
+            os.rename(final + ".old", final)
+        shutil.rmtree(final + ".old", ignore_errors=True)
+    last, best = os.path.join(run, "last"), os.path.join(run, "best")
+    recorded = trainer_best(last) if os.path.isdir(last) else None
+    if recorded is None or (os.path.isdir(best) and (trainer_best(best) or -1.0) >= recorded):
+        return
+    state = TrainState.from_dict(load_trainer_state(os.path.join(last, TRAINER)), last)
+    if (state.scores or {}).get("Bleu_4") == recorded:
+        with atomic_dir(best) as tmp:
+            for name in os.listdir(last):
+                shutil.copy2(os.path.join(last, name), os.path.join(tmp, name))
+    else:
+        print(f"capgen: warning: {best}: does not hold the recorded best score {recorded:.4f} and last/ is "
+              "another epoch; the next better epoch rewrites it", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Run the frozen encoder over a shard set into the HDF5 feature store."""
 import contextlib
 import os
+import re
 
 import torch
 from tqdm import tqdm
@@ -21,8 +22,12 @@ def encoder_attrs(encoder, image_size, resize_mode, shard_set):
 
 
 def extract(shards, out, encoder="resnet50", stop="layer4", weights="imagenet", batch_size=64,
-            workers=2, device=None, download=False, progress=True):
-    """Features of every image of the shard set, in shard order; returns the row count."""
+            workers=2, device=None, download=False, progress=True, max_lost=0.01):
+    """Features of every image of the shard set, in shard order; returns the row count.
+
+    Unreadable shards or samples are warned about and left out (the cache holds the
+    rest) up to a share of max_lost; more is an error. An OS error writing `out` (disk
+    full, ...) is a one-line error and leaves no temp file."""
     device = default_device(device)
     source = DataSource(shards)
     if source.kind != "images":
@@ -38,10 +43,20 @@ def extract(shards, out, encoder="resnet50", stop="layer4", weights="imagenet", 
     state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
     loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, len(source.urls)),
                          pin_memory=device.type == "cuda")
-    writer = FeatureWriter(out, source.num_samples, h * w, net.channels, attrs, state)
+    try:
+        writer = FeatureWriter(out, source.num_samples, h * w, net.channels, attrs, state)
+        _write_all(net, loader, writer, device, source.num_samples, progress)
+        _check_lost(shards, loader, max_lost, writer)
+        writer.close(allow_fewer=True)
+    except OSError as err:
+        raise CapgenError(f"{out}: cannot write the feature cache ({_first_line(err)})") from None
+    return writer.rows
+
+
+def _write_all(net, loader, writer, device, total, progress):
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        with tqdm(total=source.num_samples, unit="img", desc="features", disable=not progress,
+        with tqdm(total=total, unit="img", desc="features", disable=not progress,
                   dynamic_ncols=True) as bar, torch.inference_mode():
             for batch in loader:
                 with amp:
@@ -51,6 +66,22 @@ def extract(shards, out, encoder="resnet50", stop="layer4", weights="imagenet", 
     except BaseException:
         writer.abort()
         raise
-    writer.close()
-    return writer.rows
+
+
+def _check_lost(shards, loader, max_lost, writer):
+    lost, expected = loader.lost()
+    if lost and (lost / max(expected, 1) > max_lost or writer.rows == 0):
+        writer.abort()
+        raise CapgenError(f"{shards}: {lost} of {expected} samples could not be read "
+                          f"(more than --max-lost {max_lost:g}); see the warnings above")
+
+
+def _first_line(err):
+    """h5py's OSError text runs over several lines; its 'error message = ...' is the cause."""
+    text = str(err)
+    found = re.search(r"error message = '([^']*)'", text)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in (err.strerror or text).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 

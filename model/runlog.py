@@ -1,11 +1,16 @@
 """A training run's log (RUN/log.jsonl, one JSON object per line), its TensorBoard
-mirror (RUN/tb/, when the tensorboard package is installed) and its curve plot."""
+mirror (RUN/tb/, when the tensorboard package is installed) and its curve plot.
+
+A run killed mid-write can leave a partial last line: readers skip it (and a resumed
+run rewrites the file without it); a bad line before the last is a one-line error.
+"""
 import importlib.util
 import json
 import os
 import time
 
 from pipeline.atomic import atomic_write
+from pipeline.errors import CapgenError
 
 
 class Log:
@@ -20,9 +25,12 @@ class Log:
             return
         records = read_log(path) if keep_before_epoch is not None else []
         keep = [r for r in records if r.get("epoch", 0) < (keep_before_epoch or 0)]
-        with atomic_write(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in keep)
-        self.file = open(path, "a", encoding="utf-8")
+        try:
+            with atomic_write(path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in keep)
+            self.file = open(path, "a", encoding="utf-8")
+        except OSError as err:
+            raise CapgenError(f"{path}: cannot write the run log ({err.strerror or err})") from None
         # A resumed run hides the TensorBoard events of the epoch it lost, as it drops its records.
         purge = max((r.get("step", 0) for r in keep), default=0) + 1 if keep_before_epoch is not None else None
         self.board = Board(os.path.join(os.path.dirname(path), "tb"), purge) if tensorboard_present() else None
@@ -35,8 +43,11 @@ class Log:
         if record.get("type") == "val":
             now = time.perf_counter()
             record, self.mark = {**record, "seconds": round(now - self.mark, 3)}, now
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as err:
+            raise CapgenError(f"{self.path}: cannot write the run log ({err.strerror or err})") from None
         if self.board is not None:
             self.board.write(record)
 
@@ -84,10 +95,23 @@ class Board:
 
 
 def read_log(path):
+    """The records of a log.jsonl ([] when there is none), skipping a partial last line."""
     if not os.path.isfile(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            if i == len(lines) - 1:
+                break  # written by a killed run
+            raise CapgenError(f"{path}: line {i + 1} is not a JSON object")
+        records.append(record)
+    return records
 
 
 def plot_curve(log_path, png_path):
@@ -98,8 +122,8 @@ def plot_curve(log_path, png_path):
     import matplotlib.pyplot as plt
 
     records = read_log(log_path)
-    train = [r for r in records if r["type"] == "train"]
-    val = [r for r in records if r["type"] == "val"]
+    train = [r for r in records if r.get("type") == "train" and "loss" in r and "step" in r]
+    val = [r for r in records if r.get("type") == "val" and "Bleu_4" in r and "step" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", lw=1)
     ax.set_xlabel("step")
@@ -110,6 +134,10 @@ def plot_curve(log_path, png_path):
         ax2.set_ylabel("validation BLEU-4", color="tab:red")
     ax.set_title(os.path.basename(os.path.dirname(os.path.abspath(log_path))) or "training")
     fig.tight_layout()
-    with atomic_write(png_path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    try:
+        with atomic_write(png_path, "wb") as f:
+            fig.savefig(f, format="png")
+    except OSError as err:
+        raise CapgenError(f"{png_path}: cannot write the curve ({err.strerror or err})") from None
+    finally:
+        plt.close(fig)

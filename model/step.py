@@ -57,6 +57,7 @@ class TrainStep:
         self.image_dtype = torch.bfloat16 if cuda else torch.float32
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.sums = torch.zeros(5, device=device)
+        self.finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since start was finite
 
     def __call__(self, batch):
         images = len(batch["image_ids"])
@@ -65,6 +66,7 @@ class TrainStep:
         with self.amp:
             logits, alphas = self.forward(batch)
             loss, stats = self.model.decoder.loss(logits, alphas, tokens, lengths, self.alpha_c)
+        self.finite &= torch.isfinite(loss.detach())  # on the device: no host sync
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
@@ -75,6 +77,10 @@ class TrainStep:
             top5 = top5_accuracy(logits.detach(), tokens[:, :, 1:], mask)
             self.sums += torch.stack([stats["loss"].float(), stats["ce"].float(), top5 * n, n, torch.ones_like(n)])
         return images
+
+    def all_finite(self):
+        """Whether every loss so far was finite (one host sync: call at log intervals)."""
+        return bool(self.finite)
 
     def take(self):
         """The sums since the last take, as floats (one host sync), then reset."""

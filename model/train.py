@@ -18,6 +18,7 @@ with fewer batches join early (torch.distributed.algorithms.Join). Rank 0 valida
 logs and saves.
 """
 import contextlib
+import math
 import os
 import sys
 import time
@@ -39,7 +40,9 @@ from model.runlog import Log, plot_curve
 from model.step import CaptionModel, TrainStep
 from pipeline.distributed import dist_info
 from pipeline.errors import CapgenError
+from pipeline.folder_lock import folder_lock
 from pipeline.loader import DataSource, make_loader, stream_seed
+from pipeline.source_match import check_same_inputs
 
 
 # ---------------------------------------------------------------- process
@@ -71,7 +74,8 @@ def train(args):
     rank, world, local_rank, own_group = _dist_setup(args.device)
     device = _device(args, local_rank)
     try:
-        return fit(args, device, rank, world)
+        with folder_lock(args.out) if rank == 0 else contextlib.nullcontext():  # one writer per run folder
+            return fit(args, device, rank, world)
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -176,8 +180,13 @@ def fit(args, device, rank=0, world=1):
     vocab = train_src.vocab()
     if not train_src.image_size:
         raise CapgenError(f"{args.train}: no image_size in its manifest or attributes")
+    check_same_inputs(train_src, val_src)
     last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
     resuming = args.resume and os.path.isdir(checkpoint.resolve(last_dir))
+    if resuming and lead:
+        checkpoint.reconcile(args.out)
+    if resuming and world > 1:
+        dist.barrier()
     encoder, decoder, weights = build_model(args, train_src, len(vocab), device, image_stats=not resuming)
     model = CaptionModel(encoder if train_src.kind == "images" else None, decoder, args.fine_tune_encoder)
     optimizer = build_optimizer(model, args, device)
@@ -205,6 +214,7 @@ def fit(args, device, rank=0, world=1):
         if not args.fine_tune_encoder:
             encoder.eval()
         state.step, samples = train_one_epoch(args, train_step, joined, loader, epoch, state.step, log, lead)
+        _check_lost(args, loader, world)
         per_rank = _gather(samples, world)
         log.write({"type": "epoch", "epoch": epoch, "step": state.step, "world": world, "samples": sum(per_rank),
                    "samples_per_rank": per_rank})
@@ -216,7 +226,9 @@ def fit(args, device, rank=0, world=1):
         improved = _end_epoch(state, epoch, _broadcast(scores, world), scheduler)
         if lead:
             _report(args, log, state, optimizer)
-            _save(args, state, optimizer, scheduler, model_state(encoder, decoder), config, vocab, improved)
+            weights = model_state(encoder, decoder)
+            _check_finite(args, epoch, state, weights)
+            _save(args, state, optimizer, scheduler, weights, config, vocab, improved)
         if world > 1:
             dist.barrier()
         if state.bad_epochs >= args.patience:
@@ -286,10 +298,11 @@ def _broadcast(scores, world):
 
 
 def _end_epoch(state, epoch, scores, scheduler):
-    """Count the epoch in `state` and step the LR schedule; True when val BLEU-4 improved."""
+    """Count the epoch in `state` and step the LR schedule; True when val BLEU-4 improved
+    (a non-finite score never does)."""
     score = scores["Bleu_4"]
     scheduler.step(score)
-    improved = score > state.best
+    improved = math.isfinite(score) and score > state.best
     state.best, state.bad_epochs = (score, 0) if improved else (state.best, state.bad_epochs + 1)
     state.epoch, state.scores = epoch + 1, scores
     return improved
@@ -304,12 +317,37 @@ def _report(args, log, state, optimizer):
                f"(best {state.best:.4f}), lr {lr:.2e}", file=sys.stderr)
 
 
+def diverged(args, epoch, step):
+    return CapgenError(f"{args.out}: training diverged: non-finite loss by epoch {epoch + 1}, step {step} "
+                       "(try a lower --decoder-lr); the last good checkpoints are kept")
+
+
+def _check_finite(args, epoch, state, weights):
+    """Refuse to save a model with non-finite weights or validation score."""
+    bad = not math.isfinite(state.scores["Bleu_4"]) or not all(
+        bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+    if bad:
+        raise diverged(args, epoch, state.step)
+
+
+def _check_lost(args, loader, world):
+    """Fail when more than --max-lost of the epoch's samples could not be read."""
+    if not hasattr(loader, "lost"):  # DALI: its reader fails on a bad shard itself
+        return
+    lost, expected = (sum(x) for x in zip(*_gather(loader.lost(), world)))
+    if expected and lost / expected > args.max_lost:
+        raise CapgenError(f"{args.train}: {lost} of {expected} samples could not be read this epoch "
+                          f"(more than --max-lost {args.max_lost:g}); see the warnings above")
+
+
 def _save(args, state, optimizer, scheduler, weights, config, vocab, improved):
-    """RUN/last (and RUN/best when improved) with the run's state; then the curve."""
+    """RUN/best (when improved) then RUN/last, with the run's state; then the curve. In this
+    order a kill at any moment leaves a best/ (or best.old/) with the best score that last/
+    records (model/checkpoint.py's reconcile finishes an interrupted swap)."""
     state.optimizer, state.scheduler, state.rng = optimizer.state_dict(), scheduler.state_dict(), checkpoint.rng_state()
-    checkpoint.save(os.path.join(args.out, "last"), weights, config, vocab, state)
     if improved:
         checkpoint.save(os.path.join(args.out, "best"), weights, config, vocab, state)
+    checkpoint.save(os.path.join(args.out, "last"), weights, config, vocab, state)
     plot_curve(os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "curve.png"))
 
 
@@ -327,11 +365,19 @@ def train_one_epoch(args, train_step, joined, loader, epoch, step, log, lead):
             seen, total = seen + b, total + b
             bar.update(b)
             if step % args.log_every == 0:
+                _check_loss(args, train_step, epoch, step)
                 seen, t0 = _log_train(log, train_step, seen, t0, epoch, step, bar)
+        _check_loss(args, train_step, epoch, step)
         if step % args.log_every and seen:
             _log_train(log, train_step, seen, t0, epoch, step, bar, last=True)
     bar.close()
     return step, total
+
+
+def _check_loss(args, train_step, epoch, step):
+    """The divergence guard: the step's device flag, read once per log interval."""
+    if not train_step.all_finite():
+        raise diverged(args, epoch, step)
 
 
 def _join(module):

@@ -7,6 +7,8 @@ Kept free of torch so that the command line can read it at import time.
 """
 from dataclasses import MISSING, dataclass, field
 
+from pipeline.errors import CapgenError
+
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
@@ -52,3 +54,48 @@ class TrainArgs:
     device: str | None = option(None, "cuda, cpu, ... (default: cuda when present).")
     progress: bool = True
     feature_samples: int = 512       # images used to estimate channel stats (image sources)
+    max_lost: float = option(0.01, "Fail when more than this share of an epoch's samples cannot be read "
+                                   "(corrupt or missing shards); 0 allows none.")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Refuse option values that cannot train: the one place they are checked."""
+        _check(self, "decoder_lr", "encoder_lr", positive_finite=True)
+        _check(self, "batch_size", "embed_dim", "attention_dim", "hidden_dim", "epochs", "beam", "patience",
+               "log_every", "feature_samples", "lr_patience", at_least=1)
+        _check(self, "val_images", at_least=1, optional=True)
+        _check(self, "workers", at_least=0)
+        _check(self, "grad_clip", positive_finite=True)
+        _check(self, "max_lost", in_unit=True, closed=True)
+        _check(self, "alpha_c", at_least_zero=True)
+        _check(self, "dropout", in_unit=True)
+        _check(self, "lr_factor", in_unit=True, open_low=True)
+
+
+def _name(field_name):
+    return "--" + field_name.replace("_", "-")
+
+
+def _check(args, *names, positive_finite=False, at_least=None, optional=False, in_unit=False, closed=False,
+           open_low=False, at_least_zero=False):
+    """One rule over several fields; raises CapgenError('--NAME: VALUE: must be ...')."""
+    for name in names:
+        value = getattr(args, name)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise CapgenError(f"{_name(name)}: {value!r}: not a number")
+        if positive_finite and not (0 < value < float("inf")):
+            raise CapgenError(f"{_name(name)}: {value!r}: must be finite and > 0")
+        if at_least_zero and not (0 <= value < float("inf")):
+            raise CapgenError(f"{_name(name)}: {value!r}: must be finite and >= 0")
+        if at_least is not None and (not float(value).is_integer() or value < at_least):
+            raise CapgenError(f"{_name(name)}: {value!r}: must be an integer >= {at_least}")
+        if in_unit:
+            low_ok = value > 0 if open_low else value >= 0
+            high_ok = value <= 1 if closed or open_low else value < 1
+            if not (low_ok and high_ok):
+                rng = "(0, 1]" if open_low else "[0, 1]" if closed else "[0, 1)"
+                raise CapgenError(f"{_name(name)}: {value!r}: must be in {rng}")

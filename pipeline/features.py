@@ -34,9 +34,10 @@ class FeatureWriter:
             chunk_bytes = max(1, min(CHUNK, self.n)) * positions * channels * 2
             self.file = h5py.File(tmp, "w", rdcc_nbytes=max(4 * chunk_bytes, 1 << 20), rdcc_nslots=10007)
             chunk = (max(1, min(CHUNK, self.n)), positions, channels)
+            # Resizable: close(allow_fewer=True) cuts the file to the rows written (lost samples).
             self.features = self.file.create_dataset("features", (self.n, positions, channels), dtype="f2",
-                                                     chunks=chunk)
-            self.image_ids = self.file.create_dataset("image_ids", (self.n,), dtype="i8")
+                                                     chunks=chunk, maxshape=(None, positions, channels))
+            self.image_ids = self.file.create_dataset("image_ids", (self.n,), dtype="i8", maxshape=(None,))
             for k, v in attrs.items():
                 self.file.attrs[k] = v
             self.file.attrs["format"] = FORMAT
@@ -59,7 +60,11 @@ class FeatureWriter:
         if self.rows + b > self.n:
             raise CapgenError(f"{self.path}: more images than the {self.n} announced")
         half = features.astype(np.float16)
-        self.features[self.rows:self.rows + b] = half
+        try:
+            self.features[self.rows:self.rows + b] = half
+        except BaseException:
+            self.abort()
+            raise
         self.image_ids[self.rows:self.rows + b] = np.asarray(image_ids, np.int64)
         flat = half.astype(np.float64).reshape(-1, half.shape[-1])  # stats of what is stored
         self._sum += flat.sum(0)
@@ -67,21 +72,33 @@ class FeatureWriter:
         self._count += flat.shape[0]
         self.rows += b
 
-    def close(self):
-        if self.rows != self.n:
+    def close(self, allow_fewer=False):
+        """Finish the file; allow_fewer: the rows written may be fewer than announced."""
+        if self.rows != self.n and not (allow_fewer and 0 < self.rows < self.n):
             self.abort()
             raise CapgenError(f"{self.path}: wrote {self.rows} images, expected {self.n}")
-        mean = self._sum / max(self._count, 1)
-        var = np.maximum(self._sumsq / max(self._count, 1) - mean * mean, 0.0)
-        self.file.create_dataset("channel_mean", data=mean.astype(np.float32))
-        self.file.create_dataset("channel_std", data=np.sqrt(var).astype(np.float32))
-        self.file.close()
-        self._atomic.__exit__(None, None, None)
+        try:
+            if self.rows < self.n:
+                self.features.resize(self.rows, axis=0)
+                self.image_ids.resize(self.rows, axis=0)
+            mean = self._sum / max(self._count, 1)
+            var = np.maximum(self._sumsq / max(self._count, 1) - mean * mean, 0.0)
+            self.file.create_dataset("channel_mean", data=mean.astype(np.float32))
+            self.file.create_dataset("channel_std", data=np.sqrt(var).astype(np.float32))
+            self.file.close()
+            self._atomic.__exit__(None, None, None)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self):
+        """Close and delete the temp file (also after a failed write: disk full, ...)."""
         f = getattr(self, "file", None)
         if f is not None and f.id.valid:
-            f.close()
+            try:
+                f.close()
+            except (OSError, RuntimeError, ValueError):  # a file h5py could not flush: it goes anyway
+                pass
         self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
@@ -128,12 +145,13 @@ class FeatureFile:
     def channels(self):
         return self.shape[2]
 
-    def encoder_state(self):
-        """The encoder tensors stored beside the features, as numpy arrays ({} if none)."""
+    def encoder_state(self, keys=None):
+        """The encoder tensors stored beside the features (only `keys` if given), as numpy arrays ({} if none)."""
         with h5py.File(self.path, "r") as f:
             if "encoder_state" not in f:
                 return {}
-            return {k: np.asarray(v[()]) for k, v in f["encoder_state"].items()}
+            group = f["encoder_state"]
+            return {k: np.asarray(group[k][()]) for k in (keys if keys is not None else group) if k in group}
 
     def shard_set(self, tokens=None):
         """The shard set folder the features came from (vocab.json, tokens.npz, json references)."""

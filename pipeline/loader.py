@@ -22,11 +22,23 @@ the same batches as an uninterrupted one, and every sample comes once per epoch:
 shard (or chunk block) order is permuted with the epoch's seed, split by rank then by
 worker, and shuffled within the worker. DALI draws each epoch's order from its own
 running RNG (its set_epoch does nothing): a DALI-fed run does not resume bit-exactly.
+
+Lost samples. Corrupt data is caught where it is read: a shard that cannot be opened or
+parsed (bad tar header, truncated, empty, deleted) is skipped by webdataset's error
+handler, a sample whose JPEG does not decode is dropped, an HDF5 block that cannot be
+read is skipped. Each dataset counts, per shard (or cache), the samples it delivered
+against the manifest's count and, when its pass ends, yields one extra item
+{REPORT: {"read", "expected", "lost": {shard: [samples lost, expected, cause]}}} (when
+made with report=True, as make_loader does), a side channel that travels through the DataLoader's workers like a batch; Loader takes it out
+of the stream (its consumers only ever see batches), warns once per damaged shard and
+sums the counts in `lost()`. The caller decides what share is too much (the trainer's
+--max-lost, `features extract`'s).
 """
 import io
 import math
 import os
 import random
+import sys
 from itertools import islice
 
 import numpy as np
@@ -39,6 +51,7 @@ from pipeline.shardset import read_captions, read_manifest, shard_paths
 from pipeline.text import TokenTable, Vocabulary
 
 LOADERS = ("auto", "cpu", "dali")
+REPORT = "_lost_report"   # the side-channel item (see the docstring); never part of a batch
 
 
 def is_feature_cache(path):
@@ -63,6 +76,18 @@ def _tensors(table, image_ids):
 
 # ---------------------------------------------------------------- shards
 
+def _report(expected, read, causes):
+    """The side-channel item: expected/read {shard: samples}, causes {shard: first error}."""
+    lost = {u: [n - read.get(u, 0), n, causes.get(u) or causes.get(None) or "samples missing"]
+            for u, n in expected.items() if read.get(u, 0) < n}
+    return {REPORT: {"read": sum(read.values()), "expected": sum(expected.values()), "lost": lost}}
+
+
+def _first_line(err):
+    text = str(err.args[0] if getattr(err, "args", None) else err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
+
 def decode_jpeg(data):
     """JPEG bytes -> uint8 [H, W, 3] RGB."""
     try:
@@ -77,8 +102,10 @@ class ShardBatches(IterableDataset):
     """webdataset over the shard files -> batches of decoded images and their tokens."""
 
     def __init__(self, urls, tokens_path, batch_size, shuffle=True, seed=0, rank=0, world=1,
-                 buffer=1000, drop_last=False):
+                 buffer=1000, drop_last=False, expected=None, report=False):
         self.urls, self.tokens_path, self.batch_size = list(urls), tokens_path, batch_size
+        self.expected = expected or {}  # shard file name -> samples (the manifest's)
+        self.report = report            # end the pass with the REPORT item (Loader takes it out)
         self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
         self.buffer, self.drop_last, self.epoch = buffer, drop_last, 0
         self._table = None
@@ -93,17 +120,25 @@ class ShardBatches(IterableDataset):
         order = np.random.default_rng(stream_seed(self.seed, self.epoch)).permutation(len(self.urls))
         return [self.urls[i] for i in order]
 
-    def _samples(self):
+    def _samples(self, causes):
         import webdataset as wds
 
         worker, workers = _worker()
         rank, world = self.rank, self.world
+        urls = set(self.epoch_urls())
+
+        def handler(err):  # a shard that cannot be read: note why, go on with the next
+            url = next((a for a in getattr(err, "args", ()) if isinstance(a, str) and a in urls), None)
+            causes.setdefault(url, _first_line(err))
+            return True
+
         dataset = wds.WebDataset(
             self.epoch_urls(),
             shardshuffle=False,  # shard order is permuted above, by (seed, epoch)
             nodesplitter=lambda src: islice(src, rank, None, world),
             workersplitter=lambda src: islice(src, worker, None, workers),
             empty_check=False,   # fewer shards than ranks x workers is fine
+            handler=handler,
         )
         if self.shuffle:
             rng = random.Random(stream_seed(self.seed, self.epoch, rank, worker))
@@ -113,20 +148,30 @@ class ShardBatches(IterableDataset):
     def __iter__(self):
         if self._table is None:
             self._table = TokenTable.load(self.tokens_path)
-        ids, images = [], []
-        for sample in self._samples():
+        worker, workers = _worker()
+        mine = self.epoch_urls()[self.rank::self.world][worker::workers]
+        ids, images, read, causes = [], [], {}, {}
+        for sample in self._samples(causes):
+            url = sample.get("__url__")
             try:
                 image_id = int(sample["__key__"].rsplit("/", 1)[-1])
-                images.append(decode_jpeg(sample["jpg"]))
-            except (KeyError, ValueError) as err:
-                where = sample.get("__url__", "shard")
-                raise CapgenError(f"{where}: bad sample {sample.get('__key__')!r} ({err})") from None
+                pixels = decode_jpeg(sample["jpg"])
+                if images and pixels.shape != images[0].shape:
+                    raise ValueError(f"decoded to {pixels.shape}, not {images[0].shape}")
+                self._table.rows([image_id])
+            except (KeyError, ValueError, OSError, SyntaxError, CapgenError) as err:
+                causes.setdefault(url, f"sample {sample.get('__key__')!r}: {_first_line(err)}")
+                continue
+            read[url] = read.get(url, 0) + 1
             ids.append(image_id)
+            images.append(pixels)
             if len(ids) == self.batch_size:
                 yield self._batch(ids, images)
                 ids, images = [], []
         if ids and not self.drop_last:
             yield self._batch(ids, images)
+        if self.report:
+            yield _report({u: self.expected.get(os.path.basename(u), 0) for u in mine}, read, causes)
 
     def _batch(self, ids, images):
         image_ids, tokens, lengths = _tensors(self._table, ids)
@@ -142,12 +187,13 @@ class FeatureBatches(IterableDataset):
     worker, read a few blocks at a time (contiguous reads) and shuffled within."""
 
     def __init__(self, path, tokens_path, batch_size, shuffle=True, seed=0, rank=0, world=1,
-                 blocks_per_read=4, drop_last=False, block=None):
+                 blocks_per_read=4, drop_last=False, block=None, report=False):
         cache = FeatureFile(path)
         self.path, self.tokens_path, self.batch_size = cache.path, tokens_path, batch_size
         self.n, self.block = len(cache), block or cache.chunk
         self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
         self.blocks_per_read, self.drop_last, self.epoch = blocks_per_read, drop_last, 0
+        self.report = report
         self._table = None
 
     def set_epoch(self, epoch):
@@ -172,11 +218,16 @@ class FeatureBatches(IterableDataset):
         rng = np.random.default_rng(stream_seed(self.seed, self.epoch, self.rank, worker))
         with h5py.File(self.path, "r") as f:  # opened here: one handle per worker process
             features, all_ids = f["features"], f["image_ids"]
-            pending_ids, pending = np.zeros(0, np.int64), None
+            pending_ids, pending, read, causes = np.zeros(0, np.int64), None, 0, {}
             for g in range(0, len(blocks), self.blocks_per_read):
                 group = sorted(blocks[g:g + self.blocks_per_read])
-                feats = np.concatenate([features[s:s + self.block] for s in group])
-                ids = np.concatenate([all_ids[s:s + self.block] for s in group])
+                try:
+                    feats = np.concatenate([features[s:s + self.block] for s in group])
+                    ids = np.concatenate([all_ids[s:s + self.block] for s in group])
+                except (OSError, ValueError) as err:  # a corrupt chunk: these blocks are lost
+                    causes.setdefault(self.path, f"rows {group[0]}+: {_first_line(err)}")
+                    continue
+                read += len(ids)
                 if self.shuffle:
                     order = rng.permutation(len(ids))
                     feats, ids = feats[order], ids[order]
@@ -188,6 +239,9 @@ class FeatureBatches(IterableDataset):
                 pending_ids, pending = ids[full:], feats[full:]
             if len(pending_ids) and not self.drop_last:
                 yield self._batch(pending_ids, pending)
+        if self.report:
+            expected = sum(min(self.block, self.n - s) for s in blocks)
+            yield _report({self.path: expected}, {self.path: read}, causes)
 
     def _batch(self, ids, feats):
         image_ids, tokens, lengths = _tensors(self._table, ids)
@@ -257,9 +311,22 @@ class Loader:
         self.loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                                  pin_memory=pin_memory, **kw)
         self.workers = workers
+        self.read = self.expected = 0
+        self.lost_shards = {}
 
     def set_epoch(self, epoch):
         self.dataset.set_epoch(epoch)
+
+    def lost(self):
+        """(samples lost, samples expected) by the passes that ended since the last __iter__."""
+        return self.expected - self.read, self.expected
+
+    def _take(self, report):
+        self.read += report["read"]
+        self.expected += report["expected"]
+        for shard, (lost, expected, cause) in report["lost"].items():
+            self.lost_shards[shard] = lost
+            print(f"capgen: warning: {shard}: {lost} of {expected} samples lost ({cause})", file=sys.stderr)
 
     def _counts(self):
         d, workers = self.dataset, max(self.workers, 1)
@@ -276,7 +343,13 @@ class Loader:
         return sum(rnd(n / self.batch_size) for n in self._counts())
 
     def __iter__(self):
-        return iter(self.loader)
+        self.read = self.expected = 0
+        self.lost_shards = {}
+        for item in self.loader:
+            if REPORT in item:
+                self._take(item[REPORT])
+            else:
+                yield item
 
 
 def make_loader(source, batch_size, *, shuffle=True, seed=0, rank=0, world=1, workers=0,
@@ -302,10 +375,10 @@ def make_loader(source, batch_size, *, shuffle=True, seed=0, rank=0, world=1, wo
             raise CapgenError(f"{src.path}: the DALI loader needs nvidia-dali (pip install nvidia-dali-cuda130)")
     if src.kind == "features":
         dataset = FeatureBatches(src.path, src.tokens_path, batch_size, shuffle, seed, rank, world,
-                                 drop_last=drop_last)
+                                 drop_last=drop_last, report=True)
     else:
         dataset = ShardBatches(src.urls, src.tokens_path, batch_size, shuffle, seed, rank, world,
-                               drop_last=drop_last)
+                               drop_last=drop_last, expected=src.shard_samples, report=True)
     return Loader(src, dataset, batch_size, workers, pin_memory)
 
 

@@ -221,28 +221,31 @@ def features():
 @click.option("--encoder-stop", type=click.Choice(["layer3", "layer4"]), default="layer4", show_default=True)
 @click.option("--encoder-weights", default="imagenet", show_default=True, help="imagenet, none, or a weights file.")
 @click.option("--download", is_flag=True, help="Allow fetching torchvision's ImageNet weights when they are not in the local cache.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--max-lost", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Fail when more than this share of the samples cannot be read; fewer are left out.")
 @click.option("--device", default=None)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def features_extract(shards, out, encoder, encoder_stop, encoder_weights, download, batch_size, workers, device,
-                     quiet):
+def features_extract(shards, out, encoder, encoder_stop, encoder_weights, download, batch_size, workers, max_lost,
+                     device, quiet):
     """Run the frozen encoder over a shard set into OUT (written atomically)."""
     import time
     from model.extract import extract
     start = time.perf_counter()
     n = extract(shards, out, encoder, encoder_stop, encoder_weights, batch_size, workers, device, download,
-                progress=not quiet)
+                max_lost=max_lost, progress=not quiet)
     click.echo(f"{out}: {n} images in {time.perf_counter() - start:.1f} s")
 
 
 @cli.command("eval")
-@click.option("--checkpoint", "ckpt", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(file_okay=False),
+              help="Checkpoint folder, or a run folder (its best).")
 @click.option("--data", required=True, help="Shard set folder or feature cache .h5.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="COCO results json to write.")
-@click.option("--beam", type=int, default=3, show_default=True, help="Beam width (1: greedy).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--limit", type=int, default=None, help="Caption the first N images only.")
+@click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True, help="Beam width (1: greedy).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Caption the first N images only.")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: the scores as one JSON object.")
 @click.option("--device", default=None)
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
@@ -282,10 +285,12 @@ def score(results, annotations, as_json):
 
 
 @cli.command()
-@click.option("--checkpoint", "ckpt", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(file_okay=False),
+              help="Checkpoint folder, or a run folder (its best).")
 @click.argument("images", nargs=-1, required=True)
-@click.option("--beam", type=int, default=3, show_default=True)
-@click.option("--topk", type=int, default=3, show_default=True, help="Captions per image (at most --beam).")
+@click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Captions per image (at most --beam).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per image per line: captions, scores, words, attention, grid.")
 @click.option("--attention", "attention_out", type=click.Path(dir_okay=False), default=None,
