@@ -4,14 +4,19 @@ Shapes carry a group axis G beside the image axis B: the K captions of an image
 in training, the k beams in search. Features stay [B, P, C] and their attention
 projection [B, P, A] is computed once per batch (`prepare`); each step attends
 from h [B, G, H] with a batched matmul, so features are never copied per caption
-or per beam. All T-1 steps run for every caption (static shapes); the loss masks
-the padding.
+or per beam. Every caption of a batch runs the same number of steps (static
+shapes); the loss masks the padding. Training trims a batch's tokens first
+(`trim_steps`), so a batch runs only as many steps as its longest caption needs,
+rounded up to a multiple of STEP_MULTIPLE: a few shapes for torch.compile and
+CUDA graphs, and the same loss and gradients as the fully padded batch.
 """
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+STEP_MULTIPLE = 4  # decoder steps are rounded up to a multiple of this (or the table's full length)
 
 
 class Context(NamedTuple):
@@ -111,6 +116,18 @@ class Decoder(nn.Module):
         """Search step. prev [B,G] token ids, h/c [B,G,H] -> log_probs [B,G,V] (float32), alpha [B,G,P], h, c."""
         h, c, alpha = self.advance(ctx, self.embedding(prev), h, c)
         return F.log_softmax(self.fc(self.dropout(h)).float(), dim=-1), alpha, h, c
+
+
+def decode_steps(longest, full, multiple=STEP_MULTIPLE):
+    """Decoder steps for a batch whose longest caption has `longest` tokens (<start>/<end> included):
+    its longest-1 predictions rounded up to a multiple of `multiple`, at most `full` (T-1)."""
+    return min(-(-(longest - 1) // multiple) * multiple, full)
+
+
+def trim_steps(tokens, longest, multiple=STEP_MULTIPLE):
+    """tokens [B,K,T] -> [B,K,steps+1]: only the columns the batch's `longest` caption needs
+    (`decode_steps`); a view. Everything cut is <pad>, which the loss masks anyway."""
+    return tokens[:, :, :decode_steps(int(longest), tokens.shape[2] - 1, multiple) + 1]
 
 
 def caption_mask(lengths, steps):

@@ -1,15 +1,18 @@
 """One training step, shared by the trainer and the GPU benchmark.
 
-batch to the device (images normalised there) -> autocast forward -> masked
+batch to the device (images normalised there) -> tokens trimmed to the steps the
+batch's longest caption needs (model/decoder.py's trim_steps) -> autocast forward -> masked
 cross-entropy + doubly stochastic attention term -> backward -> clip -> optimizer step.
-Running sums stay on the device: no host sync per step.
+Running sums stay on the device: no host sync per step with the CPU loaders (their
+lengths are read on the host before the copy); a batch whose lengths already live on
+the device (DALI's token table) costs one .item() for its longest caption.
 """
 import contextlib
 
 import torch
 from torch import nn
 
-from model.decoder import caption_mask
+from model.decoder import caption_mask, trim_steps
 from model.encoder import normalise
 from model.metrics import top5_accuracy
 
@@ -42,6 +45,11 @@ def to_device(batch, device, image_dtype=torch.float32):
     return out
 
 
+def longest_caption(lengths):
+    """The batch's longest caption in tokens, as an int: free for host tensors, one sync for device ones."""
+    return int(lengths.max().item())
+
+
 class TrainStep:
     """Call with a loader batch; returns the number of images it consumed.
 
@@ -61,8 +69,10 @@ class TrainStep:
 
     def __call__(self, batch):
         images = len(batch["image_ids"])
+        longest = longest_caption(batch["lengths"])
         batch = to_device(batch, self.device, self.image_dtype)
-        tokens, lengths = batch["tokens"], batch["lengths"]
+        batch["tokens"] = tokens = trim_steps(batch["tokens"], longest)
+        lengths = batch["lengths"]
         with self.amp:
             logits, alphas = self.forward(batch)
             loss, stats = self.model.decoder.loss(logits, alphas, tokens, lengths, self.alpha_c)

@@ -109,3 +109,16 @@ def test_no_busy_on_cpu():
     with GpuBusy(torch.device("cpu")) as busy:
         pass
     assert busy.mean is None and busy.source is None and busy.samples == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run")
+def test_json_without_a_file_is_the_last_stdout_line(data):
+    shards, features = data
+    res = CliRunner().invoke(cli, ["bench", "gpu", "--shards", shards, "--features", features, "--quick", "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0
+    head, last = res.stdout.rstrip("\n").rsplit("\n", 1)
+    r = json.loads(last)
+    assert head.startswith("SMOKE RUN") and "written" not in res.stdout
+    assert r["smoke"] is True and list(r["train"]) == ["features", "frozen", "finetune"]
+    assert all(r["loaders"][k] > 0 for k in ("dali", "dali_trainer", "torchvision", "cpu", "features"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.decoder import Decoder, caption_loss, caption_mask
+from model.decoder import Decoder, caption_loss, caption_mask, decode_steps, trim_steps
 from model.search import greedy
 from pipeline.text import END, PAD, START
 from tools.bench.train import baseline_loss, bench_train, synthetic_batch
@@ -87,6 +87,36 @@ def test_loss_counts_only_valid_steps():
     assert m.sum() == n and tokens[:, :, 1:][m].ne(PAD).all() and tokens[:, :, 1:][~m].eq(PAD).all()
     noisy = torch.where(torch.arange(9) >= lengths[..., None], torch.randint(4, V, tokens.shape), tokens)
     torch.testing.assert_close(caption_loss(logits, alphas, noisy, lengths, 0.7)[0], total)
+
+
+def test_decode_steps_round_up_to_a_few_lengths():
+    # lengths count <start> and <end>: a caption of n tokens needs n-1 predictions
+    assert [decode_steps(n, 21) for n in (2, 5, 6, 9, 10, 19, 21, 22)] == [4, 4, 8, 8, 12, 20, 20, 21]
+    assert decode_steps(13, 21, multiple=1) == 12 and decode_steps(9, 6) == 6
+
+
+def test_trimmed_steps_give_the_padded_loss_and_every_gradient():
+    """A batch cut to the steps its longest caption needs trains exactly as the fully padded one."""
+    dec = small().double().eval()
+    features, tokens, lengths = batch(B=4, K=3, T=22, seed=2)
+    features = features.double()
+    trimmed = trim_steps(tokens, lengths.max())
+    assert trimmed.shape[2] - 1 == decode_steps(int(lengths.max()), 21) < 21
+    assert (tokens[:, :, trimmed.shape[2]:] == PAD).all()
+
+    def loss_and_grads(toks):
+        dec.zero_grad()
+        loss, stats = caption_loss(*dec(features, toks), toks, lengths, alpha_c=0.7)
+        loss.backward()
+        return loss.detach(), stats, {n: p.grad.clone() for n, p in dec.named_parameters()}
+
+    full_loss, full_stats, full_grads = loss_and_grads(tokens)
+    loss, stats, grads = loss_and_grads(trimmed)
+    torch.testing.assert_close(loss, full_loss, rtol=1e-12, atol=1e-12)
+    assert int(stats["tokens"]) == int(full_stats["tokens"])
+    assert list(grads) == list(full_grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], full_grads[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_a_tiny_model_learns_its_captions_by_heart():

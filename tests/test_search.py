@@ -96,3 +96,33 @@ def test_topk_length_norm_and_max_len(model):
     finally:
         with torch.no_grad():
             dec.fc.bias[END] = 2.0
+
+
+class CountingSteps:
+    """The model's own decoder, counting the search steps it is asked for."""
+
+    def __init__(self, dec):
+        self.dec, self.calls = dec, 0
+
+    def __getattr__(self, name):
+        return getattr(self.dec, name)
+
+    def step(self, *args):
+        self.calls += 1
+        return self.dec.step(*args)
+
+
+def test_beam_search_stops_once_every_beam_of_the_batch_has_ended(model):
+    dec, features = model
+    counted = CountingSteps(dec)
+    short = beam_search(counted, features, beam=3, max_len=MAX)
+    longest = max(len(h.tokens) for hyps in short for h in hyps)
+    assert counted.calls == longest < MAX + 1  # no step after the last beam's <end>
+    # A longer limit is never reached: the same result, the same steps.
+    counted.calls = 0
+    far = beam_search(counted, features, beam=3, max_len=MAX + 10)
+    assert counted.calls == longest
+    for a, b in zip(short, far):
+        assert [h.tokens for h in a] == [h.tokens for h in b] and [h.score for h in a] == [h.score for h in b]
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.alphas, y.alphas)

@@ -88,10 +88,14 @@ def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url,
               help="Also time our step under torch.compile (CUDA graphs on a GPU; minutes to compile).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads (default: torch's; 1 measures steadier on a shared machine).")
-def bench_train_cmd(device, quick, compiled, threads):
+@click.option("--json", "json_out", is_flag=True, help="Also print the figures as one JSON object, the last line.")
+def bench_train_cmd(device, quick, compiled, threads, json_out):
     """Decoder training step and batched beam search vs. the common implementation (sgrvinod's)."""
-    from tools.bench.train import run
-    run(quick=quick, device=device, compiled=compiled, threads=threads)
+    import json
+    from tools.bench.train import run, summary
+    r = run(quick=quick, device=device, compiled=compiled, threads=threads)
+    if json_out:
+        click.echo(json.dumps(summary(r)))
 
 
 @bench.command("loaders")
@@ -101,10 +105,15 @@ def bench_train_cmd(device, quick, compiled, threads):
 @click.option("--batches", type=click.IntRange(min=1), default=50, show_default=True, help="Timed batches.")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present).")
 @click.option("--quick", is_flag=True, help="Smoke test: batch 16, 4 timed batches.")
-def bench_loaders(shard_dir, batch_size, image_size, batches, device, quick):
+@click.option("--json", "json_out", is_flag=True, help="Also print the figures as one JSON object, the last line.")
+def bench_loaders(shard_dir, batch_size, image_size, batches, device, quick, json_out):
     """Loader-only images/s: DALI vs torchvision decode_jpeg vs the CPU webdataset loader."""
+    import json
     from tools.bench.loaders import report, run
-    click.echo(report(run(shard_dir, batch_size, image_size, batches, device=device, quick=quick)))
+    r = run(shard_dir, batch_size, image_size, batches, device=device, quick=quick)
+    click.echo(report(r))
+    if json_out:
+        click.echo(json.dumps(r))
 
 
 @bench.command("gpu")
@@ -121,7 +130,8 @@ def bench_loaders(shard_dir, batch_size, image_size, batches, device, quick):
 @click.option("--device", default=None, help="cuda or cuda:N (default: cuda when present).")
 @click.option("--quick", is_flag=True,
               help="Smoke test (runs on a CPU too): batch 4, 2 steps, tiny shapes; not figures.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write all figures as one JSON object.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), is_flag=False, flag_value="-",
+              help="All figures as one JSON object: printed as the last line, or written to the file given.")
 def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab_size, device, quick, json_out):
     """Loaders and training (features / end to end frozen / fine-tuned) on one GPU: images/s, busy %, epoch."""
     import json
@@ -130,7 +140,9 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
     r = run(shard_dir, features, batch_size, steps, warmup, device=device, quick=quick, workers=workers,
             vocab_size=vocab_size, echo=lambda msg: click.echo(msg, err=True))
     click.echo(report(r))
-    if json_out:
+    if json_out == "-":
+        click.echo(json.dumps(r))
+    elif json_out:
         with atomic_write(json_out, "w") as f:
             json.dump(r, f, indent=1)
         click.echo(f"{json_out}: written")

@@ -1,0 +1,37 @@
+"""`capgen bench train --json` and `capgen bench loaders --json`: the quick runs' figures as
+one JSON object on the last stdout line."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tools.cli import cli
+
+
+def last_line_json(args):
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0
+    head, last = res.stdout.rstrip("\n").rsplit("\n", 1)
+    return head, json.loads(last)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bench_train_json():
+    head, r = last_line_json(["bench", "train", "--quick", "--json"])
+    assert head.startswith("device: cpu") and "train step" in head and "beam search" in head
+    assert list(r) == ["step", "beam"]
+    (step,) = r["step"]  # --quick: one grid
+    assert list(step) == ["P", "ours", "baseline", "ratio"] and step["P"] == 16
+    assert step["ours"] > 0 and step["baseline"] > 0 and step["ratio"] == pytest.approx(step["ours"] / step["baseline"])
+    beam = r["beam"]
+    assert list(beam) == ["batch", "ours", "baseline", "ratio"] and beam["batch"] == 6
+    assert beam["ratio"] == pytest.approx(beam["ours"] / beam["baseline"])
+
+
+def test_bench_loaders_json(tiny_shards):
+    pytest.importorskip("nvidia.dali")
+    shards = tiny_shards(images=24, seed=5, width=64, height=48, image_size=32, shard_size=8, preset="seed")
+    head, r = last_line_json(["bench", "loaders", shards, "--image-size", "32", "--device", "cpu", "--quick", "--json"])
+    assert head.startswith("loaders on CPU")
+    assert all(r[k] > 0 for k in ("dali", "torchvision", "cpu"))
+    assert r["batch_size"] == 16 and r["image_size"] == 32 and r["quick"] is True
