@@ -145,7 +145,7 @@ def test_checkpoint_on_a_full_disk(shard_set, tiny_shards, tmp_path):
     p = capgen(base, tmp_path, fsize=200_000)  # the log fits, the encoder's weights do not
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert p.stderr.splitlines()[-1] == f"capgen: error: {run}/best: cannot write checkpoint (File too large)"
-    assert sorted(os.listdir(run)) == [".lock", "log.jsonl"]
+    assert sorted(os.listdir(run)) == [".lock", "args.json", "log.jsonl", "tb"]  # no checkpoint debris
     p = capgen(base, tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert {"best", "last"} <= set(os.listdir(run))
