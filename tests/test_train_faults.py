@@ -120,7 +120,7 @@ def test_kill_at_every_rename_of_the_second_epoch_then_resume(data, whole, tmp_p
         calls = kill_at(m, 0)
         train(args(data, counted, epochs=2, resume=True))
     renames = calls["n"]
-    assert renames == 12  # log, best (3 files + 2 swaps), last (the same), curve
+    assert renames == 13  # args.json, log, best (3 files + 2 swaps), last (the same), curve
     for k in range(1, renames + 1):
         run = tmp_path / f"k{k}"
         shutil.copytree(first, run)
