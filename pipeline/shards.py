@@ -151,7 +151,8 @@ def build_task(task, progress):
     else:
         progress(len(task.records))
         part["reused"] = True
-    if task.index and not wds_index.is_current(path, wds_index.index_path(path)):
+    # A shard whose every image failed has no samples, and so no index.
+    if task.index and part["samples"] and not wds_index.is_current(path, wds_index.index_path(path)):
         with writing(wds_index.index_path(path)):
             wds_index.write_index(path)
     return part
