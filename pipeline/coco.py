@@ -42,8 +42,9 @@ class Source:
     records: list
     annotation_path: str
     orphan_captions: int = 0
-    bad_captions: int = 0
-    skipped: list = field(default_factory=list)  # [image id, path, reason] of image entries left out
+    # Keyword-only, so that subclasses' positional fields come first (pipeline/caption_table.py's).
+    bad_captions: int = field(default=0, kw_only=True)
+    skipped: list = field(default_factory=list, kw_only=True)  # [image id, path, reason] of entries left out
 
 
 def _load_json(path):
@@ -139,7 +140,7 @@ def read_coco(root, split):
     for r in records:
         r.captions = captions.get(r.image_id, [])
     records.sort(key=lambda r: r.image_id)
-    return Source(records, path, orphans, bad, skipped)
+    return Source(records, path, orphans, bad_captions=bad, skipped=skipped)
 
 
 def _karpathy_record(path, k, img, image_root):
@@ -183,7 +184,7 @@ def read_karpathy(path, split, image_root=None, train_includes_restval=True):
             records.append(record)
     records, skipped = _without_duplicates(records, skipped)
     records.sort(key=lambda r: r.image_id)
-    return Source(records, path, 0, bad, skipped)
+    return Source(records, path, 0, bad_captions=bad, skipped=skipped)
 
 
 def caption_references(source):

@@ -35,9 +35,9 @@ MAX_CONNECTIONS = 64
 # Only formats with plain decoders: no EPS (Ghostscript), no PDF, no exotic plugins.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file
-# A refused upload's body is read and dropped up to this many bytes before the answer, so that a
-# client still sending (Python's urllib) reads the answer instead of a connection reset.
-DRAIN_BYTES = 64 * 1024 * 1024
+# A refused upload's body is read and dropped, up to the upload limit plus this many bytes, before
+# the answer, so that a client still sending (Python's urllib) reads it instead of a connection reset.
+DRAIN_BYTES = 16 * 1024 * 1024
 # Leading bytes of the accepted formats: a file that starts like an image but will not open is corrupt (400),
 # anything else is not an image (415).
 SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
@@ -117,7 +117,7 @@ async def read_upload(request, max_bytes):
         await form.close()
 
 
-async def drain(request, limit=DRAIN_BYTES):
+async def drain(request, limit):
     """Read and drop the rest of the request body; False when it was left unread (too long, the
     client went away, or it waits for '100 Continue' and so has sent nothing): close then."""
     length = request.headers.get("content-length", "")
@@ -179,7 +179,7 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
             return JSONResponse(await run_in_threadpool(caption_bytes, data))
         except BadUpload as err:
             log.info("refused upload: %s %s", err.status, err.message)
-            headers = None if await drain(request) else {"Connection": "close"}
+            headers = None if await drain(request, max_upload_bytes + DRAIN_BYTES) else {"Connection": "close"}
             return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
         except ClientDisconnect:  # nobody to answer; one line, not a traceback
             client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
