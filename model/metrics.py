@@ -104,8 +104,16 @@ def _read_json(path):
             return json.load(f)
     except FileNotFoundError:
         raise CapgenError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise CapgenError(f"{path}: not JSON ({err})") from None
+    except OSError as err:  # a folder, no permission
+        raise CapgenError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def _is_entry(r):
+    """{"image_id": int, "caption": str, ...}: a result line or an annotation."""
+    return (isinstance(r, dict) and isinstance(r.get("image_id"), int) and not isinstance(r["image_id"], bool)
+            and isinstance(r.get("caption"), str))
 
 
 def score_results_file(results_json, annotations_json):
@@ -113,8 +121,7 @@ def score_results_file(results_json, annotations_json):
     annotation file, like the official toolkit: only the images in the results,
     each against all its reference captions."""
     results = _read_json(results_json)
-    if not isinstance(results, list) or not all(isinstance(r, dict) and {"image_id", "caption"} <= r.keys()
-                                                and isinstance(r["caption"], str) for r in results):
+    if not isinstance(results, list) or not all(_is_entry(r) for r in results):
         raise CapgenError(f"{results_json}: not a COCO results file (expected a list of {{image_id, caption}})")
     res = {}
     for r in results:
@@ -127,7 +134,10 @@ def score_results_file(results_json, annotations_json):
     if not isinstance(ann, dict) or not isinstance(ann.get("annotations"), list):
         raise CapgenError(f"{annotations_json}: not a COCO captions annotation file")
     refs = {}
-    for a in ann["annotations"]:
+    for k, a in enumerate(ann["annotations"]):
+        if not _is_entry(a):
+            raise CapgenError(f"{annotations_json}: annotations[{k}] is not an object with an integer "
+                              "image_id and a string caption")
         refs.setdefault(a["image_id"], []).append(a["caption"])
     missing = [i for i in res if i not in refs]
     if missing:

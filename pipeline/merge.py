@@ -8,6 +8,8 @@ import shutil
 
 from pipeline.atomic import atomic_write, discard, link_or_copy
 from pipeline.errors import CapgenError
+from pipeline.folder_lock import folder_lock
+from pipeline.os_errors import writing
 from pipeline.shardset import (FORMAT, PARTS, job_manifest_path, job_manifests, part_path, read_captions,
                                shard_name, verify, write_manifest)
 from pipeline.text_files import write_text
@@ -17,7 +19,8 @@ def write_job_manifest(out, job):
     """This job's manifest in out/.parts/; those of an earlier build with another job count go."""
     num_jobs = job["job"]["count"]
     discard(p for p in job_manifests(out) if not p.endswith(f"-of-{num_jobs:04d}.json"))
-    with atomic_write(job_manifest_path(out, job["job"]["index"], num_jobs), "w") as f:
+    path = job_manifest_path(out, job["job"]["index"], num_jobs)
+    with writing(path), atomic_write(path, "w") as f:
         json.dump(job, f, indent=1)
 
 
@@ -31,8 +34,12 @@ def finalize(out, jobs, captions_by_id=None):
     reasons = {}
     for s in skipped:
         reasons[s[2]] = reasons.get(s[2], 0) + 1
-    with atomic_write(os.path.join(out, "skipped.txt"), "w") as f:
+    skipped_txt = os.path.join(out, "skipped.txt")
+    with writing(skipped_txt), atomic_write(skipped_txt, "w") as f:
         f.writelines(f"{image_id}\t{path}\t{reason}\n" for image_id, path, reason in skipped)
+    if not any(s["samples"] for s in shards):
+        raise CapgenError(f"{out}: none of the {len(skipped)} images could be used "
+                          f"({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))}; see {skipped_txt})")
     fp = first["fingerprint"]
     manifest = {
         "format": FORMAT,
@@ -51,6 +58,7 @@ def finalize(out, jobs, captions_by_id=None):
             "captions": sum(s["captions"] for s in shards),
             "skipped": dict(sorted(reasons.items())),
             "orphan_captions": first["orphan_captions"],
+            "bad_captions": first.get("bad_captions", 0),  # job manifests from before it was counted lack it
         },
         "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shards],
     }
@@ -84,12 +92,14 @@ def merge(dirs, out=None):
         out = dirs[0]
     jobs = _read_jobs(dirs)
     _check_jobs(jobs, dirs[0], out)
-    os.makedirs(os.path.join(out, PARTS), exist_ok=True)
-    borrowed_vocab = bool(next(iter(jobs.values()))["text"]["vocab_from"])
-    for job in jobs.values():
-        _gather(job, out, borrowed_vocab)
-    manifest = finalize(out, [{k: v for k, v in j.items() if k != "_dir"} for j in jobs.values()])
-    problems = verify(out)
+    with folder_lock(out):
+        with writing(os.path.join(out, PARTS)):
+            os.makedirs(os.path.join(out, PARTS), exist_ok=True)
+        borrowed_vocab = bool(next(iter(jobs.values()))["text"]["vocab_from"])
+        for job in jobs.values():
+            _gather(job, out, borrowed_vocab)
+        manifest = finalize(out, [{k: v for k, v in j.items() if k != "_dir"} for j in jobs.values()])
+        problems = verify(out)
     if problems:
         raise CapgenError(problems[0])
     return manifest
@@ -103,10 +113,13 @@ def _read_jobs(dirs):
         if not found:
             raise CapgenError(f"{d}: no job manifests in {PARTS}/ (not a shards build folder?)")
         for path in found:
-            with open(path) as f:
-                job = json.load(f)
+            try:
+                with open(path) as f:
+                    job = json.load(f)
+                index = job["job"]["index"]
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise CapgenError(f"{path}: not a readable job manifest ({err})") from None
             job["_dir"] = d
-            index = job["job"]["index"]
             if index in jobs and os.path.abspath(jobs[index]["_dir"]) != os.path.abspath(d):
                 raise CapgenError(f"{path}: job {index} also in {jobs[index]['_dir']}")
             jobs[index] = job
@@ -137,7 +150,8 @@ def _gather(job, out, borrowed_vocab):
         _bring(job["_dir"], out, s["name"])
     if os.path.abspath(job["_dir"]) != os.path.abspath(out):
         index, count = job["job"]["index"], job["job"]["count"]
-        shutil.copy2(job_manifest_path(job["_dir"], index, count), job_manifest_path(out, index, count))
+        with writing(job_manifest_path(out, index, count)):
+            shutil.copy2(job_manifest_path(job["_dir"], index, count), job_manifest_path(out, index, count))
         if borrowed_vocab:
             _bring(job["_dir"], out, "vocab.json")
 
@@ -152,4 +166,5 @@ def _bring(src_dir, out, name):
             continue
         if os.path.exists(dst) and os.path.samefile(src, dst):
             continue
-        link_or_copy(src, dst)
+        with writing(dst):
+            link_or_copy(src, dst)

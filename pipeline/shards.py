@@ -29,7 +29,9 @@ from tqdm import tqdm
 from pipeline import imaging, wds_index
 from pipeline.atomic import atomic_write, discard
 from pipeline.errors import CapgenError
+from pipeline.folder_lock import folder_lock
 from pipeline.merge import finalize, write_job_manifest
+from pipeline.os_errors import writing
 from pipeline.shardset import FORMAT, PARTS, file_sha256, part_path, shard_name
 from pipeline.text import Vocabulary
 
@@ -119,14 +121,19 @@ def _load_part(out, shard, fingerprint):
     return None
 
 
+def _discard_temps(task):
+    """The temp files of this task's shard, its index and its part record."""
+    stem = os.path.splitext(task.shard)[0]
+    discard(glob.glob(os.path.join(glob.escape(task.out), stem + ".*tmp"))
+            + glob.glob(os.path.join(glob.escape(task.out), PARTS, stem + ".json.*tmp")))
+
+
 def build_task(task, progress):
     """A shard already complete is kept (after checking its hash), else written; returns
     its part record. progress(n) counts the images done."""
     out, shard = task.out, task.shard
     path = os.path.join(out, shard)
-    stem = os.path.splitext(shard)[0]
-    discard(glob.glob(os.path.join(glob.escape(out), stem + ".*tmp"))  # left by a killed build
-            + glob.glob(os.path.join(glob.escape(out), PARTS, stem + ".json.*tmp")))
+    _discard_temps(task)  # left by a killed build
     # Same options, software, records (ids, paths, captions): same bytes. The image
     # files themselves are trusted to be unchanged; delete a shard to rebuild it.
     fingerprint = dict(task.fingerprint, records_sha256=hashlib.sha256(
@@ -144,8 +151,10 @@ def build_task(task, progress):
     else:
         progress(len(task.records))
         part["reused"] = True
-    if task.index and not wds_index.is_current(path, wds_index.index_path(path)):
-        wds_index.write_index(path)
+    # A shard whose every image failed has no samples, and so no index.
+    if task.index and part["samples"] and not wds_index.is_current(path, wds_index.index_path(path)):
+        with writing(wds_index.index_path(path)):
+            wds_index.write_index(path)
     return part
 
 
@@ -164,6 +173,10 @@ def _run(tasks, total, workers, progress):
         if workers <= 1 or len(tasks) <= 1:
             return _run_here(tasks, bar)
         return _run_pool(tasks, bar, min(workers, len(tasks)))
+    except BaseException:  # a full disk, Ctrl-C: no temp file of a stopped worker stays behind
+        for task in tasks:
+            _discard_temps(task)
+        raise
     finally:
         bar.close()
 
@@ -213,8 +226,11 @@ def _run_pool(tasks, bar, workers):
             raise CapgenError(f"{tasks[0].out}: a worker process died (out of memory?); "
                               "the same command resumes the build") from None
         except BaseException:  # Ctrl-C: stop now; finished shards are kept for the rerun
-            for proc in list(pool._processes.values()):  # no public way before Python 3.14
+            procs = list(pool._processes.values())  # no public way before Python 3.14
+            for proc in procs:
                 proc.terminate()
+            for proc in procs:
+                proc.join(5)  # gone before their temp files are removed
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return sorted(parts, key=lambda p: p["name"])
@@ -250,46 +266,54 @@ def _check(out, opts, num_jobs, job_index):
 def build(source, out, opts, build_args, workers=None, num_jobs=1, job_index=0,
           vocab=None, preset="seed", min_freq=5, captions_per_image=5, index=True, progress=True):
     """Build this job's shards into out; a single job also finalizes the set
-    (manifest.json, skipped.txt, vocab.json, tokens.npz). Returns a summary dict."""
+    (manifest.json, skipped.txt, vocab.json, tokens.npz). Returns a summary dict.
+    The build holds out's lock (a job of a --num-jobs build: its own slot's), so a
+    second build into the same folder stops at once."""
     _check(out, opts, num_jobs, job_index)
     vocab_obj = Vocabulary.load(vocab) if vocab else None
-    start = time.perf_counter()
-    try:
-        os.makedirs(os.path.join(out, PARTS), exist_ok=True)
-    except OSError as err:
-        raise CapgenError(f"{out}: cannot create the output folder ({err.strerror})") from None
-    fingerprint = opts.fingerprint(file_sha256(source.annotation_path))
     chunks, no_captions = plan(source.records, opts.shard_size)
-    tasks = [Task(out, k, [_as_dict(r) for r in chunks[k]], opts, fingerprint, index)
-             for k in range(len(chunks)) if k % num_jobs == job_index]
-    parts = _run(tasks, sum(len(t.records) for t in tasks), workers or available_cores(), progress)
-    text = {"preset": preset, "min_freq": min_freq, "captions_per_image": captions_per_image,
-            "vocab_from": os.path.abspath(vocab) if vocab else None}
-    job = _job_manifest(source, fingerprint, build_args, job_index, num_jobs, len(chunks), parts,
-                        no_captions, text)
-    if vocab_obj is not None:
-        vocab_obj.save(os.path.join(out, "vocab.json"))
-    write_job_manifest(out, job)
-    summary = {"job": job, "elapsed": time.perf_counter() - start,
-               "reused": sum(p["reused"] for p in parts), "built": sum(not p["reused"] for p in parts)}
-    if num_jobs == 1:
-        written = {r.image_id: list(r.captions) for r in source.records if r.captions}
-        for s in job["skipped"]:
-            written.pop(s[0], None)
-        summary["manifest"] = finalize(out, [job], written)
+    if not chunks:
+        raise CapgenError(f"{source.annotation_path}: no images with captions to build "
+                          f"({len(source.records)} images listed, {len(source.skipped)} left out, "
+                          f"{source.bad_captions} bad captions)")
+    lock = out if num_jobs == 1 else os.path.join(out, PARTS, f"job-{job_index:04d}-of-{num_jobs:04d}")
+    start = time.perf_counter()
+    with folder_lock(lock):
+        with writing(os.path.join(out, PARTS)):
+            os.makedirs(os.path.join(out, PARTS), exist_ok=True)
+        fingerprint = opts.fingerprint(file_sha256(source.annotation_path))
+        tasks = [Task(out, k, [_as_dict(r) for r in chunks[k]], opts, fingerprint, index)
+                 for k in range(len(chunks)) if k % num_jobs == job_index]
+        parts = _run(tasks, sum(len(t.records) for t in tasks), workers or available_cores(), progress)
+        text = {"preset": preset, "min_freq": min_freq, "captions_per_image": captions_per_image,
+                "vocab_from": os.path.abspath(vocab) if vocab else None}
+        job = _job_manifest(source, fingerprint, build_args, job_index, num_jobs, len(chunks), parts,
+                            no_captions, text)
+        if vocab_obj is not None:
+            with writing(os.path.join(out, "vocab.json")):
+                vocab_obj.save(os.path.join(out, "vocab.json"))
+        write_job_manifest(out, job)
+        summary = {"job": job, "elapsed": time.perf_counter() - start,
+                   "reused": sum(p["reused"] for p in parts), "built": sum(not p["reused"] for p in parts)}
+        if num_jobs == 1:
+            written = {r.image_id: list(r.captions) for r in source.records if r.captions}
+            for s in job["skipped"]:
+                written.pop(s[0], None)
+            summary["manifest"] = finalize(out, [job], written)
     return summary
 
 
 def _job_manifest(source, fingerprint, build_args, job_index, num_jobs, num_shards, parts, no_captions, text):
     """What this job built and skipped, and how: what merge and finalize join."""
     skipped = [s for p in parts for s in p["skipped"]]
-    if job_index == 0:
-        skipped += [[r.image_id, r.path, "no_captions"] for r in no_captions]
+    if job_index == 0:  # what no shard holds: job 0 reports it
+        skipped += [[r.image_id, r.path, "no_captions"] for r in no_captions] + list(source.skipped)
     return {
         "format": FORMAT, "fingerprint": fingerprint, "build_args": build_args,
         "annotation": source.annotation_path, "annotation_sha256": fingerprint["annotation_sha256"],
         "job": {"index": job_index, "count": num_jobs}, "num_shards": num_shards,
-        "records": len(source.records), "orphan_captions": source.orphan_captions,
+        "records": len(source.records) + len(source.skipped), "orphan_captions": source.orphan_captions,
+        "bad_captions": source.bad_captions,
         "shards": [{k: p[k] for k in ("name", "samples", "captions", "bytes", "sha256")} for p in parts],
         "skipped": sorted(skipped, key=lambda s: s[0]),
         "text": text,

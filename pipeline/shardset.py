@@ -17,10 +17,10 @@ import json
 import os
 import tarfile
 
-import numpy as np
-
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
+from pipeline.os_errors import writing
+from pipeline.text import TokenTable, Vocabulary
 
 FORMAT = "capgen-shards/1"
 PARTS = ".parts"
@@ -63,13 +63,15 @@ def read_manifest(shard_dir):
         raise CapgenError(f"{path}: not found (not a shard set folder?)") from None
     except (OSError, ValueError) as err:
         raise CapgenError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "shards" not in manifest:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+            or not isinstance(manifest.get("shards"), list):
         raise CapgenError(f"{path}: not a {FORMAT} manifest")
     return manifest
 
 
 def write_manifest(out, manifest):
-    with atomic_write(os.path.join(out, "manifest.json"), "w") as f:
+    path = os.path.join(out, "manifest.json")
+    with writing(path), atomic_write(path, "w") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False)
         f.write("\n")
 
@@ -130,8 +132,13 @@ def read_jpegs(shard_dir, image_ids):
 
 
 def verify(shard_dir):
-    """Problems found, one line each naming the shard; empty when the set is intact."""
+    """Problems found, one line each naming the file; empty when the set is intact:
+    every shard against its manifest entry, and the vocabulary and token table."""
     manifest = read_manifest(shard_dir)
+    bad_entry = next((k for k, s in enumerate(manifest["shards"]) if not _good_entry(s)), None)
+    if bad_entry is not None:
+        return [f"{os.path.join(shard_dir, 'manifest.json')}: shards[{bad_entry}] is not a shard entry "
+                "(name, samples, bytes, sha256)"]
     problems, keys = [], []
     for s in manifest["shards"]:
         found, problem = _check_shard(os.path.join(shard_dir, s["name"]), s)
@@ -143,16 +150,45 @@ def verify(shard_dir):
         if os.path.basename(path) not in listed:
             problems.append(f"{path}: shard not in manifest.json")
     total = sum(s["samples"] for s in manifest["shards"])
-    if total != manifest.get("counts", {}).get("images"):
-        problems.append(f"{shard_dir}/manifest.json: shards hold {total} samples, counts.images says "
-                        f"{manifest.get('counts', {}).get('images')}")
-    tokens = os.path.join(shard_dir, "tokens.npz")
-    if not problems and os.path.isfile(tokens):
-        with np.load(tokens) as z:
-            table_ids = z["image_ids"].tolist()
-        if table_ids != sorted(int(k) for k in keys):
-            problems.append(f"{tokens}: image ids differ from the shards' samples (run capgen vocab {shard_dir})")
-    return problems
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    if total != counts.get("images"):
+        problems.append(f"{os.path.join(shard_dir, 'manifest.json')}: shards hold {total} samples, "
+                        f"counts.images says {counts.get('images')}")
+    # The token table's ids are checked against the samples only when the shards are sound.
+    return problems + check_text(shard_dir, manifest, None if problems else sorted(int(k) for k in keys))
+
+
+def _good_entry(s):
+    return (isinstance(s, dict) and isinstance(s.get("name"), str) and os.path.basename(s["name"]) == s["name"]
+            and isinstance(s.get("sha256"), str)
+            and all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("samples", "bytes")))
+
+
+def check_text(shard_dir, manifest, sample_ids=None):
+    """Problems of vocab.json and tokens.npz: readable, a capgen vocabulary and token table
+    that fit each other (and the manifest), with one row per sample id when given."""
+    vocab_path, tokens_path = os.path.join(shard_dir, "vocab.json"), os.path.join(shard_dir, "tokens.npz")
+    try:
+        vocab = Vocabulary.load(vocab_path)
+        table = TokenTable.load(tokens_path)
+    except CapgenError as err:
+        return [f"{err} (run capgen vocab {shard_dir})"]
+    recorded = manifest.get("text", {}).get("vocab_size") if isinstance(manifest.get("text"), dict) else None
+    if recorded is not None and recorded != len(vocab):
+        return [f"{vocab_path}: {len(vocab)} words, manifest.json says {recorded}"]
+    n = len(table.image_ids)
+    if table.tokens.ndim != 3 or table.tokens.shape[0] != n or table.lengths.shape != table.tokens.shape[:2]:
+        return [f"{tokens_path}: arrays of shapes {table.image_ids.shape}, {table.tokens.shape}, "
+                f"{table.lengths.shape} do not fit together"]
+    if table.tokens.shape[2] != vocab.length:
+        return [f"{tokens_path}: captions of {table.tokens.shape[2]} tokens, {vocab_path} says {vocab.length}"]
+    if table.tokens.size and not 0 <= int(table.tokens.min()) <= int(table.tokens.max()) < len(vocab):
+        return [f"{tokens_path}: token ids from {int(table.tokens.min())} to {int(table.tokens.max())}, "
+                f"outside the {len(vocab)} words of {vocab_path}"]
+    if sample_ids is not None and table.image_ids.tolist() != sample_ids:
+        return [f"{tokens_path}: image ids differ from the shards' samples ({n} rows, {len(sample_ids)} samples; "
+                f"run capgen vocab {shard_dir})"]
+    return []
 
 
 def _check_shard(path, listed):

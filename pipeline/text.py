@@ -8,6 +8,7 @@ import json
 import os
 import re
 import unicodedata
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -93,10 +94,19 @@ class Vocabulary:
     def load(cls, path):
         try:
             with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
+                d = json.load(f)
         except FileNotFoundError:
             raise CapgenError(f"{path}: vocabulary file not found") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON or UTF-8
+            raise CapgenError(f"{path}: not a capgen vocabulary ({err})") from None
+        if not isinstance(d, dict) or not isinstance(d.get("itos"), list) \
+                or not all(isinstance(w, str) for w in d["itos"]) or len(set(d["itos"])) != len(d["itos"]) \
+                or d.get("preset") not in PRESETS or not isinstance(d.get("max_len"), int) or d["max_len"] < 1 \
+                or not isinstance(d.get("min_freq"), int):
+            raise CapgenError(f"{path}: not a capgen vocabulary (needs itos: distinct words, preset, max_len, min_freq)")
+        try:
+            return cls.from_dict(d)
+        except ValueError as err:
             raise CapgenError(f"{path}: not a capgen vocabulary ({err})") from None
 
 
@@ -143,7 +153,8 @@ class TokenTable:
         if not os.path.isfile(path):
             raise CapgenError(f"{path}: token table not found")
         try:
-            with np.load(path) as z:
-                return cls(z["image_ids"], z["tokens"], z["lengths"])
-        except (KeyError, ValueError, OSError) as err:
+            with np.load(path, allow_pickle=False) as z:  # TypeError: an .npy, not an archive
+                table = cls(z["image_ids"], z["tokens"], z["lengths"])
+        except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as err:
             raise CapgenError(f"{path}: not a capgen token table ({err})") from None
+        return table

@@ -2,6 +2,8 @@
 (and again by `capgen vocab`) so that text settings never re-encode images."""
 import os
 
+from pipeline.folder_lock import folder_lock
+from pipeline.os_errors import writing
 from pipeline.shardset import read_captions, read_manifest, write_manifest
 from pipeline.text import TokenTable, Vocabulary
 
@@ -14,8 +16,11 @@ def write_text(out, captions_by_id, preset, min_freq, captions_per_image, vocab_
         vocab = Vocabulary.load(vocab_from)
     else:
         vocab = Vocabulary.build((c for i in ids for c in captions_by_id[i]), preset, min_freq)
-    vocab.save(os.path.join(out, "vocab.json"))
-    TokenTable.build(captions_by_id, vocab, captions_per_image).save(os.path.join(out, "tokens.npz"))
+    with writing(os.path.join(out, "vocab.json")):
+        vocab.save(os.path.join(out, "vocab.json"))
+    table = TokenTable.build(captions_by_id, vocab, captions_per_image)
+    with writing(os.path.join(out, "tokens.npz")):
+        table.save(os.path.join(out, "tokens.npz"))
     return {"vocab": "vocab.json", "tokens": "tokens.npz", "vocab_size": len(vocab),
             "preset": vocab.preset, "min_freq": vocab.min_freq, "max_len": vocab.max_len,
             "captions_per_image": captions_per_image, "vocab_from": vocab_from}
@@ -25,6 +30,12 @@ def rebuild_text(shard_dir, preset=None, min_freq=None, vocab=None, captions_per
     """`capgen vocab`: vocab.json and tokens.npz again from the captions in the shards.
     Options not given keep the set's; a set that borrowed a training vocabulary keeps
     it unless a new vocabulary, preset or min freq is asked for."""
+    read_manifest(shard_dir)  # a shard set, before its folder's lock is taken (and the folder made)
+    with folder_lock(shard_dir):
+        return _rebuild_text(shard_dir, preset, min_freq, vocab, captions_per_image)
+
+
+def _rebuild_text(shard_dir, preset, min_freq, vocab, captions_per_image):
     manifest = read_manifest(shard_dir)
     old = manifest.get("text", {})
     borrowed = old.get("vocab_from") if vocab is None and preset is None and min_freq is None else None

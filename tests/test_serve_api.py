@@ -273,3 +273,72 @@ def test_region_is_the_centre_square_when_the_model_crops():
         assert body["region"] == [100, 0, 200, 100]
         assert client.get("/healthz").json()["resize_mode"] == "crop"
 
+
+
+# ---------------------------------------------------------------- a real server: clients, aborted uploads, the port
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    from tools.server_process import running_server
+    checkpoint = make_checkpoint(tmp_path_factory.mktemp("live") / "run")
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    with running_server(checkpoint, ["--max-upload-mb", "1", "--threads", "1"], log_path=log) as url:
+        yield url, log, checkpoint
+
+
+def multipart(data, boundary="capgenboundary"):
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("size", [2 * 1024 * 1024, 12 * 1024 * 1024])  # past the socket buffers
+def test_an_oversized_upload_gets_its_413_through_urllib(live_server, size):
+    import json
+    import urllib.error
+    import urllib.request
+    url, _, _ = live_server
+    body, content_type = multipart(bytes(size))
+    request = urllib.request.Request(url + "/api/caption", data=body, headers={"Content-Type": content_type})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read()) == {"error": "upload larger than the limit of 1048576 bytes"}
+    body, content_type = multipart(encode(picture(seed=20), "JPEG"))
+    good = urllib.request.urlopen(urllib.request.Request(url + "/api/caption", data=body,
+                                                         headers={"Content-Type": content_type}), timeout=60)
+    assert good.status == 200 and len(json.loads(good.read())["captions"]) == 3
+
+
+def test_an_aborted_upload_logs_one_line_and_the_server_keeps_serving(live_server):
+    import socket
+
+    import httpx
+    url, log, _ = live_server
+    host, port = url.removeprefix("http://").split(":")
+    body, content_type = multipart(bytes(200_000))
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(f"POST /api/caption HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:50_000])
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while "upload aborted" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reply = httpx.post(url + "/api/caption", files={"image": ("a.jpg", encode(picture(seed=21), "JPEG"))},
+                       timeout=60)
+    assert reply.status_code == 200 and len(reply.json()["captions"]) == 3
+    text = log.read_text()
+    assert [line for line in text.splitlines() if "aborted" in line] == \
+        [line for line in text.splitlines() if line.startswith("INFO:     upload aborted: 127.0.0.1:")]
+    assert text.count("upload aborted") == 1 and "Traceback" not in text
+
+
+def test_a_port_in_use_is_a_one_line_error(live_server):
+    import subprocess
+
+    from tools.server_process import capgen_command
+    url, _, checkpoint = live_server
+    port = url.rsplit(":", 1)[1]
+    run = subprocess.run(capgen_command() + ["serve", "--checkpoint", str(checkpoint), "--port", port],
+                         capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stderr) == (1, f"capgen: error: 127.0.0.1:{port}: cannot listen (port in use)\n")

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -338,3 +339,135 @@ def test_bench_smoke():
     r = bench_shards(images=12, rounds=1, workers=[1, 2])
     assert r["naive_images_per_s"] > 0 and [b["workers"] for b in r["build"]] == [1, 2]
     assert "naive PIL loop" in format_report(r)
+
+
+def test_malformed_annotations_are_counted_in_the_manifest(coco, tmp_path):
+    root = tmp_path / "coco"
+    import shutil
+    shutil.copytree(coco[0], root)
+    path = root / "annotations" / "captions_train2014.json"
+    data = json.loads(path.read_text())
+    by_name = {img["file_name"]: img for img in data["images"]}
+    first, second = by_name["COCO_train2014_000000000000.jpg"], by_name["COCO_train2014_000000000001.jpg"]
+    data["images"].append(dict(second, file_name=first["file_name"]))  # second's id twice
+    data["images"].append({"id": 999999, "width": 1, "height": 1})  # no file name
+    data["annotations"][:3] = [dict(a, caption=c) for a, c in zip(data["annotations"][:3], (None, 42, ""))]
+    path.write_text(json.dumps(data))
+    m = build(root, tmp_path / "set")["manifest"]
+    assert m["counts"]["skipped"] == {"corrupt": 1, "duplicate_id": 2, "missing": 1, "missing_file_name": 1,
+                                      "no_captions": 1, "truncated": 1}
+    assert m["counts"]["bad_captions"] == 3 and m["counts"]["records"] == 22
+    assert m["counts"]["records"] == m["counts"]["images"] + sum(m["counts"]["skipped"].values())
+    lines = (tmp_path / "set" / "skipped.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[2] for line in lines if line.startswith(f"{second['id']}\t")) == \
+        ["duplicate_id", "duplicate_id"]
+    assert f"{second['id']}" not in {str(i) for i in TokenTable.load(str(tmp_path / "set" / "tokens.npz")).image_ids}
+    assert verify(str(tmp_path / "set")) == []
+
+
+def test_an_empty_annotation_set_is_an_error_before_any_shard(tmp_path):
+    root = tmp_path / "coco"
+    make_coco(str(root), n=3, with_defects=False)
+    path = root / "annotations" / "captions_train2014.json"
+    data = json.loads(path.read_text())
+    data["annotations"] = [dict(a, caption=None) for a in data["annotations"]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(CapgenError, match=f"^{path}: no images with captions to build "
+                                          r"\(3 images listed, 0 left out, \d+ bad captions\)$"):
+        build(root, tmp_path / "set")
+    assert not (tmp_path / "set").exists()
+
+
+def test_a_set_whose_every_image_fails_is_an_error(tmp_path):
+    root = tmp_path / "coco"
+    make_coco(str(root), n=3, with_defects=False)
+    for f in (root / "train2014").iterdir():
+        f.write_bytes(b"not a jpeg")
+    with pytest.raises(CapgenError, match=r"set: none of the 3 images could be used \(corrupt 3; see .*skipped.txt\)"):
+        build(root, tmp_path / "set")
+    assert not (tmp_path / "set" / "manifest.json").exists()
+
+
+def test_verify_checks_the_vocabulary_and_the_token_table(built, tmp_path):
+    import shutil
+    vocab = Vocabulary.load(str(built / "vocab.json"))
+    table = TokenTable.load(str(built / "tokens.npz"))
+
+    def damaged(name, action):
+        out = tmp_path / name
+        shutil.copytree(built, out)
+        action(out)
+        return out, verify(str(out))
+
+    def save_table(out, image_ids, tokens):
+        TokenTable(image_ids, tokens, (tokens != 0).sum(axis=2)).save(str(out / "tokens.npz"))
+
+    too_big = table.tokens.copy()
+    too_big[0, 0, 1] = len(vocab)
+    cases = {
+        "no_tokens": (lambda out: os.remove(out / "tokens.npz"), "tokens.npz: token table not found"),
+        "garbage_tokens": (lambda out: (out / "tokens.npz").write_bytes(b"PK\x03\x04junk"),
+                           "tokens.npz: not a capgen token table"),
+        "no_vocab": (lambda out: os.remove(out / "vocab.json"), "vocab.json: vocabulary file not found"),
+        "empty_vocab": (lambda out: (out / "vocab.json").write_text("{}"), "vocab.json: not a capgen vocabulary"),
+        "binary_vocab": (lambda out: (out / "vocab.json").write_bytes(b"\xff\xfe\x00"),
+                         "vocab.json: not a capgen vocabulary"),
+        "short_vocab": (lambda out: Vocabulary(vocab.itos[:-1], vocab.preset, vocab.max_len, vocab.min_freq).save(
+            str(out / "vocab.json")), f"vocab.json: {len(vocab) - 1} words, manifest.json says {len(vocab)}"),
+        "token_out_of_range": (lambda out: save_table(out, table.image_ids, too_big),
+                               f"tokens.npz: token ids from 0 to {len(vocab)}, outside the {len(vocab)} words"),
+        "row_missing": (lambda out: save_table(out, table.image_ids[1:], table.tokens[1:]),
+                        "tokens.npz: image ids differ from the shards' samples (15 rows, 16 samples"),
+    }
+    for name, (action, words) in cases.items():
+        out, problems = damaged(name, action)
+        assert len(problems) == 1 and problems[0].startswith(str(out)) and words in problems[0], (name, problems)
+    run = subprocess.run(CAPGEN + ["shards", "verify", str(tmp_path / "no_tokens")], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and run.stderr == (f"capgen: error: {tmp_path / 'no_tokens' / 'tokens.npz'}: token "
+                                                  f"table not found (run capgen vocab {tmp_path / 'no_tokens'})\n")
+
+
+def test_a_second_build_into_the_same_folder_is_refused_at_once(coco, built, tmp_path):
+    from pipeline.folder_lock import folder_lock
+    out = tmp_path / "set"
+    cmd = CAPGEN + ["shards", "build", "--coco-root", str(coco[0]), "--split", "train2014", "--out", str(out),
+                    "--name", "set", "--shard-size", "4", "--min-freq", "1", "--quiet"]
+    with folder_lock(out):  # as a running build holds it
+        run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stderr == f"capgen: error: {out}: in use by pid {os.getpid()}\n"
+    assert os.listdir(out) == [".lock"]
+    build(coco[0], out)  # the lock file left behind neither blocks nor counts as a shard
+    assert (out / ".lock").exists() and verify(str(out)) == [] and hashes(out) == hashes(built)
+    assert [os.path.basename(p) for p in shard_paths(str(out))] == sorted(hashes(built))
+    with folder_lock(out / ".parts" / "job-0001-of-0002"):  # a job of a split build locks its own slot
+        with pytest.raises(CapgenError, match="job-0001-of-0002: in use by pid"):
+            build(coco[0], out, num_jobs=2, job_index=1)
+        build(coco[0], out, num_jobs=2, job_index=0)
+
+
+def _limited(limit):
+    """preexec_fn: files larger than limit bytes cannot be written (EFBIG, as a full disk gives ENOSPC)."""
+    def apply():
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_completes(coco, built, tmp_path):
+    out = tmp_path / "set"
+    cmd = CAPGEN + ["shards", "build", "--coco-root", str(coco[0]), "--split", "train2014", "--out", str(out),
+                    "--name", "set", "--shard-size", "4", "--min-freq", "1", "--quiet", "--workers", "2",
+                    "--captions-per-image", "100"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=_limited(4096))
+    assert run.returncode == 1
+    assert re.fullmatch(rf"capgen: error: {out}/set-00000\d\.tar: cannot write \(File too large\)\n", run.stderr)
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    biggest = max(s["bytes"] for s in read_manifest(str(built))["shards"])
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         preexec_fn=_limited(biggest + 4096))  # the shards fit, the token table does not
+    assert run.returncode == 1 and run.stderr == f"capgen: error: {out}/tokens.npz: cannot write (File too large)\n"
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name] and not (out / "manifest.json").exists()
+    r = build(coco[0], out, captions_per_image=100)
+    assert (r["built"], r["reused"]) == (0, 5) and hashes(out) == hashes(built) and verify(str(out)) == []

@@ -22,12 +22,12 @@ def bench():
 @cli.command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--images", type=int, required=True, help="Total images (train2014 + val2014).")
-@click.option("--seed", type=int, required=True, help="Same seed, same bytes.")
+@click.option("--seed", type=click.IntRange(min=0), required=True, help="Same seed, same bytes.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of images in val2014.")
 @click.option("--width", type=int, default=640, show_default=True)
 @click.option("--height", type=int, default=480, show_default=True)
-@click.option("--workers", type=int, default=None, help="Processes (default: cores, for 200+ images).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: cores, for 200+ images).")
 def synth(out, images, seed, val_fraction, width, height, workers):
     """Write a synthetic COCO 2014 captions dataset of shapes to OUT."""
     import time
@@ -41,11 +41,19 @@ def synth(out, images, seed, val_fraction, width, height, workers):
                f"in {time.perf_counter() - start:.1f} s")
 
 
+def _finite(param, value):
+    """click's FloatRange lets nan through (every comparison with nan is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter(f"{value} is not a number", param=param)
+    return value
+
+
 @cli.command()
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder (a run).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the page.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True, max=1e6), default=10.0,
+              show_default=True, callback=lambda ctx, param, value: _finite(param, value),
               help="Larger uploads get 413.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=50_000_000, show_default=True,
               help="Larger images (width x height, read from the header) get 413 before decoding.")
@@ -433,6 +441,8 @@ def shards_build(coco_root, split, karpathy, karpathy_split, captions, images_di
     for s in job["skipped"]:
         reasons[s[2]] = reasons.get(s[2], 0) + 1
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
+    if job["bad_captions"]:
+        skipped += f"; bad captions {job['bad_captions']}"
     size = sum(s["bytes"] for s in job["shards"])
     where = f"job {job_index} of {num_jobs}: " if num_jobs > 1 else ""
     click.echo(f"{out}: {where}{images} images, {sum(s['captions'] for s in job['shards'])} captions in "

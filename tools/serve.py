@@ -4,9 +4,11 @@
 `serve(...)` loads a checkpoint once and runs it under uvicorn. Bad uploads get
 a 4xx answer `{"error": "..."}` and the server keeps serving.
 """
+import errno
 import io
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -20,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from model.attention_figure import attention_region
 from model.captioner import Captioner
@@ -32,6 +35,9 @@ MAX_CONNECTIONS = 64
 # Only formats with plain decoders: no EPS (Ghostscript), no PDF, no exotic plugins.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file
+# A refused upload's body is read and dropped, up to the upload limit plus this many bytes, before
+# the answer, so that a client still sending (Python's urllib) reads it instead of a connection reset.
+DRAIN_BYTES = 16 * 1024 * 1024
 # Leading bytes of the accepted formats: a file that starts like an image but will not open is corrupt (400),
 # anything else is not an image (415).
 SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
@@ -111,6 +117,25 @@ async def read_upload(request, max_bytes):
         await form.close()
 
 
+async def drain(request, limit):
+    """Read and drop the rest of the request body; False when it was left unread (too long, the
+    client went away, or it waits for '100 Continue' and so has sent nothing): close then."""
+    length = request.headers.get("content-length", "")
+    if request.headers.get("expect", "").lower() == "100-continue" or (length.isdigit() and int(length) > limit):
+        return False
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                return False
+    except RuntimeError:  # starlette's "Stream consumed": the whole body was read already
+        pass
+    except ClientDisconnect:
+        return False
+    return True
+
+
 def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS,
                info=None):
     """The FastAPI app around a loaded captioner (anything with `caption(images, beam, topk)`)."""
@@ -154,9 +179,12 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
             return JSONResponse(await run_in_threadpool(caption_bytes, data))
         except BadUpload as err:
             log.info("refused upload: %s %s", err.status, err.message)
-            # After a 413 the rest of the body is not worth reading: close instead of draining it.
-            headers = {"Connection": "close"} if err.status == 413 else None
+            headers = None if await drain(request, max_upload_bytes + DRAIN_BYTES) else {"Connection": "close"}
             return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+        except ClientDisconnect:  # nobody to answer; one line, not a traceback
+            client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+            log.info("upload aborted: %s closed the connection", client)
+            return JSONResponse({"error": "upload aborted"}, status_code=400)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, err):
@@ -171,11 +199,37 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
     return app
 
 
+def listening_socket(host, port):
+    """A socket bound to host:port, before the model loads: a port in use is one line at once."""
+    if not host:  # getaddrinfo would take '' for every interface
+        raise CapgenError("--host: empty (127.0.0.1 serves this machine only, 0.0.0.0 every interface)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as err:
+        raise CapgenError(f"{host}:{port}: cannot listen ({err.strerror or err})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: no wait after a restart
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        cause = "port in use" if err.errno == errno.EADDRINUSE else err.strerror or err
+        raise CapgenError(f"{host}:{port}: cannot listen ({cause})") from None
+    return sock
+
+
 def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb=10, max_pixels=MAX_PIXELS,
           threads=None, log_level="info"):
     """Load the checkpoint once, warm it up, and serve until interrupted."""
     if threads:
         torch.set_num_threads(threads)
+    sock = listening_socket(host, port)
+    handler = logging.StreamHandler()  # our lines (refusals, aborted uploads) as uvicorn writes its own
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(log_level.upper())
+    port = sock.getsockname()[1]  # the one given, or the free one chosen for port 0
 
     start = time.perf_counter()
     captioner = Captioner.load(checkpoint)
@@ -185,5 +239,9 @@ def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb
     app = create_app(captioner, beam=beam, topk=topk, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                      max_pixels=max_pixels, info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))})
     # Connections past the limit get 503 at once instead of queueing uploads in memory.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "info",
-                limit_concurrency=MAX_CONNECTIONS)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=log_level == "info",
+                                           limit_concurrency=MAX_CONNECTIONS))
+    with sock:
+        server.run(sockets=[sock])
+    if not server.started:
+        raise CapgenError(f"{host}:{port}: the server did not start (see the messages above)")
