@@ -405,10 +405,18 @@ def vocab_cmd(shard_dir, preset, min_freq, vocab_path, captions_per_image):
 @click.option("--images", type=click.IntRange(min=8), default=None, help="[default: 200, or 50 per worker]")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Best of this many.")
 @click.option("--workers", type=click.IntRange(min=1), multiple=True, help="Worker counts [default: 1 and all cores].")
-def bench_shards_cmd(images, rounds, workers):
-    """Shard build images/s vs. a naive PIL loop on the same photographic JPEGs."""
-    from tools.bench.shards import run
-    run(images, rounds, list(workers) or None)
+@click.option("--resize", is_flag=True, help="Also time the candidate resizes per image (libvips, PIL, OpenCV, torch).")
+@click.option("--quick", is_flag=True, help="Smoke test: 24 images, 1 round; not figures.")
+@click.option("--json", "as_json", is_flag=True, help="Last stdout line: the figures as one JSON object.")
+def bench_shards_cmd(images, rounds, workers, resize, quick, as_json):
+    """Whole `capgen shards build` runs, images/s, vs. a naive PIL loop on the same photographic JPEGs."""
+    import json
+    from tools.bench.shards import run, summary
+    if quick:
+        images, rounds = images or 24, 1
+    r = run(images, rounds, list(workers) or None, resize=resize, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps(summary(r)))
 
 
 def main():
