@@ -7,6 +7,7 @@ import click
 
 from model.train_args import TrainArgs
 from pipeline.errors import CapgenError
+from tools.batcher import MAX_BATCH, WINDOW_S
 
 
 @click.group()
@@ -54,11 +55,17 @@ def synth(out, images, seed, val_fraction, width, height, workers):
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads for the model (default: torch's, one per core).")
 @click.option("--log-level", type=click.Choice(["info", "warning", "error"]), default="info", show_default=True)
-def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level):
+@click.option("--batch-window-ms", type=click.FloatRange(min=0), default=WINDOW_S * 1000, show_default=True,
+              help="Requests arriving within this window of the oldest waiting one share a batch.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=MAX_BATCH, show_default=True,
+              help="Images per batched beam search (1: no batching).")
+def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level, batch_window_ms,
+          max_batch):
     """Web page and JSON API: upload an image, get captions and each word's attention."""
     from tools.serve import serve as run_server
     run_server(checkpoint, host=host, port=port, beam=beam, topk=min(topk, beam), max_upload_mb=max_upload_mb,
-               max_pixels=max_pixels, threads=threads, log_level=log_level)
+               max_pixels=max_pixels, threads=threads, log_level=log_level, batch_window_ms=batch_window_ms,
+               max_batch=max_batch)
 
 
 @bench.command("serve")
