@@ -79,13 +79,20 @@ def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads
               help="Torch threads, here and in the server (default: torch's).")
 @click.option("--url", default=None, help="Load this running server (of --checkpoint) instead of starting one.")
 @click.option("--quick", is_flag=True, help="Smoke test: 24 requests, 4 at a time, 12 baseline captions.")
-def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url, quick):
+@click.option("--json", "as_json", is_flag=True,
+              help="Last stdout line: baseline_rps, rps, ratio, p50_ms, p95_ms, errors as one JSON object.")
+def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url, quick, as_json):
     """HTTP load on a local `capgen serve` vs. the same images captioned in process."""
+    import json
     from tools.bench.serve import run
     if quick:
         requests, concurrency, n_images = 24, 4, 4
-    run(checkpoint, requests, concurrency, n_images, baseline_calls=12 if quick else None, beam=beam,
-        threads=threads, url=url, echo=click.echo)
+    r = run(checkpoint, requests, concurrency, n_images, baseline_calls=12 if quick else None, beam=beam,
+            threads=threads, url=url, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps({k: r[k] for k in ("baseline_rps", "rps", "ratio", "p50_ms", "p95_ms", "errors")}))
+    if r["errors"]:
+        raise CapgenError(f"bench serve: {r['errors']} of {r['requests']} requests failed")
 
 
 @bench.command("train")

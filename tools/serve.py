@@ -153,9 +153,14 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
             except CapgenError as err:  # the captioner's word for an image it cannot use
                 raise BadUpload(400, str(err))
 
+    def prepare_and_submit(data):
+        with batcher.coming():
+            item, size = prepare_bytes(data)
+            return batcher.submit(item), size
+
     async def caption_bytes(data):
-        item, size = await run_in_threadpool(prepare_bytes, data)
-        result, _, seconds = await asyncio.wrap_future(batcher.submit(item))
+        future, size = await run_in_threadpool(prepare_and_submit, data)
+        result, _, seconds = await asyncio.wrap_future(future)
         # region: the box of the image (in its pixels) that the attention grid covers;
         # model_ms: the model time of the batch this image was captioned in.
         return dict(result, image={"width": size[0], "height": size[1]},
@@ -167,7 +172,7 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", **settings}
+        return {"status": "ok", **settings, "batches": dict(sorted(batcher.batch_sizes.items()))}
 
     @app.post("/api/caption")
     async def caption(request: Request):
