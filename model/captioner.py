@@ -85,17 +85,25 @@ class Captioner:
         words/attention: the best caption, one [P] list (row-major over grid) per word."""
         out = []
         for i in range(0, len(images), batch_size):
-            x = torch.stack([self.preprocess(img) for img in images[i:i + batch_size]]).to(self.device)
-            if self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            features = self.encoder(x)
-            for hyps in beam_search(self.decoder, features, beam=beam, max_len=self.vocab.max_len, topk=topk,
-                                    length_norm=length_norm):
-                words = self.vocab.words(hyps[0].tokens)
-                out.append({
-                    "captions": [{"text": self.vocab.decode(h.tokens), "score": h.score} for h in hyps],
-                    "words": words,
-                    "attention": hyps[0].alphas[:len(words)].tolist(),
-                    "grid": self.grid,
-                })
+            x = torch.stack([self.preprocess(img) for img in images[i:i + batch_size]])
+            out += self.caption_tensors(x, beam=beam, topk=topk, length_norm=length_norm)
+        return out
+
+    @torch.inference_mode()
+    def caption_tensors(self, x, beam=3, topk=3, length_norm=False):
+        """caption() of preprocessed images x [B, 3, size, size] (from .preprocess), as one batch."""
+        x = x.to(self.device)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.encoder(x)
+        out = []
+        for hyps in beam_search(self.decoder, features, beam=beam, max_len=self.vocab.max_len, topk=topk,
+                                length_norm=length_norm):
+            words = self.vocab.words(hyps[0].tokens)
+            out.append({
+                "captions": [{"text": self.vocab.decode(h.tokens), "score": h.score} for h in hyps],
+                "words": words,
+                "attention": hyps[0].alphas[:len(words)].tolist(),
+                "grid": self.grid,
+            })
         return out

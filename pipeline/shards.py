@@ -23,7 +23,6 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-import torch  # imported before the pool forks: the workers inherit it
 from tqdm import tqdm
 
 from pipeline import imaging, wds_index
@@ -182,12 +181,7 @@ def _run(tasks, total, workers, progress):
 
 
 def _run_here(tasks, bar):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the kernels a worker process runs: the same bytes
-    try:
-        return [build_task(task, bar.update) for task in tasks]
-    finally:
-        torch.set_num_threads(threads)
+    return [build_task(task, bar.update) for task in tasks]  # imaging resizes on one thread everywhere
 
 
 # A pool worker's count of images done, which the parent polls for its bar: a shared
@@ -198,7 +192,6 @@ _done = None
 def _init_worker(done):
     global _done
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    torch.set_num_threads(1)  # one thread per process: the processes are the parallelism
     _done = done
 
 
@@ -212,7 +205,10 @@ def _build_in_worker(task):
 
 
 def _run_pool(tasks, bar, workers):
-    ctx = mp.get_context("fork")
+    # Not fork: libvips keeps threads and locks a forked child could inherit mid-use (a hang).
+    # A fork server, started clean with this module loaded, forks the workers instead.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["pipeline.shards"])
     done_count = ctx.Value("q", 0)
     parts = []
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(done_count,)) as pool:

@@ -7,6 +7,7 @@ import click
 
 from model.train_args import TrainArgs
 from pipeline.errors import CapgenError
+from tools.batcher import MAX_BATCH, WINDOW_S
 
 
 @click.group()
@@ -62,11 +63,17 @@ def _finite(param, value):
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads for the model (default: torch's, one per core).")
 @click.option("--log-level", type=click.Choice(["info", "warning", "error"]), default="info", show_default=True)
-def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level):
+@click.option("--batch-window-ms", type=click.FloatRange(min=0), default=WINDOW_S * 1000, show_default=True,
+              help="Requests arriving within this window of the oldest waiting one share a batch.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=MAX_BATCH, show_default=True,
+              help="Images per batched beam search (1: no batching).")
+def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level, batch_window_ms,
+          max_batch):
     """Web page and JSON API: upload an image, get captions and each word's attention."""
     from tools.serve import serve as run_server
     run_server(checkpoint, host=host, port=port, beam=beam, topk=min(topk, beam), max_upload_mb=max_upload_mb,
-               max_pixels=max_pixels, threads=threads, log_level=log_level)
+               max_pixels=max_pixels, threads=threads, log_level=log_level, batch_window_ms=batch_window_ms,
+               max_batch=max_batch)
 
 
 @bench.command("serve")
@@ -80,13 +87,20 @@ def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads
               help="Torch threads, here and in the server (default: torch's).")
 @click.option("--url", default=None, help="Load this running server (of --checkpoint) instead of starting one.")
 @click.option("--quick", is_flag=True, help="Smoke test: 24 requests, 4 at a time, 12 baseline captions.")
-def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url, quick):
+@click.option("--json", "as_json", is_flag=True,
+              help="Last stdout line: baseline_rps, rps, ratio, p50_ms, p95_ms, errors as one JSON object.")
+def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url, quick, as_json):
     """HTTP load on a local `capgen serve` vs. the same images captioned in process."""
+    import json
     from tools.bench.serve import run
     if quick:
         requests, concurrency, n_images = 24, 4, 4
-    run(checkpoint, requests, concurrency, n_images, baseline_calls=12 if quick else None, beam=beam,
-        threads=threads, url=url, echo=click.echo)
+    r = run(checkpoint, requests, concurrency, n_images, baseline_calls=12 if quick else None, beam=beam,
+            threads=threads, url=url, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps({k: r[k] for k in ("baseline_rps", "rps", "ratio", "p50_ms", "p95_ms", "errors")}))
+    if r["errors"]:
+        raise CapgenError(f"bench serve: {r['errors']} of {r['requests']} requests failed")
 
 
 @bench.command("train")
@@ -521,10 +535,18 @@ def vocab_cmd(shard_dir, preset, min_freq, vocab_path, captions_per_image):
 @click.option("--images", type=click.IntRange(min=8), default=None, help="[default: 200, or 50 per worker]")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Best of this many.")
 @click.option("--workers", type=click.IntRange(min=1), multiple=True, help="Worker counts [default: 1 and all cores].")
-def bench_shards_cmd(images, rounds, workers):
-    """Shard build images/s vs. a naive PIL loop on the same photographic JPEGs."""
-    from tools.bench.shards import run
-    run(images, rounds, list(workers) or None)
+@click.option("--resize", is_flag=True, help="Also time the candidate resizes per image (libvips, PIL, OpenCV, torch).")
+@click.option("--quick", is_flag=True, help="Smoke test: 24 images, 1 round; not figures.")
+@click.option("--json", "as_json", is_flag=True, help="Last stdout line: the figures as one JSON object.")
+def bench_shards_cmd(images, rounds, workers, resize, quick, as_json):
+    """Whole `capgen shards build` runs, images/s, vs. a naive PIL loop on the same photographic JPEGs."""
+    import json
+    from tools.bench.shards import run, summary
+    if quick:
+        images, rounds = images or 24, 1
+    r = run(images, rounds, list(workers) or None, resize=resize, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps(summary(r)))
 
 
 def main():

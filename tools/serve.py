@@ -2,8 +2,13 @@
 
 `create_app(captioner)` builds the FastAPI app around an already loaded model;
 `serve(...)` loads a checkpoint once and runs it under uvicorn. Bad uploads get
-a 4xx answer `{"error": "..."}` and the server keeps serving.
+a 4xx answer `{"error": "..."}` and the server keeps serving. Uploads are
+decoded and preprocessed in request threads (a bad one fails there, alone);
+the model thread captions those that arrive within a few ms as one batch
+(tools/batcher.py).
 """
+import asyncio
+import contextlib
 import errno
 import io
 import logging
@@ -27,6 +32,7 @@ from starlette.requests import ClientDisconnect
 from model.attention_figure import attention_region
 from model.captioner import Captioner
 from pipeline.errors import CapgenError
+from tools.batcher import MAX_BATCH, WINDOW_S, Batcher
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -136,31 +142,54 @@ async def drain(request, limit):
     return True
 
 
+def _model_calls(captioner, beam, topk):
+    """(prepare(image) -> item, run(items) -> results): a real Captioner preprocesses in the request
+    thread and captions the stacked tensors; anything else with caption(images) gets the images."""
+    if hasattr(captioner, "caption_tensors"):
+        return captioner.preprocess, lambda xs: captioner.caption_tensors(torch.stack(xs), beam=beam, topk=topk)
+    return (lambda image: image), lambda images: captioner.caption(images, beam=beam, topk=topk)
+
+
 def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS,
-               info=None):
+               info=None, batch_window_ms=WINDOW_S * 1000, max_batch=MAX_BATCH):
     """The FastAPI app around a loaded captioner (anything with `caption(images, beam, topk)`)."""
-    app = FastAPI(title="capgen", docs_url=None, redoc_url=None, openapi_url=None)
-    model_lock = threading.Lock()  # one caption at a time: the model is not re-entrant
-    # At most two decoded uploads alive: one being decoded while the other is captioned.
+    prepare, run = _model_calls(captioner, beam, topk)
+    batcher = Batcher(run, window=batch_window_ms / 1000, max_batch=max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await run_in_threadpool(batcher.close)
+
+    app = FastAPI(title="capgen", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.batcher = batcher
+    # At most two uploads decoded at once (a full-size image is large); the batch holds model-sized tensors.
     admitted = threading.BoundedSemaphore(2)
     resize_mode = getattr(captioner, "image", {}).get("resize_mode", "stretch")
     settings = {"beam": beam, "topk": topk, "max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
-                "resize_mode": resize_mode}
+                "resize_mode": resize_mode, "batch_window_ms": batch_window_ms, "max_batch": max_batch}
     settings.update(info or {})
 
-    def caption_bytes(data):
+    def prepare_bytes(data):
         with admitted:
             image = read_image(data, max_pixels)
-            with model_lock:
-                start = time.perf_counter()
-                try:
-                    result = captioner.caption([image], beam=beam, topk=topk)[0]
-                except CapgenError as err:  # the captioner's word for an image it cannot use
-                    raise BadUpload(400, str(err))
-                model_ms = (time.perf_counter() - start) * 1000
-        # region: the box of the image (in its pixels) that the attention grid covers.
-        return dict(result, image={"width": image.width, "height": image.height},
-                    region=attention_region(image.size, resize_mode), model_ms=round(model_ms, 2))
+            try:
+                return prepare(image), image.size
+            except CapgenError as err:  # the captioner's word for an image it cannot use
+                raise BadUpload(400, str(err))
+
+    def prepare_and_submit(data):
+        with batcher.coming():
+            item, size = prepare_bytes(data)
+            return batcher.submit(item), size
+
+    async def caption_bytes(data):
+        future, size = await run_in_threadpool(prepare_and_submit, data)
+        result, _, seconds = await asyncio.wrap_future(future)
+        # region: the box of the image (in its pixels) that the attention grid covers;
+        # model_ms: the model time of the batch this image was captioned in.
+        return dict(result, image={"width": size[0], "height": size[1]},
+                    region=attention_region(size, resize_mode), model_ms=round(seconds * 1000, 2))
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -168,15 +197,15 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", **settings}
+        return {"status": "ok", **settings, "batches": dict(sorted(batcher.batch_sizes.items()))}
 
     @app.post("/api/caption")
     async def caption(request: Request):
         try:
             data = await read_upload(request, max_upload_bytes)
-            # The model runs in a worker thread so the event loop keeps answering. JSONResponse
+            # Decoding and the model run in other threads so the event loop keeps answering. JSONResponse
             # directly: the result is plain lists and floats, FastAPI's encoder walk would cost more.
-            return JSONResponse(await run_in_threadpool(caption_bytes, data))
+            return JSONResponse(await caption_bytes(data))
         except BadUpload as err:
             log.info("refused upload: %s %s", err.status, err.message)
             headers = None if await drain(request, max_upload_bytes + DRAIN_BYTES) else {"Connection": "close"}
@@ -220,7 +249,7 @@ def listening_socket(host, port):
 
 
 def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb=10, max_pixels=MAX_PIXELS,
-          threads=None, log_level="info"):
+          threads=None, log_level="info", batch_window_ms=WINDOW_S * 1000, max_batch=MAX_BATCH):
     """Load the checkpoint once, warm it up, and serve until interrupted."""
     if threads:
         torch.set_num_threads(threads)
@@ -237,7 +266,8 @@ def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb
     print(f"capgen serve: loaded {checkpoint} in {time.perf_counter() - start:.1f}s; "
           f"http://{host}:{port}/", file=sys.stderr, flush=True)
     app = create_app(captioner, beam=beam, topk=topk, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                     max_pixels=max_pixels, info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))})
+                     max_pixels=max_pixels, info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))},
+                     batch_window_ms=batch_window_ms, max_batch=max_batch)
     # Connections past the limit get 503 at once instead of queueing uploads in memory.
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=log_level == "info",
                                            limit_concurrency=MAX_CONNECTIONS))

@@ -3,15 +3,18 @@
 The images are COCO-like: 640x480 crops of the photographs that ship inside
 scikit-image's wheel, re-encoded as JPEG quality 90. The baseline is the loop
 everyone writes first: PIL open, convert("RGB"), bicubic resize to 256x256,
-JPEG encode, one process. The builder is timed end to end (annotation hash,
-decode, resize, encode, tar, fsync, sha256, vocabulary) with 1 worker and
-with every core; the figures are the best of a few interleaved rounds.
+JPEG encode, one process. The builder is timed as whole `capgen shards build`
+runs in a child process (start-up, annotation hash, decode, resize, encode,
+tar, fsync, sha256, vocabulary) with 1 worker and with every core; the figures
+are the best of a few interleaved rounds. --resize adds the per-image resize
+table (tools/bench/resize.py).
 """
 import io
 import itertools
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 
 import numpy as np
@@ -19,9 +22,9 @@ import torch
 from PIL import Image
 
 from pipeline import imaging
-from pipeline.coco import read_coco
-from pipeline.shards import Options, available_cores, build
+from pipeline.shards import available_cores
 from tools.bench.timing import best_of
+from tools.server_process import capgen_command
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina",
           "hubble_deep_field", "stereo_motorcycle")
@@ -84,23 +87,19 @@ def naive(paths, size=256, quality=90):
 
 def convert_only(paths, size=256):
     """pipeline.imaging alone, in process (no tar, no pool)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for path in paths:
-            imaging.convert(imaging.read(path), size)
-    finally:
-        torch.set_num_threads(threads)
+    for path in paths:
+        imaging.convert(imaging.read(path), size)
 
 
-def build_once(root, out, workers, shard_size):
-    """The whole shard build of root's train2014 into out (a new folder)."""
-    source = read_coco(root, "train2014")
-    build(source, out, Options(name="bench", shard_size=shard_size), {"bench": True},
-          workers=workers, min_freq=1, progress=False)
+def build_cli(root, out, workers, shard_size):
+    """One whole `capgen shards build` run of root's train2014 into out (a new folder)."""
+    cmd = capgen_command() + ["shards", "build", "--coco-root", root, "--split", "train2014", "--out", out,
+                              "--name", "bench", "--shard-size", str(shard_size), "--workers", str(workers),
+                              "--min-freq", "1", "--quiet"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
 
 
-def bench_shards(images=None, rounds=3, workers=None, tmp=None):
+def bench_shards(images=None, rounds=3, workers=None, tmp=None, resize=False):
     """Default: 200 images, or 50 per worker on bigger machines; two shards per worker."""
     cores = available_cores()
     counts = sorted(set(workers or [1, cores]))
@@ -115,11 +114,19 @@ def bench_shards(images=None, rounds=3, workers=None, tmp=None):
         coco, builds = os.path.join(root, "coco"), itertools.count()
 
         def build_with(w):  # a new folder per build: no deletion on the clock
-            return lambda: build_once(coco, os.path.join(root, f"out-{next(builds)}"), w, shard_size)
+            return lambda: build_cli(coco, os.path.join(root, f"out-{next(builds)}"), w, shard_size)
 
         fns = {"naive": lambda: naive(paths), "convert": lambda: convert_only(paths),
                **{w: build_with(w) for w in counts}}
         best = dict(zip(fns, best_of(list(fns.values()), rounds, 0, torch.device("cpu"))))
+        table = None
+        if resize:
+            from tools.bench.resize import bench_resize
+            jpegs = []
+            for p in paths[:64]:
+                with open(p, "rb") as f:
+                    jpegs.append(f.read())
+            table = bench_resize(jpegs, rounds=rounds)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rate = {k: images / v for k, v in best.items()}
@@ -131,7 +138,20 @@ def bench_shards(images=None, rounds=3, workers=None, tmp=None):
                    "per_worker_vs_naive": rate[w] / w / rate["naive"],
                    "scaling": rate[w] / rate[counts[0]] * counts[0] / w}
                   for w in counts],
+        "resize": table, "resize_images": min(64, images) if resize else None,
     }
+
+
+def summary(r):
+    """The --json object: images/s of the naive loop and of each whole CLI build, and the
+    largest worker count's images/s per worker over the naive loop's."""
+    last = r["build"][-1]
+    out = {"naive": r["naive_images_per_s"], "build": {str(b["workers"]): b["images_per_s"] for b in r["build"]},
+           "ratio_per_core": last["per_worker_vs_naive"], "ratio": r["build"][0]["vs_naive"],
+           "convert": r["convert_images_per_s"], "images": r["images"], "cores": r["cores"]}
+    if r["resize"] is not None:
+        out["resize"] = r["resize"]
+    return out
 
 
 def format_report(r):
@@ -141,13 +161,16 @@ def format_report(r):
              f"pipeline.imaging (1 process)    {r['convert_images_per_s']:8.1f} images/s   "
              f"{r['convert_images_per_s'] / r['naive_images_per_s']:.2f}x naive"]
     for b in r["build"]:
-        lines.append(f"shards build, {b['workers']:2d} worker(s)       {b['images_per_s']:8.1f} images/s   "
+        lines.append(f"capgen shards build, {b['workers']:2d} worker(s) {b['images_per_s']:7.1f} images/s   "
                      f"{b['vs_naive']:.2f}x naive, {b['per_worker_vs_naive']:.2f}x per worker, "
                      f"scaling efficiency {b['scaling']:.0%}")
     return "\n".join(lines)
 
 
-def run(images=None, rounds=3, workers=None):
-    r = bench_shards(images, rounds, workers)
-    print(format_report(r), flush=True)
+def run(images=None, rounds=3, workers=None, resize=False, echo=print):
+    r = bench_shards(images, rounds, workers, resize=resize)
+    echo(format_report(r))
+    if r["resize"] is not None:
+        from tools.bench.resize import format_resize
+        echo(format_resize(r["resize"], r["resize_images"]))
     return r
