@@ -188,7 +188,8 @@ def train(config, **opts):
     args = _train_args(config, opts)
     result = run(args)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"{args.out}: {result['epochs']} epochs, {result['step']} steps, best val BLEU-4 "
+        metric = {"Bleu_4": "BLEU-4"}.get(result["metric"], result["metric"])
+        click.echo(f"{args.out}: {result['epochs']} epochs, {result['step']} steps, best val {metric} "
                    f"{result['best']:.4f}{' (early stop)' if result['early_stopped'] else ''}; "
                    f"best checkpoint {result['best_dir']}")
 
