@@ -2,6 +2,9 @@
 
 The references are every raw caption of each image (the shard set's json
 components), scored as the official toolkit does (model.metrics.coco_scores).
+Where scene truth exists (`--scenes FILE`, or by default annotations/scenes_SPLIT.json
+under the COCO root that the shard set's manifest records, when that file is there),
+each attribute's accuracy too (pipeline/scenes.py's attribute_scores).
 """
 import json
 import os
@@ -15,6 +18,8 @@ from model.metrics import coco_scores
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
 from pipeline.loader import DataSource, make_loader
+from pipeline.scenes import ATTRIBUTES, attribute_scores, read_scenes
+from pipeline.shardset import read_manifest
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -59,10 +64,31 @@ def write_results(path, captions):
         json.dump(rows, f, ensure_ascii=False)
 
 
-def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False):
+def default_scenes(source):
+    """annotations/scenes_SPLIT.json of the COCO root recorded in the shard set's manifest, if it exists."""
+    args = read_manifest(source.shard_set).get("build_args") or {}
+    if not args.get("coco_root") or not args.get("split"):
+        return None
+    path = os.path.join(args["coco_root"], "annotations", f"scenes_{args['split']}.json")
+    return path if os.path.isfile(path) else None
+
+
+def scene_scores(captions, path):
+    """attribute_scores of the captions against the scenes file `path`."""
+    scenes = read_scenes(path)
+    missing = [i for i in captions if i not in scenes]
+    if missing:
+        raise CapgenError(f"{path}: no scene for image id {missing[0]} ({len(missing)} such ids)")
+    return attribute_scores(captions, scenes)
+
+
+def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False,
+             scenes=None):
     """Caption `data`, write `out` (COCO results), score against all raw references.
 
-    The result also holds "per_image" scores, the references ("refs") and the source."""
+    scenes: a scenes file (default: `default_scenes`). The result also holds "per_image"
+    scores, the references ("refs"), the source, and "attributes" (attribute_scores, or
+    None without scene truth) with "scenes" (the file used)."""
     captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device, progress)
     if not captions:
         raise CapgenError(f"{data}: no images")
@@ -73,11 +99,18 @@ def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, devi
         raise CapgenError(f"{source.shard_set}: no reference captions for image id {missing[0]}")
     per_image = {}
     scores = coco_scores(captions, refs, per_image)
-    return {"scores": scores, "images": len(captions), "beam": beam, "text_preset": vocab.preset,
+    scenes = scenes or default_scenes(source)
+    attributes = scene_scores(captions, scenes) if scenes else None
+    return {"scores": scores, "attributes": attributes, "scenes": scenes, "images": len(captions), "beam": beam, "text_preset": vocab.preset,
             "results": os.fspath(out), "captions": captions, "per_image": per_image,
             "refs": {i: refs[i] for i in captions}, "source": source}
 
 
-def format_scores(scores):
-    """One table row per metric, in the toolkit's order."""
-    return "\n".join(f"{k:<8} {scores[k]:.4f}" for k in METRICS if k in scores)
+def format_scores(scores, attributes=None):
+    """One table row per metric, in the toolkit's order; then each attribute's accuracy and
+    the all-right share, when given."""
+    rows = [f"{k:<8} {scores[k]:.4f}" for k in METRICS if k in scores]
+    if attributes:
+        rows += [f"{k:<8} {attributes[k]:.4f}" for k in ATTRIBUTES]
+        rows.append(f"{'all':<8} {attributes['all']:.4f}  (attribute accuracy: every attribute right)")
+    return "\n".join(rows)

@@ -1,4 +1,4 @@
-"""Greedy and beam search over a whole batch of images at once.
+"""Greedy and beam search, and sampling, over a whole batch of images at once.
 
 Every step is one decoder call on [B, k] (images x beams); no Python loop per
 image, so each image's result is the same alone or in any batch. <pad> and
@@ -110,6 +110,35 @@ def beam_search(decoder, features, beam=3, max_len=MAX_LEN, topk=None, length_no
                 break
         tokens, alphas = _backtrack(hist)
         return _hyps(tokens.cpu().numpy(), scores.cpu().numpy(), alphas.cpu().numpy(), topk or k, length_norm)
+
+
+def sample(decoder, features, k, max_len=MAX_LEN, generator=None):
+    """k captions per image drawn from the decoder's distribution, all B x k at once.
+
+    features [B,P,C] -> tokens [B,k,L] (words, <end>, then <pad>), logp [B,k,L]: the
+    log-prob of each drawn token (0 after <end>). Runs in the decoder's current mode
+    (dropout on in training, as self-critical training samples) and with autograd as the
+    caller sets it: under grad, logp carries the policy gradient. Draws come from
+    `generator` (a torch.Generator on the features' device) or torch's global RNG.
+    """
+    ctx = decoder.prepare(features)
+    B, dev = features.shape[0], features.device
+    h, c = ctx.h[:, None].expand(B, k, -1), ctx.c[:, None].expand(B, k, -1)
+    prev = torch.full((B, k), START, dtype=torch.long, device=dev)
+    done = torch.zeros(B, k, dtype=torch.bool, device=dev)
+    tokens, logps = [], []
+    for t in range(max_len + 1):
+        logp, _, h, c = decoder.step(ctx, prev, h, c)
+        logp = _mask(logp.clone(), t == max_len)
+        draw = torch.multinomial(logp.detach().exp().view(B * k, -1), 1, generator=generator).view(B, k)
+        tok = draw.masked_fill(done, PAD)
+        logps.append(logp.gather(2, draw[..., None])[..., 0].masked_fill(done, 0.0))
+        tokens.append(tok)
+        done = done | (tok == END)
+        prev = tok
+        if bool(done.all()):
+            break
+    return torch.stack(tokens, dim=2), torch.stack(logps, dim=2)
 
 
 def _backtrack(hist):

@@ -4,6 +4,8 @@ BLEU-4 from real decoding; bf16 autocast, torch.compile, DDP; checkpoint / exact
 `train(args)` sets up the process, `fit` is the loop: build (the `build_*` helpers,
 which the benchmarks use too), resume, then per epoch `train_one_epoch`, validate
 (model/decode.py), log (model/runlog.py) and save (model/checkpoint.py's TrainState).
+With --scst the epoch is model/scst.py's self-critical one, from --init's weights, and
+validation CIDEr (not BLEU-4) drives the schedule, early stopping and `best`.
 
 Reproducibility: with the CPU loaders the batch order is a function of (seed, epoch)
 (pipeline/loader.py) and the dropout RNG is reseeded from (seed, epoch, rank) at each
@@ -18,6 +20,7 @@ with fewer batches join early (torch.distributed.algorithms.Join). Rank 0 valida
 logs and saves.
 """
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -37,6 +40,7 @@ from model.decoder import Decoder
 from model.encoder import build_encoder, normalise
 from model.run_config import write_run_args
 from model.runlog import Log, plot_curve
+from model.scst import ScstModel, ScstStep, init_model, reward_scorer, scst_epoch, val_cider
 from model.step import CaptionModel, TrainStep
 from pipeline.distributed import dist_info
 from pipeline.errors import CapgenError
@@ -187,12 +191,18 @@ def fit(args, device, rank=0, world=1):
         checkpoint.reconcile(args.out)
     if resuming and world > 1:
         dist.barrier()
-    encoder, decoder, weights = build_model(args, train_src, len(vocab), device, image_stats=not resuming)
+    if args.scst:  # continues --init's model; its own learning rate
+        encoder, decoder, weights, config = init_model(args, train_src, vocab, device)
+        config["training"] = _training_record(args, train_src, vocab)
+    else:
+        encoder, decoder, weights = build_model(args, train_src, len(vocab), device, image_stats=not resuming)
+        config = trained_config(encoder, weights, decoder, int(train_src.image_size),
+                                train_src.resize_mode or "stretch", _training_record(args, train_src, vocab))
     model = CaptionModel(encoder if train_src.kind == "images" else None, decoder, args.fine_tune_encoder)
-    optimizer = build_optimizer(model, args, device)
+    lrs = dataclasses.replace(args, decoder_lr=args.scst_lr, encoder_lr=args.scst_lr) if args.scst else args
+    optimizer = build_optimizer(model, lrs, device)
     scheduler = build_scheduler(optimizer, args)
-    config = trained_config(encoder, weights, decoder, int(train_src.image_size), train_src.resize_mode or "stretch",
-                            _training_record(args, train_src, vocab))
+    metric = "CIDEr" if args.scst else "Bleu_4"
     state = TrainState(seed=args.seed)
     if resuming:
         state = _resume(last_dir, args, encoder, decoder, optimizer, scheduler)
@@ -200,11 +210,16 @@ def fit(args, device, rank=0, world=1):
         os.makedirs(args.out, exist_ok=True)
         write_run_args(args, train_src, val_src)
     log = Log(os.path.join(args.out, "log.jsonl"), lead, state.epoch if args.resume else None)
-    forward, joined = _wrap(model, args, device, world)
+    forward, joined = _wrap(ScstModel(model, args.scst_samples, vocab.max_len) if args.scst else model, args,
+                            device, world)
     loader = build_train_loader(args, train_src, device, rank, world)
     val_loader = build_val_loader(args, val_src) if lead else None
     refs = val_src.references() if lead else None
-    train_step = TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
+    if args.scst:
+        train_step = ScstStep(model, forward, optimizer, device, reward_scorer(train_src), vocab, args)
+    else:
+        train_step = TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
+    run_epoch = scst_epoch if args.scst else train_one_epoch
 
     stopped = False
     for epoch in range(state.epoch, args.epochs):
@@ -213,7 +228,7 @@ def fit(args, device, rank=0, world=1):
         model.train()
         if not args.fine_tune_encoder:
             encoder.eval()
-        state.step, samples = train_one_epoch(args, train_step, joined, loader, epoch, state.step, log, lead)
+        state.step, samples = run_epoch(args, train_step, joined, loader, epoch, state.step, log, lead)
         _check_lost(args, loader, world)
         per_rank = _gather(samples, world)
         log.write({"type": "epoch", "epoch": epoch, "step": state.step, "world": world, "samples": sum(per_rank),
@@ -222,10 +237,12 @@ def fit(args, device, rank=0, world=1):
         if lead:
             scores, val_captions = validate(encoder, decoder, val_loader, vocab, refs, device, args.beam,
                                             args.val_images)
+            if args.scst:
+                scores["CIDEr"] = val_cider(val_captions, val_src, vocab)
             log.captions(val_captions, refs, state.step)
-        improved = _end_epoch(state, epoch, _broadcast(scores, world), scheduler)
+        improved = _end_epoch(state, epoch, _broadcast(scores, world), scheduler, metric)
         if lead:
-            _report(args, log, state, optimizer)
+            _report(args, log, state, optimizer, metric)
             weights = model_state(encoder, decoder)
             _check_finite(args, epoch, state, weights)
             _save(args, state, optimizer, scheduler, weights, config, vocab, improved)
@@ -239,14 +256,17 @@ def fit(args, device, rank=0, world=1):
             break
     log.close()
     return {"best": state.best, "epochs": state.epoch, "step": state.step, "early_stopped": stopped,
-            "best_dir": best_dir, "last_dir": last_dir}
+            "best_dir": best_dir, "last_dir": last_dir, "metric": metric}
 
 
 def _training_record(args, source, vocab):
     """config["training"]: how this model was trained."""
     return {"source": os.path.abspath(source.path), "source_kind": source.kind,
             "fine_tune_encoder": bool(args.fine_tune_encoder), "text_preset": vocab.preset,
-            "seed": args.seed, "batch_size": args.batch_size}
+            "seed": args.seed, "batch_size": args.batch_size,
+            **({"scst": {"init": os.path.abspath(args.init), "samples": args.scst_samples,
+                         "baseline": args.scst_baseline, "bad_ending_penalty": args.scst_bad_ending_penalty,
+                         "lr": args.scst_lr}} if args.scst else {})}
 
 
 def _resume(last_dir, args, encoder, decoder, optimizer, scheduler):
@@ -297,10 +317,10 @@ def _broadcast(scores, world):
     return scores
 
 
-def _end_epoch(state, epoch, scores, scheduler):
-    """Count the epoch in `state` and step the LR schedule; True when val BLEU-4 improved
-    (a non-finite score never does)."""
-    score = scores["Bleu_4"]
+def _end_epoch(state, epoch, scores, scheduler, metric="Bleu_4"):
+    """Count the epoch in `state` and step the LR schedule; True when val `metric` (BLEU-4; CIDEr
+    for SCST) improved (a non-finite score never does)."""
+    score = scores[metric]
     scheduler.step(score)
     improved = math.isfinite(score) and score > state.best
     state.best, state.bad_epochs = (score, 0) if improved else (state.best, state.bad_epochs + 1)
@@ -308,12 +328,13 @@ def _end_epoch(state, epoch, scores, scheduler):
     return improved
 
 
-def _report(args, log, state, optimizer):
+def _report(args, log, state, optimizer, metric="Bleu_4"):
     lr = optimizer.param_groups[0]["lr"]
     log.write({"type": "val", "epoch": state.epoch - 1, "step": state.step,
                **{k: round(v, 6) for k, v in state.scores.items()}, "lr": lr, "best": round(state.best, 6),
                "beam": args.beam})
-    tqdm.write(f"epoch {state.epoch}/{args.epochs}: val BLEU-4 {state.scores['Bleu_4']:.4f} "
+    name = {"Bleu_4": "BLEU-4"}.get(metric, metric)
+    tqdm.write(f"epoch {state.epoch}/{args.epochs}: val {name} {state.scores[metric]:.4f} "
                f"(best {state.best:.4f}), lr {lr:.2e}", file=sys.stderr)
 
 

@@ -45,6 +45,18 @@ class TrainArgs:
     beam: int = option(1, "Validation decoding (1: greedy).")
     val_images: int | None = option(None, "Validate on the first N val images only.")
     resume: bool = option(False, "Continue from OUT/last exactly.")
+    # Self-critical training (model/scst.py). Its learning rate is the SCST paper's (Rennie et al.
+    # 2017 fine-tune with 5e-5): the sampled-reward gradient is noisy, and the CE rate (4e-4) drifts
+    # the model away from its cross-entropy start faster than the reward can guide it.
+    scst: bool = option(False, "Self-critical training with a CIDEr-D reward, from --init's weights.")
+    init: str | None = option(None, "Checkpoint folder (RUN/best) whose weights, encoder and vocabulary "
+                                    "--scst continues (a fresh training state).", folder=True)
+    scst_samples: int = option(5, "Captions sampled per image (--scst).")
+    scst_baseline: str = option("mean", "mean: the image's other samples' mean reward; greedy: its greedy "
+                                        "caption's reward.", ("mean", "greedy"))
+    scst_bad_ending_penalty: float = option(0.0, "Taken off the reward of a caption ending on a, with, of, "
+                                                 "the, and, on or in (--scst).")
+    scst_lr: float = option(5e-5, "Learning rate of --scst (decoder, and the encoder when fine-tuned).")
     compile: bool = option(False, "torch.compile the training step.")
     workers: int = option(2, "Loader processes per rank.")
     loader: str = option("auto", "auto: DALI on a GPU, else the CPU webdataset loader; dali without a GPU "

@@ -158,27 +158,9 @@ def _match(mentions, truth):
     return match
 
 
-def check_caption(caption, scene):
-    """Is the caption true to the scene?
-
-    Returns {"colours_shapes": every scene object named once with its colour and shape,
-    nothing else named; "sizes": every stated size right; "positions": every stated
-    position, relation and order right; "complete": every object's position stated
-    (directly, by a left/right relation, or by "from left to right");
-    "all": colours_shapes and sizes and positions}.
-    """
-    parsed = parse_caption(caption)
-    mentions, truth = parsed["objects"], scene["objects"]
-    match = _match(mentions, truth)
-
-    colours_shapes = (not parsed["broken"] and len(mentions) == len(truth)
-                      and len(match) == len(mentions)
-                      and all(mentions[i]["colour"] == truth[j]["colour"]
-                              and mentions[i]["shape"] == truth[j]["shape"]
-                              for i, j in match.items()))
-    sizes = all(m["size"] is None or (i in match and m["size"] == truth[match[i]]["size"])
-                for i, m in enumerate(mentions))
-
+def _positions(parsed, match, truth):
+    """(every stated position, relation and order right, the mention indices whose position is stated)."""
+    mentions = parsed["objects"]
     positions = not parsed["broken"]
     named = set()
     for i, mention in enumerate(mentions):
@@ -203,6 +185,31 @@ def check_caption(caption, scene):
         else:
             positions = False
         named.update(range(len(mentions)))
+    return positions, named
+
+
+def check_caption(caption, scene):
+    """Is the caption true to the scene?
+
+    Returns {"colours_shapes": every scene object named once with its colour and shape,
+    nothing else named; "sizes": every stated size right; "positions": every stated
+    position, relation and order right; "complete": every object's position stated
+    (directly, by a left/right relation, or by "from left to right");
+    "all": colours_shapes and sizes and positions}.
+    """
+    parsed = parse_caption(caption)
+    mentions, truth = parsed["objects"], scene["objects"]
+    match = _match(mentions, truth)
+
+    colours_shapes = (not parsed["broken"] and len(mentions) == len(truth)
+                      and len(match) == len(mentions)
+                      and all(mentions[i]["colour"] == truth[j]["colour"]
+                              and mentions[i]["shape"] == truth[j]["shape"]
+                              for i, j in match.items()))
+    sizes = all(m["size"] is None or (i in match and m["size"] == truth[match[i]]["size"])
+                for i, m in enumerate(mentions))
+
+    positions, named = _positions(parsed, match, truth)
     complete = colours_shapes and len(named) == len(mentions)
     return {"colours_shapes": colours_shapes, "sizes": sizes, "positions": positions,
             "complete": complete, "all": colours_shapes and sizes and positions}
@@ -220,6 +227,51 @@ def attribute_accuracy(captions, scenes):
         result = check_caption(caption, scenes[image_id])
         hits += result["all"] and result["complete"]
     return hits / len(captions)
+
+
+ATTRIBUTES = ("colour", "shape", "size", "position", "count")
+
+
+def attribute_judgements(caption, scene):
+    """Is each attribute of the caption right? Mentions are matched to scene objects as in
+    check_caption (same colour and shape, else the only object of that shape, else of that colour).
+
+      colour:   at least one object named, and every named object has a scene object
+                matched to it with the colour the caption gives (no colour given is wrong);
+      shape:    the same for the shape;
+      size:     every stated size is the matched object's (a caption stating none is right);
+      position: the caption parses, every stated position, left/right relation and
+                "from left to right" order is true, and every named object's position is
+                stated (directly, by a left/right relation or by the order);
+      count:    as many objects named as the scene holds;
+      all:      all five, which is check_caption's all and complete (attribute_accuracy).
+    """
+    parsed = parse_caption(caption)
+    mentions, truth = parsed["objects"], scene["objects"]
+    match = _match(mentions, truth)
+
+    def same(key):
+        return bool(mentions) and all(i in match and m[key] == truth[match[i]][key] for i, m in enumerate(mentions))
+
+    positions, named = _positions(parsed, match, truth)
+    out = {"colour": same("colour"), "shape": same("shape"),
+           "size": all(m["size"] is None or (i in match and m["size"] == truth[match[i]]["size"])
+                       for i, m in enumerate(mentions)),
+           "position": positions and len(named) == len(mentions), "count": len(mentions) == len(truth)}
+    out["all"] = all(out.values())
+    return out
+
+
+def attribute_scores(captions, scenes):
+    """{attribute: share of captioned images whose caption has it right} for ATTRIBUTES and
+    "all" (attribute_judgements); captions: {image_id: caption}. No captions: all 0.0."""
+    totals = dict.fromkeys((*ATTRIBUTES, "all"), 0)
+    for image_id, caption in captions.items():
+        if image_id not in scenes:
+            raise CapgenError(f"scenes: no scene for image id {image_id}")
+        for key, right in attribute_judgements(caption, scenes[image_id]).items():
+            totals[key] += right
+    return {key: total / len(captions) if captions else 0.0 for key, total in totals.items()}
 
 
 def read_scenes(path):

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 from PIL import Image
 
+from pipeline.scenes import attribute_scores, read_scenes
+
 CAPGEN = os.path.join(os.path.dirname(sys.executable), "capgen")
 # METEOR needs Java; without it model.metrics leaves it out (and says so).
 METRICS = [m for m in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -57,6 +59,13 @@ def test_cli_end_to_end(tmp_path):
     val_ids = sorted(img["id"] for img in json.load(open(tmp_path / "data/annotations/captions_val2014.json"))["images"])
     assert [r["image_id"] for r in results] == val_ids
     assert all(set(r) == {"image_id", "caption"} and isinstance(r["caption"], str) for r in results)
+    # per-attribute accuracy: the scenes file found under the COCO root the val manifest records
+    scenes = read_scenes(tmp_path / "data/annotations/scenes_val2014.json")
+    assert scores["attributes"] == attribute_scores({r["image_id"]: r["caption"] for r in results}, scenes)
+    assert "scenes data/annotations/scenes_val2014.json" in p.stdout and "\nshape    " in p.stdout
+    p = run("eval", "--checkpoint", "run/best", "--data", "val", "--beam", 2, "--out", "again.json",
+            "--scenes", "data/annotations/scenes_train2014.json", ok=False)
+    assert p.returncode == 1 and "scenes_train2014.json: no scene for image id" in p.stderr
 
     # score: the same results against the annotation file give the same numbers
     p = run("score", "results.json", "--annotations", "data/annotations/captions_val2014.json", "--json")

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from pipeline.errors import CapgenError
-from pipeline.scenes import attribute_accuracy, check_caption, parse_caption, read_scenes
+from pipeline.scenes import (attribute_accuracy, attribute_judgements, attribute_scores, check_caption,
+                             parse_caption, read_scenes)
 
 
 def obj(colour, shape, size, position, x):
@@ -112,3 +113,40 @@ def test_read_scenes(tmp_path):
         read_scenes(path)
     with pytest.raises(CapgenError, match="missing.json: cannot read"):
         read_scenes(tmp_path / "missing.json")
+
+
+# colour, shape, size, position, count
+@pytest.mark.parametrize("scene,caption,expected", [
+    (ONE, "green triangle on the right", (1, 1, 1, 1, 1)),
+    (ONE, "A red triangle on the right.", (0, 1, 1, 1, 1)),
+    (ONE, "A green star on the right.", (1, 0, 1, 1, 1)),       # matched by its colour
+    (ONE, "A small green triangle on the right.", (1, 1, 0, 1, 1)),
+    (ONE, "A green triangle on the left.", (1, 1, 1, 0, 1)),
+    (ONE, "A green triangle", (1, 1, 1, 0, 1)),                  # no position stated
+    (ONE, "A triangle on the right", (0, 1, 1, 1, 1)),           # no colour stated
+    (ONE, "A green triangle on the right and a red circle on the left.", (0, 0, 1, 0, 0)),
+    (TWO, "a red circle on the left", (1, 1, 1, 1, 0)),
+    (TWO, "a blue square beside a red ball", (1, 1, 1, 0, 1)),
+    (TWO, "a small red circle left of a small blue square", (1, 1, 0, 1, 1)),
+    (THREE, "red star white heart and yellow circle from left to right", (1, 1, 1, 1, 1)),
+    (THREE, "a red star and a white heart and a yellow circle from right to left", (1, 1, 1, 0, 1)),
+])
+def test_attribute_judgements(scene, caption, expected):
+    got = attribute_judgements(caption, scene)
+    assert got == {**dict(zip(("colour", "shape", "size", "position", "count"), map(bool, expected))),
+                   "all": all(expected)}
+    check = check_caption(caption, scene)
+    assert got["all"] == (check["all"] and check["complete"])
+
+
+def test_attribute_scores():
+    scenes = {1: ONE, 2: TWO, 3: THREE}
+    captions = {1: "a red triangle on the right",                   # colour wrong
+                2: "a red circle on the left",                      # one object missing
+                3: "red star white heart and yellow circle from left to right"}  # right
+    assert attribute_scores(captions, scenes) == {"colour": 2 / 3, "shape": 1.0, "size": 1.0,
+                                                  "position": 1.0, "count": 2 / 3, "all": 1 / 3}
+    assert attribute_scores(captions, scenes)["all"] == attribute_accuracy(captions, scenes)
+    assert attribute_scores({}, scenes) == dict.fromkeys(("colour", "shape", "size", "position", "count", "all"), 0.0)
+    with pytest.raises(CapgenError, match="no scene for image id 9"):
+        attribute_scores({9: "a red circle"}, scenes)

@@ -222,7 +222,8 @@ def train(config, **opts):
     args = _train_args(config, opts)
     result = run(args)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"{args.out}: {result['epochs']} epochs, {result['step']} steps, best val BLEU-4 "
+        metric = {"Bleu_4": "BLEU-4"}.get(result["metric"], result["metric"])
+        click.echo(f"{args.out}: {result['epochs']} epochs, {result['step']} steps, best val {metric} "
                    f"{result['best']:.4f}{' (early stop)' if result['early_stopped'] else ''}; "
                    f"best checkpoint {result['best_dir']}")
 
@@ -287,20 +288,25 @@ def features_extract(shards, out, encoder, encoder_stop, encoder_weights, downlo
 @click.option("--html-images", type=click.IntRange(min=1), default=100, show_default=True,
               help="Images on the --html page (the first by id).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, html_images, quiet):
+@click.option("--scenes", type=click.Path(dir_okay=False), default=None,
+              help="Scene truth (scenes_SPLIT.json) for per-attribute accuracy [default: annotations/"
+                   "scenes_SPLIT.json under the COCO root in DATA's manifest, if there].")
+def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, html_images, quiet, scenes):
     """Caption DATA with a checkpoint, write COCO results, score against all raw references."""
     import json
     from model.evaluate import evaluate, format_scores
-    r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device, progress=not quiet)
-    click.echo(f"{out}: {r['images']} images, beam {r['beam']}, text preset {r['text_preset']}")
-    click.echo(format_scores(r["scores"]))
+    r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device, progress=not quiet, scenes=scenes)
+    click.echo(f"{out}: {r['images']} images, beam {r['beam']}, text preset {r['text_preset']}"
+               + (f", scenes {r['scenes']}" if r["scenes"] else ""))
+    click.echo(format_scores(r["scores"], r["attributes"]))
     if html_out:
         from tools.report_html import write_report
         cards, thumbs = write_report(html_out, r, limit=html_images)
         click.echo(f"{html_out}: {cards} images, {thumbs} thumbnails")
     if as_json:
+        attributes = {"attributes": r["attributes"]} if r["attributes"] else {}
         click.echo(json.dumps({**r["scores"], "images": r["images"], "beam": r["beam"],
-                               "text_preset": r["text_preset"], "results": r["results"]}))
+                               "text_preset": r["text_preset"], "results": r["results"], **attributes}))
 
 
 @cli.command()
