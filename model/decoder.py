@@ -5,11 +5,12 @@ in training, the k beams in search. Features stay [B, P, C] and their attention
 projection [B, P, A] is computed once per batch (`prepare`); each step attends
 from h [B, G, H] with a batched matmul, so features are never copied per caption
 or per beam. `forward` runs every step for every caption (the loss masks the
-padding). Training runs `train_loss` instead: its images sorted by their longest
-caption, step t runs only the first n_t images, those whose captions still need
-it (n_t rounded up to a multiple of IMAGE_MULTIPLE: a few shapes for
-torch.compile and CUDA graphs), and the output layer and loss only the captions'
-valid predictions: the same loss and gradients as the fully padded batch.
+padding). Training runs `train_loss` instead: images sorted by their longest
+caption, the captions of each by length, step t runs [n_t, g_t]: the images
+still captioning (n_t rounded up to a multiple of IMAGE_MULTIPLE, so that
+torch.compile and CUDA graphs see a few shapes) and their most captions still
+going; the output layer and the loss run on the valid predictions only. Same
+loss and gradients as the fully padded batch.
 """
 from typing import NamedTuple
 
@@ -32,10 +33,11 @@ class Context(NamedTuple):
 
 class Plan(NamedTuple):
     """How a training batch shrinks step by step (`train_plan`, from its lengths on the host)."""
-    order: torch.Tensor  # [B] the images, longest caption first (stable)
-    widths: tuple        # images run at each step: non-increasing ints
-    rows: torch.Tensor   # [N] each valid prediction's row in the steps' concatenated [sum n_t*K] outputs
-    dest: torch.Tensor   # [N] its caption b*K+k, b in `order`
+    order: torch.Tensor     # [B] the images, longest caption first (stable)
+    captions: torch.Tensor  # [B, K] each (sorted) image's captions, longest first (stable)
+    widths: tuple           # (images n_t, captions g_t) run at step t: both non-increasing
+    rows: torch.Tensor      # [N] each valid prediction's row in the steps' concatenated [sum n_t*g_t] outputs
+    dest: torch.Tensor      # [N] its caption b*K+k in the sorted order
     step: torch.Tensor   # [N] its step t (it predicts token t+1)
 
     def to(self, device):
@@ -129,16 +131,16 @@ class Decoder(nn.Module):
         gradients), its stats plus "top5" (top-5 accuracy), computed on the valid predictions only."""
         B, K = tokens.shape[:2]
         ctx = self.prepare(features[plan.order])
-        tokens = tokens[plan.order]
+        tokens = tokens[plan.order].gather(1, plan.captions[..., None].expand(-1, -1, tokens.shape[2]))
         embs = self.embedding(tokens[:, :, :len(plan.widths)]).unbind(dim=2)
         h = ctx.h[:, None].expand(B, K, -1)
         c = ctx.c[:, None].expand(B, K, -1)
         prefix = {}  # one slice of the features per width: one slice backward each, not one per step
         hs, alphas = [], []
-        for emb, n in zip(embs, plan.widths):
+        for emb, (n, g) in zip(embs, plan.widths):
             if n not in prefix:
                 prefix[n] = ctx._replace(features=ctx.features[:n], proj=ctx.proj[:n])
-            h, c, alpha = self.advance(prefix[n], emb[:n], h[:n], c[:n])
+            h, c, alpha = self.advance(prefix[n], emb[:n, :g], h[:n, :g], c[:n, :g])
             hs.append(h.flatten(0, 1))
             alphas.append(alpha.flatten(0, 1))
         logits = self.fc(self.dropout(torch.cat(hs)[plan.rows]))
@@ -170,18 +172,21 @@ def trim_steps(tokens, longest, multiple=STEP_MULTIPLE):
 
 def train_plan(lengths, multiple=IMAGE_MULTIPLE):
     """[B, K] caption lengths (with <start>/<end>; on the host, else one copy) -> Plan: the images
-    sorted by their longest caption, step t running the first n_t of them, n_t the images
-    still needing step t rounded up to `multiple` (at most B); the valid predictions step-major."""
+    sorted by their longest caption and the captions of each by length, step t running the first
+    g_t captions of the first n_t images: n_t the images still needing step t rounded up to
+    `multiple` (at most B), g_t their most captions still needing it; the valid predictions step-major."""
     lengths = lengths.cpu().long()
     B, K = lengths.shape
     order = lengths.max(dim=1).values.argsort(descending=True, stable=True)
-    need = lengths[order] - 1  # predictions per caption: its words and <end>
-    steps = int(need.max())
-    active = (need.max(dim=1).values > torch.arange(steps)[:, None]).sum(dim=1)
-    widths = tuple(min(-(-int(a) // multiple) * multiple, B) for a in active)
-    t, b, k = (torch.arange(steps)[:, None, None] < need).nonzero(as_tuple=True)
-    offsets = torch.tensor((0,) + widths[:-1]).cumsum(0) * K
-    return Plan(order, widths, offsets[t] + b * K + k, b * K + k, t)
+    need, captions = (lengths[order] - 1).sort(dim=1, descending=True, stable=True)  # predictions: words, <end>
+    valid = torch.arange(int(need.max()))[:, None, None] < need  # [steps, B, K]
+    images = (valid[:, :, 0].sum(dim=1) + multiple - 1) // multiple * multiple
+    groups = valid.sum(dim=2).max(dim=1).values
+    widths = tuple((min(int(n), B), int(g)) for n, g in zip(images, groups))
+    t, b, k = valid.nonzero(as_tuple=True)
+    sizes = torch.tensor([n * g for n, g in widths])
+    offsets = sizes.cumsum(0) - sizes
+    return Plan(order, captions, widths, offsets[t] + b * groups[t] + k, b * K + k, t)
 
 
 def packed_loss(logits, alphas, targets, dest, captions, alpha_c=1.0):

@@ -125,12 +125,16 @@ def test_train_plan_sorts_images_and_shrinks_in_multiples():
     lengths = torch.tensor([[4, 3], [9, 2], [2, 2], [6, 7], [3, 5], [4, 4], [8, 2], [5, 5], [3, 3], [2, 3]])
     plan = train_plan(lengths, multiple=4)
     assert plan.order.tolist() == [1, 6, 3, 4, 7, 0, 5, 8, 9, 2]  # longest first, ties in batch order
-    # images still needing step t: 10, 9, 7, 5, 3, 3, 2, 1 -> rounded up to 4 (at most 10)
-    assert plan.widths == (10, 10, 8, 8, 4, 4, 4, 4)
-    need = lengths[plan.order] - 1
+    assert plan.captions.tolist() == [[0, 1], [0, 1], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1], [0, 1], [1, 0], [0, 1]]
+    # images still needing step t: 10, 9, 7, 5, 3, 3, 2, 1 -> rounded up to 4 (at most 10);
+    # captions: both of some image up to step 4 (image 3: 6 and 7 tokens), then one
+    assert plan.widths == ((10, 2), (10, 2), (8, 2), (8, 2), (4, 2), (4, 1), (4, 1), (4, 1))
+    need = (lengths[plan.order] - 1).gather(1, plan.captions)
     assert len(plan.rows) == int(need.sum()) and plan.step.tolist() == sorted(plan.step.tolist())
     assert all(t < need.view(-1)[d] for t, d in zip(plan.step.tolist(), plan.dest.tolist()))
-    assert train_plan(lengths, multiple=1).widths == (10, 9, 7, 5, 3, 3, 2, 1)
+    sizes = [n * g for n, g in plan.widths]
+    assert len(set(plan.rows.tolist())) == len(plan.rows) and int(plan.rows.max()) < sum(sizes)
+    assert [n for n, _ in train_plan(lengths, multiple=1).widths] == [10, 9, 7, 5, 3, 3, 2, 1]
 
 
 def padded_and_shrunk(dec, features, tokens, lengths, alpha_c=0.7):
@@ -160,7 +164,7 @@ def test_shrinking_batch_gives_the_padded_loss_and_every_gradient(case):
     tokens = torch.where(pos >= lengths[..., None], PAD, torch.where(tokens == PAD, 5, tokens))
     features = features.double()
     widths = train_plan(lengths, multiple=2).widths
-    assert len(widths) == int(lengths.max()) - 1 and (widths[-1] < 5) == (case != "all_full")
+    assert len(widths) == int(lengths.max()) - 1 and (widths[-1] < (5, 3)) == (case != "all_full")
     (full_loss, full_stats, full_grads), (loss, stats, grads) = padded_and_shrunk(dec, features, tokens, lengths)
     torch.testing.assert_close(loss, full_loss, rtol=1e-12, atol=1e-12)
     for key in ("ce", "att"):

@@ -11,11 +11,12 @@ of the same weights, so both compute the same loss:
 Ours: the trainer's decoder call (model/decoder.py's train_plan + Decoder.train_loss,
 as model/step.py's TrainStep runs it): features [B, P, C] projected once per
 batch, the K captions as a group axis, the images sorted by their longest
-caption and each step running only the images still captioning (rounded up to
-a multiple of 8 images), the output layer and loss only on the valid
-predictions. Caption lengths are drawn like COCO's (about 10.5 words on
-average, most between 8 and 16). Row-steps: the decoder steps an average
-caption runs (ours: its image's; the baseline: its own). Same shapes, decoder sizes, optimizer
+caption and the captions of each by length, each step running only the images
+still captioning (rounded up to a multiple of 8) and their most captions still
+going, the output layer and loss only on the valid predictions. Caption lengths
+are drawn like COCO's (about 10.5 words on average, most between 8 and 16).
+Row-steps: the decoder steps per caption, on average (ours: the rows its image
+group runs, sum of n_t * g_t over the batch's captions; the baseline: its own length). Same shapes, decoder sizes, optimizer
 (Adam), learning rate and clipping threshold (TrainArgs'; gradients clipped by
 value as there), precision and device, measured in the same run:
 iterations interleaved (ours, baseline, ours, ...), each side's best one kept,
@@ -146,7 +147,7 @@ def bench_step(P, cfg, device, amp, compiled=False):
     t_ours, t_base, *t_compiled = best_of(steps, cfg["iters"], warmup, device)
     out = {"P": P, "C": C, "images": B, "per_image": K, "T": T, "vocab": V,
            "baseline_decode_steps": int(lengths.max()) - 1, "ours_decode_steps": len(widths),
-           "baseline_row_steps": float((lengths - 1).float().mean()), "ours_row_steps": sum(widths) / B,
+           "baseline_row_steps": float((lengths - 1).float().mean()), "ours_row_steps": sum(n * g for n, g in widths) / (B * K),
            "ours_captions_per_s": B * K / t_ours, "baseline_captions_per_s": B * K / t_base,
            "ratio": t_base / t_ours}
     if compiled:
