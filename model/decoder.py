@@ -38,7 +38,7 @@ class Plan(NamedTuple):
     widths: tuple           # (images n_t, captions g_t) run at step t: both non-increasing
     rows: torch.Tensor      # [N] each valid prediction's row in the steps' concatenated [sum n_t*g_t] outputs
     dest: torch.Tensor      # [N] its caption b*K+k in the sorted order
-    step: torch.Tensor   # [N] its step t (it predicts token t+1)
+    step: torch.Tensor      # [N] its step t (it predicts token t+1)
 
     def to(self, device):
         return Plan(*(x if isinstance(x, tuple) else x.to(device, non_blocking=True) for x in self))
