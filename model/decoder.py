@@ -4,11 +4,13 @@ Shapes carry a group axis G beside the image axis B: the K captions of an image
 in training, the k beams in search. Features stay [B, P, C] and their attention
 projection [B, P, A] is computed once per batch (`prepare`); each step attends
 from h [B, G, H] with a batched matmul, so features are never copied per caption
-or per beam. Every caption of a batch runs the same number of steps (static
-shapes); the loss masks the padding. Training trims a batch's tokens first
-(`trim_steps`), so a batch runs only as many steps as its longest caption needs,
-rounded up to a multiple of STEP_MULTIPLE: a few shapes for torch.compile and
-CUDA graphs, and the same loss and gradients as the fully padded batch.
+or per beam. `forward` runs every step for every caption (the loss masks the
+padding). Training runs `train_loss` instead: images sorted by their longest
+caption, the captions of each by length, step t runs [n_t, g_t]: the images
+still captioning (n_t rounded up to a multiple of IMAGE_MULTIPLE, so that
+torch.compile and CUDA graphs see a few shapes) and their most captions still
+going; the output layer and the loss run on the valid predictions only. Same
+loss and gradients as the fully padded batch.
 """
 from typing import NamedTuple
 
@@ -16,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STEP_MULTIPLE = 4  # decoder steps are rounded up to a multiple of this (or the table's full length)
+from model.metrics import top5_accuracy
+
+STEP_MULTIPLE = 4  # trim_steps rounds a batch's steps up to a multiple of this (or the table's full length)
+IMAGE_MULTIPLE = 8  # train_loss rounds a step's active images up to a multiple of this (or the batch)
 
 
 class Context(NamedTuple):
@@ -24,6 +29,19 @@ class Context(NamedTuple):
     proj: torch.Tensor      # [B, P, A] attention projection of the features
     h: torch.Tensor         # [B, H] initial state from the mean feature
     c: torch.Tensor         # [B, H]
+
+
+class Plan(NamedTuple):
+    """How a training batch shrinks step by step (`train_plan`, from its lengths on the host)."""
+    order: torch.Tensor     # [B] the images, longest caption first (stable)
+    captions: torch.Tensor  # [B, K] each (sorted) image's captions, longest first (stable)
+    widths: tuple           # (images n_t, captions g_t) run at step t: both non-increasing
+    rows: torch.Tensor      # [N] each valid prediction's row in the steps' concatenated [sum n_t*g_t] outputs
+    dest: torch.Tensor      # [N] its caption b*K+k in the sorted order
+    step: torch.Tensor      # [N] its step t (it predicts token t+1)
+
+    def to(self, device):
+        return Plan(*(x if isinstance(x, tuple) else x.to(device, non_blocking=True) for x in self))
 
 
 class Attention(nn.Module):
@@ -107,6 +125,28 @@ class Decoder(nn.Module):
         logits = self.fc(self.dropout(torch.stack(hs, dim=2)))
         return logits, torch.stack(alphas, dim=2)
 
+    def train_loss(self, features, tokens, plan, alpha_c=1.0):
+        """Teacher forcing over a shrinking batch: features [B,P,C], tokens [B,K,T], plan (`train_plan`
+        of the lengths) -> (loss, stats): `caption_loss` of `forward`'s logits (same value and
+        gradients), its stats plus "top5" (top-5 accuracy), computed on the valid predictions only."""
+        B, K = tokens.shape[:2]
+        ctx = self.prepare(features[plan.order])
+        tokens = tokens[plan.order].gather(1, plan.captions[..., None].expand(-1, -1, tokens.shape[2]))
+        embs = self.embedding(tokens[:, :, :len(plan.widths)]).unbind(dim=2)
+        h = ctx.h[:, None].expand(B, K, -1)
+        c = ctx.c[:, None].expand(B, K, -1)
+        prefix = {}  # one slice of the features per width: one slice backward each, not one per step
+        hs, alphas = [], []
+        for emb, (n, g) in zip(embs, plan.widths):
+            if n not in prefix:
+                prefix[n] = ctx._replace(features=ctx.features[:n], proj=ctx.proj[:n])
+            h, c, alpha = self.advance(prefix[n], emb[:n, :g], h[:n, :g], c[:n, :g])
+            hs.append(h.flatten(0, 1))
+            alphas.append(alpha.flatten(0, 1))
+        logits = self.fc(self.dropout(torch.cat(hs)[plan.rows]))
+        targets = tokens[:, :, 1:].flatten(0, 1)[plan.dest, plan.step]
+        return packed_loss(logits, torch.cat(alphas)[plan.rows], targets, plan.dest, B * K, alpha_c)
+
     @staticmethod
     def loss(logits, alphas, tokens, lengths, alpha_c=1.0):
         """See `caption_loss`."""
@@ -130,6 +170,44 @@ def trim_steps(tokens, longest, multiple=STEP_MULTIPLE):
     return tokens[:, :, :decode_steps(int(longest), tokens.shape[2] - 1, multiple) + 1]
 
 
+def train_plan(lengths, multiple=IMAGE_MULTIPLE):
+    """[B, K] caption lengths (with <start>/<end>; on the host, else one copy) -> Plan: the images
+    sorted by their longest caption and the captions of each by length, step t running the first
+    g_t captions of the first n_t images: n_t the images still needing step t rounded up to
+    `multiple` (at most B), g_t their most captions still needing it; the valid predictions step-major."""
+    lengths = lengths.cpu().long()
+    B, K = lengths.shape
+    order = lengths.max(dim=1).values.argsort(descending=True, stable=True)
+    need, captions = (lengths[order] - 1).sort(dim=1, descending=True, stable=True)  # predictions: words, <end>
+    valid = torch.arange(int(need.max()))[:, None, None] < need  # [steps, B, K]
+    images = (valid[:, :, 0].sum(dim=1) + multiple - 1) // multiple * multiple
+    groups = valid.sum(dim=2).max(dim=1).values
+    widths = tuple((min(int(n), B), int(g)) for n, g in zip(images, groups))
+    t, b, k = valid.nonzero(as_tuple=True)
+    sizes = torch.tensor([n * g for n, g in widths])
+    offsets = sizes.cumsum(0) - sizes
+    return Plan(order, captions, widths, offsets[t] + b * groups[t] + k, b * K + k, t)
+
+
+def packed_loss(logits, alphas, targets, dest, captions, alpha_c=1.0):
+    """`caption_loss` on the valid predictions only: logits [N,V], alphas [N,P], targets [N], dest [N]
+    their caption among `captions`. Returns (loss, stats), stats as in caption_loss plus "top5"."""
+    n = targets.numel()
+    ce = F.cross_entropy(wide(logits), targets.long(), reduction="sum") / max(n, 1)
+    att_sums = alphas.new_zeros(captions, alphas.shape[1]).index_add(0, dest, alphas)
+    att = alpha_c * ((1.0 - wide(att_sums)) ** 2).mean()
+    total = ce + att
+    with torch.no_grad():
+        top5 = top5_accuracy(logits, targets, torch.ones_like(targets, dtype=torch.bool))
+    return total, {"loss": total.detach(), "ce": ce.detach(), "att": att.detach(),
+                   "tokens": torch.full((), n, device=logits.device), "top5": top5}
+
+
+def wide(x):
+    """x in float32 at least: the loss of a bf16 forward in float32, of a float64 one in float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def caption_mask(lengths, steps):
     """[B, K] lengths (with <start>/<end>) -> [B, K, steps] bool: which predictions count."""
     return torch.arange(steps, device=lengths.device) < (lengths[..., None] - 1)
@@ -142,9 +220,9 @@ def caption_loss(logits, alphas, tokens, lengths, alpha_c=1.0):
     steps = logits.shape[2]
     mask = caption_mask(lengths, steps)
     targets = tokens[:, :, 1:].long()
-    ce = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), reduction="none").view_as(mask)
+    ce = F.cross_entropy(wide(logits.flatten(0, 2)), targets.flatten(), reduction="none").view_as(mask)
     n = mask.sum()
     ce = (ce * mask).sum() / n.clamp_min(1)
-    att = alpha_c * ((1.0 - (alphas.float() * mask[..., None]).sum(dim=2)) ** 2).mean()
+    att = alpha_c * ((1.0 - (wide(alphas) * mask[..., None]).sum(dim=2)) ** 2).mean()
     total = ce + att
     return total, {"loss": total.detach(), "ce": ce.detach(), "att": att.detach(), "tokens": n}

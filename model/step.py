@@ -1,20 +1,20 @@
 """One training step, shared by the trainer and the GPU benchmark.
 
-batch to the device (images normalised there) -> tokens trimmed to the steps the
-batch's longest caption needs (model/decoder.py's trim_steps) -> autocast forward -> masked
-cross-entropy + doubly stochastic attention term -> backward -> clip -> optimizer step.
+the batch's plan from its caption lengths (model/decoder.py's train_plan: images sorted by
+their longest caption, each step running only the images still captioning) -> batch to the
+device (images normalised there) -> autocast forward and loss (Decoder.train_loss: cross-entropy
+on the valid predictions + doubly stochastic attention term) -> backward -> clip -> optimizer step.
 Running sums stay on the device: no host sync per step with the CPU loaders (their
 lengths are read on the host before the copy); a batch whose lengths already live on
-the device (DALI's token table) costs one .item() for its longest caption.
+the device (DALI's token table) costs one copy of them to the host.
 """
 import contextlib
 
 import torch
 from torch import nn
 
-from model.decoder import caption_mask, trim_steps
+from model.decoder import train_plan
 from model.encoder import normalise
-from model.metrics import top5_accuracy
 
 
 class CaptionModel(nn.Module):
@@ -30,8 +30,9 @@ class CaptionModel(nn.Module):
         with torch.set_grad_enabled(self.fine_tune and self.training):
             return self.encoder(batch["images"])
 
-    def forward(self, batch):
-        return self.decoder(self.features(batch), batch["tokens"])
+    def forward(self, batch, alpha_c=1.0):
+        """(loss, stats) of a batch holding its "plan" (model/decoder.py's train_plan)."""
+        return self.decoder.train_loss(self.features(batch), batch["tokens"], batch["plan"], alpha_c)
 
 
 def to_device(batch, device, image_dtype=torch.float32):
@@ -43,11 +44,6 @@ def to_device(batch, device, image_dtype=torch.float32):
     if "features" in out:
         out["features"] = out["features"].float()
     return out
-
-
-def longest_caption(lengths):
-    """The batch's longest caption in tokens, as an int: free for host tensors, one sync for device ones."""
-    return int(lengths.max().item())
 
 
 class TrainStep:
@@ -69,23 +65,20 @@ class TrainStep:
 
     def __call__(self, batch):
         images = len(batch["image_ids"])
-        longest = longest_caption(batch["lengths"])
+        plan = train_plan(batch["lengths"])
         batch = to_device(batch, self.device, self.image_dtype)
-        batch["tokens"] = tokens = trim_steps(batch["tokens"], longest)
-        lengths = batch["lengths"]
+        batch["plan"] = plan.to(self.device)
         with self.amp:
-            logits, alphas = self.forward(batch)
-            loss, stats = self.model.decoder.loss(logits, alphas, tokens, lengths, self.alpha_c)
+            loss, stats = self.forward(batch, self.alpha_c)
         self.finite &= torch.isfinite(loss.detach())  # on the device: no host sync
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         self.optimizer.step()
         with torch.no_grad():
-            mask = caption_mask(lengths, logits.shape[2])
             n = stats["tokens"].float()
-            top5 = top5_accuracy(logits.detach(), tokens[:, :, 1:], mask)
-            self.sums += torch.stack([stats["loss"].float(), stats["ce"].float(), top5 * n, n, torch.ones_like(n)])
+            self.sums += torch.stack([stats["loss"].float(), stats["ce"].float(), stats["top5"] * n, n,
+                                      torch.ones_like(n)])
         return images
 
     def all_finite(self):

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.decoder import Decoder, caption_loss, caption_mask, decode_steps, trim_steps
+from model.decoder import Decoder, caption_loss, caption_mask, decode_steps, train_plan, trim_steps
+from model.metrics import top5_accuracy
 from model.search import greedy
 from pipeline.text import END, PAD, START
 from tools.bench.train import baseline_loss, bench_train, synthetic_batch
@@ -114,6 +115,64 @@ def test_trimmed_steps_give_the_padded_loss_and_every_gradient():
     loss, stats, grads = loss_and_grads(trimmed)
     torch.testing.assert_close(loss, full_loss, rtol=1e-12, atol=1e-12)
     assert int(stats["tokens"]) == int(full_stats["tokens"])
+    assert list(grads) == list(full_grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], full_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_train_plan_sorts_images_and_shrinks_in_multiples():
+    # 10 images x 2 captions; image i's longest caption has lengths[i].max() tokens
+    lengths = torch.tensor([[4, 3], [9, 2], [2, 2], [6, 7], [3, 5], [4, 4], [8, 2], [5, 5], [3, 3], [2, 3]])
+    plan = train_plan(lengths, multiple=4)
+    assert plan.order.tolist() == [1, 6, 3, 4, 7, 0, 5, 8, 9, 2]  # longest first, ties in batch order
+    assert plan.captions.tolist() == [[0, 1], [0, 1], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1], [0, 1], [1, 0], [0, 1]]
+    # images still needing step t: 10, 9, 7, 5, 3, 3, 2, 1 -> rounded up to 4 (at most 10);
+    # captions: both of some image up to step 4 (image 3: 6 and 7 tokens), then one
+    assert plan.widths == ((10, 2), (10, 2), (8, 2), (8, 2), (4, 2), (4, 1), (4, 1), (4, 1))
+    need = (lengths[plan.order] - 1).gather(1, plan.captions)
+    assert len(plan.rows) == int(need.sum()) and plan.step.tolist() == sorted(plan.step.tolist())
+    assert all(t < need.view(-1)[d] for t, d in zip(plan.step.tolist(), plan.dest.tolist()))
+    sizes = [n * g for n, g in plan.widths]
+    assert len(set(plan.rows.tolist())) == len(plan.rows) and int(plan.rows.max()) < sum(sizes)
+    assert [n for n, _ in train_plan(lengths, multiple=1).widths] == [10, 9, 7, 5, 3, 3, 2, 1]
+
+
+def padded_and_shrunk(dec, features, tokens, lengths, alpha_c=0.7):
+    """(loss, stats, grads) of the fully padded forward + caption_loss, and of train_loss."""
+    out = []
+    for fn in (lambda: caption_loss(*dec(features, tokens), tokens, lengths, alpha_c),
+               lambda: dec.train_loss(features, tokens, train_plan(lengths, multiple=2), alpha_c)):
+        dec.zero_grad()
+        loss, stats = fn()
+        loss.backward()
+        out.append((loss.detach(), stats, {n: p.grad.clone() for n, p in dec.named_parameters()}))
+    return out
+
+
+@pytest.mark.parametrize("case", ["mixed", "one_image_short", "all_full"])
+def test_shrinking_batch_gives_the_padded_loss_and_every_gradient(case):
+    """train_loss (images sorted, each step only the images still captioning, the output layer only
+    on valid predictions) trains exactly as the fully padded forward + caption_loss."""
+    dec = small().double().eval()
+    features, tokens, lengths = batch(B=5, K=3, T=14, seed=3)
+    if case == "one_image_short":  # every caption of image 2 is <start> word <end>
+        lengths[2] = 3
+    if case == "all_full":
+        lengths[:] = 14
+    pos = torch.arange(14)
+    tokens = torch.where(pos == lengths[..., None] - 1, END, tokens)
+    tokens = torch.where(pos >= lengths[..., None], PAD, torch.where(tokens == PAD, 5, tokens))
+    features = features.double()
+    widths = train_plan(lengths, multiple=2).widths
+    assert len(widths) == int(lengths.max()) - 1 and (widths[-1] < (5, 3)) == (case != "all_full")
+    (full_loss, full_stats, full_grads), (loss, stats, grads) = padded_and_shrunk(dec, features, tokens, lengths)
+    torch.testing.assert_close(loss, full_loss, rtol=1e-12, atol=1e-12)
+    for key in ("ce", "att"):
+        torch.testing.assert_close(stats[key], full_stats[key], rtol=1e-12, atol=1e-12)
+    assert int(stats["tokens"]) == int(full_stats["tokens"]) == int((lengths - 1).sum())
+    logits, _ = dec(features, tokens)
+    top5 = top5_accuracy(logits, tokens[:, :, 1:], caption_mask(lengths, 13))
+    torch.testing.assert_close(stats["top5"], top5)
     assert list(grads) == list(full_grads)
     for name in grads:
         torch.testing.assert_close(grads[name], full_grads[name], rtol=1e-10, atol=1e-12, msg=name)

@@ -8,11 +8,15 @@ of the same weights, so both compute the same loss:
 - encoder_att(features) recomputed inside every time step;
 - captions sorted by length, the batch shrinking to batch_size_t each step,
   pack_padded_sequence for the loss.
-Ours: features [B, P, C] projected once per batch, the K captions as a group
-axis, static shapes and a masked loss, the tokens trimmed as the trainer's step
-trims them (model/decoder.py's trim_steps: the steps the longest caption needs,
-rounded up to a multiple of 4). Caption lengths are drawn like COCO's (about
-10.5 words on average, most between 8 and 16). Same shapes, decoder sizes, optimizer
+Ours: the trainer's decoder call (model/decoder.py's train_plan + Decoder.train_loss,
+as model/step.py's TrainStep runs it): features [B, P, C] projected once per
+batch, the K captions as a group axis, the images sorted by their longest
+caption and the captions of each by length, each step running only the images
+still captioning (rounded up to a multiple of 8) and their most captions still
+going, the output layer and loss only on the valid predictions. Caption lengths
+are drawn like COCO's (about 10.5 words on average, most between 8 and 16).
+Row-steps: the decoder steps per caption, on average (ours: the rows its image
+group runs, sum of n_t * g_t over the batch's captions; the baseline: its own length). Same shapes, decoder sizes, optimizer
 (Adam), learning rate and clipping threshold (TrainArgs'; gradients clipped by
 value as there), precision and device, measured in the same run:
 iterations interleaved (ours, baseline, ours, ...), each side's best one kept,
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from model.decoder import Decoder, caption_loss, decode_steps, trim_steps
+from model.decoder import Decoder, train_plan
 from model.device import default_device
 from model.search import beam_search
 from model.train_args import TrainArgs
@@ -124,11 +128,11 @@ def bench_step(P, cfg, device, amp, compiled=False):
     features_rep = features.repeat_interleave(K, dim=0)
     caps, caplens = tokens.view(B * K, T), lengths.view(B * K, 1)
 
-    trimmed = trim_steps(tokens, lengths.max())  # as TrainStep does, before the (compiled) forward
+    host_lengths = lengths.cpu()  # as the CPU loaders hand them to TrainStep
 
     def ours_loss():
-        logits, alphas = ours(features, trimmed)
-        return caption_loss(logits, alphas, trimmed, lengths, TrainArgs.alpha_c)[0]
+        plan = train_plan(host_lengths).to(device)  # per batch, as TrainStep does, outside the compiled forward
+        return ours.train_loss(features, tokens, plan, TrainArgs.alpha_c)[0]
 
     def base_loss():
         return baseline_loss(base, features_rep, caps, caplens, TrainArgs.alpha_c)
@@ -139,10 +143,11 @@ def bench_step(P, cfg, device, amp, compiled=False):
         mode = "reduce-overhead" if device.type == "cuda" else None
         steps.append(_train_step(ours, torch.compile(ours_loss, mode=mode), amp, device, compiled=True))
         warmup.append(cfg["warmup"] + 2)  # compile, then CUDA graph capture
+    widths = train_plan(host_lengths).widths
     t_ours, t_base, *t_compiled = best_of(steps, cfg["iters"], warmup, device)
     out = {"P": P, "C": C, "images": B, "per_image": K, "T": T, "vocab": V,
-           "baseline_decode_steps": int(lengths.max()) - 1,
-           "ours_decode_steps": decode_steps(int(lengths.max()), T - 1),
+           "baseline_decode_steps": int(lengths.max()) - 1, "ours_decode_steps": len(widths),
+           "baseline_row_steps": float((lengths - 1).float().mean()), "ours_row_steps": sum(n * g for n, g in widths) / (B * K),
            "ours_captions_per_s": B * K / t_ours, "baseline_captions_per_s": B * K / t_base,
            "ratio": t_base / t_ours}
     if compiled:
@@ -198,8 +203,9 @@ def format_report(r):
         lines.append(
             f"train step  {s['images']} images x {s['per_image']} captions, T={s['T']}, P={s['P']}, C={s['C']}, "
             f"vocab {s['vocab']}: ours {s['ours_captions_per_s']:.0f} captions/s, baseline "
-            f"{s['baseline_captions_per_s']:.0f} captions/s (steps: ours {s['ours_decode_steps']}, baseline "
-            f"{s['baseline_decode_steps']} shrinking), "
+            f"{s['baseline_captions_per_s']:.0f} captions/s (steps {s['ours_decode_steps']} / "
+            f"{s['baseline_decode_steps']}, row-steps per caption {s['ours_row_steps']:.1f} / "
+            f"{s['baseline_row_steps']:.1f}, both shrinking), "
             f"ratio {s['ratio']:.2f}x")
         if "compiled_ratio" in s:
             lines.append(f"            ours compiled: {s['compiled_captions_per_s']:.0f} captions/s, "
