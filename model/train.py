@@ -295,8 +295,13 @@ def _wrap(model, args, device, world):
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         module = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(module) if args.compile else module
-    return forward, module if world > 1 else None
+    if args.compile:
+        # The per-step work, not the whole forward: a shrinking batch changes the forward's
+        # sequence of step shapes from batch to batch, while one step sees only a few shapes.
+        model.decoder.advance = torch.compile(model.decoder.advance)
+        if model.encoder is not None:
+            model.encoder.forward = torch.compile(model.encoder.forward)
+    return module, module if world > 1 else None
 
 
 def _gather(samples, world):
