@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.synth import synthesize
-from tools.demo import min_freq, run_demo
+from tools.demo import DEMO, min_freq, run_demo
 
 CAPGEN = os.path.join(os.path.dirname(sys.executable), "capgen")
 TOY = dict(image_size=32, batch_size=4, dims=16, shard_size=8, beam=2)
@@ -76,7 +76,7 @@ def test_cli_demo_on_a_hand_made_folder_with_other_sizes_and_words(tmp_path):
     assert sorted(r["image_id"] for r in results(out)) == [101, 102]
     assert summary["images"] == {"train": 6, "val": 2}
     assert "attribute_accuracy" not in summary and "attribute accuracy" not in p.stdout
-    assert "Bleu_4" in summary and summary["encoder"].startswith("resnet18 layer2 128px")
+    assert "Bleu_4" in summary and summary["encoder"].startswith(f"resnet18 {DEMO['stop']} {DEMO['image_size']}px")
     with open(os.path.join(out, "shards", "train", "vocab.json")) as f:
         vocab = json.load(f)
     assert vocab["min_freq"] == 1 and {"cat", "mat", "dog", "sofa", "bird", "sits"} <= set(vocab["itos"])

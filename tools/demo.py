@@ -5,8 +5,8 @@ layout instead of the synthetic one (`capgen demo --data`): a small model traine
 one's own small dataset on a CPU.
 
 The recipe (measured in BENCHMARKS.md, "The demo's recipe"; random-init encoders, as
-no ImageNet weights are here): a frozen ResNet-18 cut after layer2 at 128 px gives a
-16x16 grid of 128 channels, standardised per channel from the cache's statistics;
+no ImageNet weights are here): a frozen ResNet-18 cut after layer3 at 128 px gives an
+8x8 grid of 256 channels, standardised per channel from the cache's statistics;
 small batches, many steps.
 
 Each stage is a function of the `Demo` state, run in the order of DEMO["stages"]
@@ -40,11 +40,12 @@ DEMO = {
     "synth_size": (160, 120),  # width, height of the synthetic source images
     "image_size": 128,
     "encoder": "resnet18",
-    "stop": "layer2",          # 16x16 cells at 128 px
+    "stop": "layer3",
     "epochs": 10,
     "batch_size": 8,           # images per step (x5 captions): more, smaller steps
     "lr": 8e-4,
-    "dims": 256,               # embed / attention / hidden
+    "dims": 256,               # embed / hidden
+    "attention_dim": 256,
     "dropout": 0.3,
     "beam": 3,
     "preset": "coco",          # keeps "a", as the references do
@@ -147,7 +148,7 @@ def stage_features(d):
 def stage_train(d):
     cfg = d.cfg
     args = TrainArgs(train=d.features["train"], val=d.features["val"], out=d.path("run"), epochs=cfg["epochs"],
-                     batch_size=cfg["batch_size"], embed_dim=cfg["dims"], attention_dim=cfg["dims"],
+                     batch_size=cfg["batch_size"], embed_dim=cfg["dims"], attention_dim=cfg["attention_dim"],
                      hidden_dim=cfg["dims"], dropout=cfg["dropout"], decoder_lr=cfg["lr"], beam=1, workers=0,
                      seed=cfg["seed"], log_every=50, patience=cfg["epochs"])
     d.trained = _one_thread(train, args)
@@ -221,8 +222,8 @@ def _summary(d, steps):
             "images": d.counts, "beam": cfg["beam"], "text_preset": d.ev["text_preset"], "min_freq": d.min_freq,
             "epochs": d.trained["epochs"],
             "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, frozen",
-            "decoder": f"{cfg['dims']}-d, {cfg['batch_size']} images x 5 captions per step, "
-                       f"lr {cfg['lr']:g}, dropout {cfg['dropout']:g}",
+            "decoder": f"{cfg['dims']}-d (attention {cfg['attention_dim']}), {cfg['batch_size']} images x 5 "
+                       f"captions per step, lr {cfg['lr']:g}, dropout {cfg['dropout']:g}",
             "seconds": {**{k: round(v, 1) for k, v in steps.times.items()}, "total": round(steps.total(), 1)}}
 
 
