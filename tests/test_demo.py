@@ -63,6 +63,17 @@ def test_demo_on_a_synth_folder_of_another_seed_and_size(tmp_path):
     assert not os.path.exists(os.path.join(out, "data"))  # nothing drawn
 
 
+def test_demo_fine_tuning_trains_and_evaluates_from_the_shards(tmp_path):
+    out = str(tmp_path / "out")
+    summary = run_demo(out, images=20, epochs=1, echo=lambda m: None, val_fraction=0.25, synth_size=(48, 40),
+                       fine_tune=True, encoder_lr=3e-4, **TOY)
+    assert summary["encoder"].endswith("random init, last stage fine-tuned (lr 0.0003)")
+    assert not os.path.exists(os.path.join(out, "features"))  # no cache of an encoder that changes
+    assert len(results(out)) == summary["images"]["val"] == 5
+    with open(os.path.join(out, "run", "best", "config.json")) as f:
+        assert json.load(f)["config"]["training"]["fine_tune_encoder"] is True
+
+
 def test_cli_demo_on_a_hand_made_folder_with_other_sizes_and_words(tmp_path):
     data = str(tmp_path / "mine")
     sizes = {"train2014": [(200, 150), (64, 128), (333, 97), (120, 120), (48, 36), (256, 80)],

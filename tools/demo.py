@@ -41,6 +41,8 @@ DEMO = {
     "image_size": 128,
     "encoder": "resnet18",
     "stop": "layer3",
+    "fine_tune": False,        # train the encoder's last stage too (from the shards; no feature cache)
+    "encoder_lr": 1e-4,
     "epochs": 10,
     "batch_size": 8,           # images per step (x5 captions): more, smaller steps
     "lr": 8e-4,
@@ -139,25 +141,32 @@ def stage_shards(d):
 
 
 def stage_features(d):
+    """The frozen encoder's features (a fine-tuned encoder trains and evaluates from the shards)."""
+    d.sources = d.shards
+    if d.cfg["fine_tune"]:
+        return
     enc = dict(encoder=d.cfg["encoder"], stop=d.cfg["stop"], weights="none", batch_size=50, workers=1)
     d.features = {k: d.path("features", f"{k}.h5") for k in ("train", "val")}
     for k in ("train", "val"):
         extract(d.shards[k], d.features[k], **enc)
+    d.sources = d.features
 
 
 def stage_train(d):
     cfg = d.cfg
-    args = TrainArgs(train=d.features["train"], val=d.features["val"], out=d.path("run"), epochs=cfg["epochs"],
+    tune = dict(encoder=cfg["encoder"], encoder_stop=cfg["stop"], encoder_weights="none", fine_tune_encoder=True,
+                encoder_lr=cfg["encoder_lr"]) if cfg["fine_tune"] else {}
+    args = TrainArgs(train=d.sources["train"], val=d.sources["val"], out=d.path("run"), epochs=cfg["epochs"],
                      batch_size=cfg["batch_size"], embed_dim=cfg["dims"], attention_dim=cfg["attention_dim"],
                      hidden_dim=cfg["dims"], dropout=cfg["dropout"], decoder_lr=cfg["lr"], beam=1, workers=0,
-                     seed=cfg["seed"], log_every=50, patience=cfg["epochs"])
+                     seed=cfg["seed"], log_every=50, patience=cfg["epochs"], **tune)
     d.trained = _one_thread(train, args)
     d.best = os.path.abspath(d.trained["best_dir"])
 
 
 def stage_eval(d):
     """Held-out scores of d.best (and attribute accuracy where scene truth exists)."""
-    d.ev = evaluate(d.best, d.features["val"], d.path("results_val.json"), beam=d.cfg["beam"], progress=True)
+    d.ev = evaluate(d.best, d.sources["val"], d.path("results_val.json"), beam=d.cfg["beam"], progress=True)
     d.accuracy = None
     scenes = os.path.join(d.data, "annotations", "scenes_val2014.json")
     if os.path.isfile(scenes):
@@ -215,13 +224,17 @@ def scores(ev, accuracy):
 
 
 def _summary(d, steps):
+    """The run's summary; a stage that replaces d.ev may keep the scores it replaced as
+    d.before = (ev, accuracy) (the SCST stage: "before_scst")."""
     cfg = d.cfg
-    return {**scores(d.ev, d.accuracy), "checkpoint": d.best,
+    before = {"before_scst": scores(*d.before)} if getattr(d, "before", None) else {}
+    return {**scores(d.ev, d.accuracy), **before, "checkpoint": d.best,
             "results": os.path.abspath(d.path("results_val.json")), "report": os.path.abspath(d.report),
             "attention_figure": os.path.abspath(d.figure), "data": os.path.abspath(d.data),
             "images": d.counts, "beam": cfg["beam"], "text_preset": d.ev["text_preset"], "min_freq": d.min_freq,
             "epochs": d.trained["epochs"],
-            "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, frozen",
+            "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, "
+                       + (f"last stage fine-tuned (lr {cfg['encoder_lr']:g})" if cfg["fine_tune"] else "frozen"),
             "decoder": f"{cfg['dims']}-d (attention {cfg['attention_dim']}), {cfg['batch_size']} images x 5 "
                        f"captions per step, lr {cfg['lr']:g}, dropout {cfg['dropout']:g}",
             "seconds": {**{k: round(v, 1) for k, v in steps.times.items()}, "total": round(steps.total(), 1)}}
@@ -234,6 +247,8 @@ def summary_table(s):
     rows += [(k, f"{s[k]:.4f}") for k in METRICS if k in s]
     if "attribute_accuracy" in s:
         rows.append(("attribute accuracy", f"{s['attribute_accuracy']:.4f}"))
+    if "before_scst" in s:
+        rows.append(("before SCST", ", ".join(f"{k} {v:.4f}" for k, v in s["before_scst"].items())))
     rows += [("best checkpoint", s["checkpoint"]), ("results", s["results"]), ("report", s["report"]),
              ("attention figure", s["attention_figure"]),
              ("time", ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()))]
