@@ -2,7 +2,8 @@
 
 At 256x256 ResNet-50 gives an 8x8 grid (P=64, C=2048), used as is (no
 upsampling). `stop="layer3"` cuts one stage earlier: a 16x16 grid of 1024
-channels, cheaper and finer (the CPU demo uses it).
+channels, cheaper and finer; `stop="layer2"` one more: a 32x32 grid of 512 (the
+CPU demo uses ResNet-18 layer2 at 128 px: 16x16 cells of 128 channels).
 """
 import functools
 import os
@@ -24,7 +25,9 @@ ARCHS = {
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, 2048),
     "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1, 2048),
 }
-STOPS = ("layer3", "layer4")
+STOPS = ("layer2", "layer3", "layer4")
+# Stages `set_fine_tune()` trains by default: layers 3-4, or the last stage a shorter trunk has.
+FINE_TUNE = {"layer2": ("layer2",), "layer3": ("layer3",), "layer4": ("layer3", "layer4")}
 
 
 def imagenet_weights_path(name):
@@ -37,7 +40,8 @@ class Encoder(nn.Module):
     """weights: "imagenet" (local torch cache; download=True fetches it), "none"
     (random init, warns) or a path to a state dict (.pth/.pt or .safetensors).
 
-    Frozen by default; `set_fine_tune()` unfreezes layers 3-4. BatchNorm always
+    Frozen by default; `set_fine_tune()` unfreezes layers 3-4 (those this trunk has;
+    layer2 for a trunk cut there). BatchNorm always
     runs on its stored statistics (small caption batches would skew them).
     """
 
@@ -50,11 +54,11 @@ class Encoder(nn.Module):
         build, _, channels = ARCHS[name]
         net = build(weights=None)
         self.name, self.stop, self.weights = name, stop, str(weights)
-        self.channels = channels if stop == "layer4" else channels // 2
+        self.depth = STOPS.index(stop) + 2  # the last layerN this trunk keeps
+        self.channels = channels >> (4 - self.depth)  # each stage doubles the channels
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
-        if stop == "layer4":
-            self.layer4 = net.layer4
+        for n in range(1, self.depth + 1):
+            setattr(self, f"layer{n}", getattr(net, f"layer{n}"))
         self._load(weights, download)
         self.set_fine_tune(())
 
@@ -84,8 +88,9 @@ class Encoder(nn.Module):
         except RuntimeError as err:
             raise CapgenError(f"{path}: not {self.name} weights ({str(err).splitlines()[-1].strip()})") from None
 
-    def set_fine_tune(self, layers=("layer3", "layer4")):
-        """Train only the named stages (those this trunk has); () freezes all."""
+    def set_fine_tune(self, layers=None):
+        """Train only the named stages (those this trunk has; default FINE_TUNE[stop]); () freezes all."""
+        layers = FINE_TUNE[self.stop] if layers is None else layers
         for name, module in self.named_children():
             for p in module.parameters():
                 p.requires_grad_(name in layers)
@@ -101,16 +106,15 @@ class Encoder(nn.Module):
     def grid(self, image_size):
         """(h, w) of the feature grid for an input of image_size (int or (h, w))."""
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        for _ in range(5 if self.stop == "layer4" else 4):  # conv1, maxpool, layer2..4: each ceil(n/2)
+        for _ in range(self.depth + 1):  # conv1, maxpool, layer2..N: each ceil(n/2)
             h, w = (h + 1) // 2, (w + 1) // 2
         return h, w
 
     def forward(self, x):
         """x [B, 3, H, W], ImageNet-normalised -> [B, P, C] (P = h*w, row-major)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        if self.stop == "layer4":
-            x = self.layer4(x)
+        for n in range(1, self.depth + 1):
+            x = getattr(self, f"layer{n}")(x)
         # [B, C, h, w] -> [B, h*w, C]; free (a view) when x is channels_last.
         return x.permute(0, 2, 3, 1).flatten(1, 2)
 

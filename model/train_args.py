@@ -26,7 +26,7 @@ class TrainArgs:
     epochs: int = option(20)
     batch_size: int = option(32, "Images per step (each with its captions).")
     encoder: str | None = option(None, "Default resnet50 (for a feature cache: the cache's).", ENCODERS)
-    encoder_stop: str | None = option(None, "Default layer4.", ("layer3", "layer4"))
+    encoder_stop: str | None = option(None, "Default layer4.", ("layer2", "layer3", "layer4"))
     encoder_weights: str | None = option(None, "imagenet (default), none, or a weights file.")
     fine_tune_encoder: bool = option(False, "Train layers 3-4 of the encoder too (shard sets only).")
     download: bool = option(False, "Allow fetching torchvision's ImageNet weights when they are not in "

@@ -22,7 +22,7 @@ def test_resnet50_grid_at_256():
 
 @pytest.mark.parametrize("stop,size,grid,channels", [
     ("layer4", 64, (2, 2), 512), ("layer3", 64, (4, 4), 256), ("layer4", (100, 70), (4, 3), 512),
-    ("layer3", 33, (3, 3), 256)])
+    ("layer3", 33, (3, 3), 256), ("layer2", 128, (16, 16), 128), ("layer2", (100, 70), (13, 9), 128)])
 def test_shapes_and_grid(stop, size, grid, channels):
     enc = Encoder("resnet18", stop=stop).eval()
     h, w = (size, size) if isinstance(size, int) else size
@@ -54,6 +54,18 @@ def test_frozen_by_default_fine_tune_layers_3_4_and_batchnorm_stays_frozen():
     assert all(not m.training for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d))
     enc.set_fine_tune(())
     assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_layer2_trunk_stops_there_and_fine_tunes_its_last_stage():
+    enc = Encoder("resnet18", stop="layer2").eval()
+    assert not hasattr(enc, "layer3") and enc.channels == 128
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fmap = enc.layer2(enc.layer1(enc.maxpool(enc.relu(enc.bn1(enc.conv1(x))))))
+        assert torch.equal(enc(x), fmap.permute(0, 2, 3, 1).flatten(1, 2))
+    enc.set_fine_tune()
+    assert {n.split(".")[0] for n, p in enc.named_parameters() if p.requires_grad} == {"layer2"}
+    assert Encoder("resnet50", stop="layer2").channels == 512
 
 
 def test_random_init_warns():

@@ -106,3 +106,20 @@ def test_extract_stores_the_encoder_features_of_every_image(tiny_shards, tmp_pat
 def shard_set_ids(set_dir):
     from pipeline.text import TokenTable
     return TokenTable.load(os.path.join(set_dir, "tokens.npz")).image_ids.tolist()
+
+
+def test_extract_at_layer2_names_its_stop_and_finer_grid(tiny_shards, tmp_path):
+    from model.extract import extract
+    from model.train import encoder_for
+    from model.train_args import TrainArgs
+    from pipeline.loader import DataSource
+
+    set_dir = tiny_shards(images=12, seed=4, width=48, height=40, image_size=32, shard_size=5, preset="coco")
+    out = str(tmp_path / "train.h5")
+    with pytest.warns(UserWarning, match="random init"):
+        extract(set_dir, out, "resnet18", "layer2", "none", batch_size=4, workers=1, progress=False)
+    cache = FeatureFile(out)
+    assert cache.shape == (12, 16, 128)  # 32 px through layer2: a 4x4 grid of 128 channels
+    assert (cache.attrs["stop"], cache.attrs["grid"]) == ("layer2", [4, 4])
+    encoder, _ = encoder_for(TrainArgs(train=out, val=out, out=str(tmp_path)), DataSource(out))
+    assert encoder.stop == "layer2" and encoder.channels == 128  # what the checkpoint config records

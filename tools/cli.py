@@ -253,7 +253,7 @@ def features():
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature cache .h5 to write.")
 @click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]), default="resnet50",
               show_default=True)
-@click.option("--encoder-stop", type=click.Choice(["layer3", "layer4"]), default="layer4", show_default=True)
+@click.option("--encoder-stop", type=click.Choice(["layer2", "layer3", "layer4"]), default="layer4", show_default=True)
 @click.option("--encoder-weights", default="imagenet", show_default=True, help="imagenet, none, or a weights file.")
 @click.option("--download", is_flag=True, help="Allow fetching torchvision's ImageNet weights when they are not in the local cache.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -357,11 +357,16 @@ def caption(ckpt, images, beam, topk, as_json, attention_out, device, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: held-out scores as one JSON object.")
 @click.option("--images", type=int, default=None, help="Synthetic images (train + val); default: the demo's.")
 @click.option("--epochs", type=int, default=None, help="Training epochs; default: the demo's.")
-def demo(out, as_json, images, epochs):
-    """synth -> shards -> features -> train -> eval -> caption, on this machine's CPU."""
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="A dataset in the COCO 2014 layout (annotations/captions_{train,val}2014.json, train2014/, "
+                   "val2014/) to run the recipe on instead of the synthetic one.")
+def demo(out, as_json, images, epochs, data):
+    """synth (or --data) -> shards -> features -> train -> eval -> caption, on this machine's CPU."""
     import json
     from tools.demo import run_demo
-    summary = run_demo(out, images=images, epochs=epochs, echo=click.echo)
+    if data is not None and images is not None:
+        raise click.UsageError("--images sizes the synthetic set; with --data the dataset is what it is")
+    summary = run_demo(out, images=images, epochs=epochs, echo=click.echo, data=data)
     if as_json:
         click.echo(json.dumps(summary))
 

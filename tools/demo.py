@@ -1,11 +1,21 @@
-"""The demo: synth -> shards -> features -> train -> eval -> caption, on a 2-core CPU.
+"""The demo: synth -> shards -> features -> train -> eval -> caption -> report, on a 2-core CPU.
 
-Settings follow the issue's probe (random-init encoders, no ImageNet weights here):
-frozen ResNet-18 cut after layer3 at 128 px gives an 8x8 grid of 256 channels,
-standardised per channel from the cache's statistics; small batches, many steps.
+`run_demo(out, data=COCO_ROOT)` runs the same recipe on any dataset in the COCO 2014
+layout instead of the synthetic one (`capgen demo --data`): a small model trained on
+one's own small dataset on a CPU.
+
+The recipe (measured in BENCHMARKS.md, "The demo's recipe"; random-init encoders, as
+no ImageNet weights are here): a frozen ResNet-18 cut after layer3 at 128 px gives an
+8x8 grid of 256 channels, standardised per channel from the cache's statistics;
+small batches, many steps.
+
+Each stage is a function of the `Demo` state, run in the order of DEMO["stages"]
+(STAGES maps names to functions): a later stage (e.g. "scst" after "eval") reads
+`d.best` / `d.ev` and replaces them, and the summary is built from what is there.
 """
 import os
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -16,27 +26,32 @@ from model.train import train
 from model.train_args import TrainArgs
 from pipeline import shards
 from pipeline.coco import read_coco
+from pipeline.errors import CapgenError
 from pipeline.scenes import attribute_accuracy, read_scenes
 from pipeline.synth import synthesize
 from tools.caption_files import caption_files
 from tools.report_html import write_report
 
 DEMO = {
-    "images": 2300,            # train2014 + val2014
+    "stages": ("data", "shards", "features", "train", "eval", "caption", "report"),
+    "images": 2300,            # train2014 + val2014 (synthetic data only)
     "val_fraction": 300 / 2300,
     "seed": 7,
     "synth_size": (160, 120),  # width, height of the synthetic source images
     "image_size": 128,
     "encoder": "resnet18",
     "stop": "layer3",
+    "fine_tune": False,        # train the encoder's last stage too (from the shards; no feature cache)
+    "encoder_lr": 1e-4,
     "epochs": 10,
     "batch_size": 8,           # images per step (x5 captions): more, smaller steps
     "lr": 8e-4,
-    "dims": 256,               # embed / attention / hidden
+    "dims": 256,               # embed / hidden
+    "attention_dim": 256,
     "dropout": 0.3,
     "beam": 3,
     "preset": "coco",          # keeps "a", as the references do
-    "min_freq": 5,
+    "min_freq": None,          # None: train captions / 2,000 within [1, 5] (5 for the synthetic set)
     "shard_size": 500,
 }
 
@@ -71,79 +86,171 @@ def _one_thread(fn, *args):
         torch.set_num_threads(threads)
 
 
-def _build_shards(data, split, out, cfg, vocab=None):
-    source = read_coco(data, split)
-    opts = shards.Options(name=f"synth-{split}", image_size=cfg["image_size"], resize_mode="stretch",
+def min_freq(train_captions):
+    """Words rarer than this map to <unk>: 5 (the seed's) from 10,000 captions, fewer below,
+    so that a small dataset keeps its words."""
+    return max(1, min(5, train_captions // 2000))
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_data(d):
+    """The synthetic dataset, or the given COCO-layout folder checked."""
+    if d.given_data:
+        d.source = {split: _read_split(d.data, split) for split in ("train2014", "val2014")}
+    else:
+        w, h = d.cfg["synth_size"]
+        synthesize(d.data, d.cfg["images"], d.cfg["seed"], d.cfg["val_fraction"], w, h)
+        d.source = {split: read_coco(d.data, split) for split in ("train2014", "val2014")}
+    train_caps = sum(len(r.captions) for r in d.source["train2014"].records)
+    d.min_freq = d.cfg["min_freq"] or min_freq(train_caps)
+    d.echo(f"   {len(d.source['train2014'].records)} train + {len(d.source['val2014'].records)} val images, "
+           f"{train_caps} train captions (min_freq {d.min_freq})")
+
+
+def _read_split(root, split):
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder):
+        raise CapgenError(f"{folder}: image folder not found (expected the COCO 2014 layout: "
+                          "annotations/captions_{train,val}2014.json, train2014/, val2014/)")
+    source = read_coco(root, split)
+    if not source.records:
+        raise CapgenError(f"{source.annotation_path}: no images")
+    return source
+
+
+def _build_shards(d, split, out, vocab=None):
+    cfg = d.cfg
+    opts = shards.Options(name=f"demo-{split}", image_size=cfg["image_size"], resize_mode="stretch",
                           shard_size=cfg["shard_size"])
-    args = {"coco_root": data, "split": split, "image_size": cfg["image_size"], "preset": cfg["preset"],
-            "vocab": vocab, "demo": True}
-    r = shards.build(source, out, opts, args, vocab=vocab, preset=cfg["preset"], min_freq=cfg["min_freq"],
+    args = {"coco_root": os.path.abspath(d.data), "split": split, "image_size": cfg["image_size"],
+            "preset": cfg["preset"], "vocab": vocab, "demo": True}
+    r = shards.build(d.source[split], out, opts, args, vocab=vocab, preset=cfg["preset"], min_freq=d.min_freq,
                      index=False, progress=False)
-    return r["manifest"]
+    images = r["manifest"]["counts"]["images"]
+    if not images:
+        raise CapgenError(f"{d.source[split].annotation_path}: no image could be read (see {out}/skipped.txt)")
+    return images
 
 
-def run_demo(out="demo", images=None, epochs=None, echo=print, **overrides):
-    """The whole pipeline on synthetic data; returns the summary (held-out scores first)."""
+def stage_shards(d):
+    train_sh, val_sh = d.path("shards", "train"), d.path("shards", "val")
+    d.counts = {"train": _build_shards(d, "train2014", train_sh),
+                "val": _build_shards(d, "val2014", val_sh, os.path.join(train_sh, "vocab.json"))}
+    d.shards = {"train": train_sh, "val": val_sh}
+
+
+def stage_features(d):
+    """The frozen encoder's features (a fine-tuned encoder trains and evaluates from the shards)."""
+    d.sources = d.shards
+    if d.cfg["fine_tune"]:
+        return
+    enc = dict(encoder=d.cfg["encoder"], stop=d.cfg["stop"], weights="none", batch_size=50, workers=1)
+    d.features = {k: d.path("features", f"{k}.h5") for k in ("train", "val")}
+    for k in ("train", "val"):
+        extract(d.shards[k], d.features[k], **enc)
+    d.sources = d.features
+
+
+def stage_train(d):
+    cfg = d.cfg
+    tune = dict(encoder=cfg["encoder"], encoder_stop=cfg["stop"], encoder_weights="none", fine_tune_encoder=True,
+                encoder_lr=cfg["encoder_lr"]) if cfg["fine_tune"] else {}
+    args = TrainArgs(train=d.sources["train"], val=d.sources["val"], out=d.path("run"), epochs=cfg["epochs"],
+                     batch_size=cfg["batch_size"], embed_dim=cfg["dims"], attention_dim=cfg["attention_dim"],
+                     hidden_dim=cfg["dims"], dropout=cfg["dropout"], decoder_lr=cfg["lr"], beam=1, workers=0,
+                     seed=cfg["seed"], log_every=50, patience=cfg["epochs"], **tune)
+    d.trained = _one_thread(train, args)
+    d.best = os.path.abspath(d.trained["best_dir"])
+
+
+def stage_eval(d):
+    """Held-out scores of d.best (and attribute accuracy where scene truth exists)."""
+    d.ev = evaluate(d.best, d.sources["val"], d.path("results_val.json"), beam=d.cfg["beam"], progress=True)
+    d.accuracy = None
+    scenes = os.path.join(d.data, "annotations", "scenes_val2014.json")
+    if os.path.isfile(scenes):
+        d.accuracy = attribute_accuracy(d.ev["captions"], read_scenes(scenes))
+
+
+def stage_caption(d):
+    """Captions of two held-out images and the attention figure of the first."""
+    held_out = [r.path for r in d.source["val2014"].records if os.path.isfile(r.path)][:2]
+    d.figure = d.path("attention.png")
+    draw = figure_writer(d.best, d.figure, held_out[:1], lambda msg: None)
+    lines = []
+    caption_files(d.best, held_out, d.cfg["beam"], 1, False, None, lines.append, d.echo,
+                  on_result=lambda path, image, r: draw(path, image, r) if path == held_out[0] else None)
+    for line in lines:
+        d.echo(line)
+
+
+def stage_report(d):
+    d.report = d.path("report.html")
+    write_report(d.report, d.ev, f"capgen demo: {d.ev['images']} held-out images, beam {d.cfg['beam']}",
+                 limit=d.ev["images"])
+
+
+STAGES = {"data": stage_data, "shards": stage_shards, "features": stage_features, "train": stage_train,
+          "eval": stage_eval, "caption": stage_caption, "report": stage_report}
+
+
+# ---------------------------------------------------------------- the run
+
+def run_demo(out="demo", images=None, epochs=None, echo=print, data=None, **overrides):
+    """The whole pipeline on synthetic data (or on `data`, a COCO 2014 layout folder);
+    returns the summary (held-out scores first)."""
     cfg = {**DEMO, **overrides}
     cfg["images"] = images or cfg["images"]
     cfg["epochs"] = epochs or cfg["epochs"]
     os.makedirs(out, exist_ok=True)
-    data, shard_dir, feat_dir, run = (os.path.join(out, d) for d in ("data", "shards", "features", "run"))
+    d = SimpleNamespace(cfg=cfg, echo=echo, given_data=data is not None, data=data or os.path.join(out, "data"),
+                        path=lambda *p: os.path.join(out, *p))
     steps = _Steps(echo)
-    w, h = cfg["synth_size"]
-
-    counts = steps.run("synth", synthesize, data, cfg["images"], cfg["seed"], cfg["val_fraction"], w, h)
-    echo(f"   {counts['train2014']} train + {counts['val2014']} val images, {counts['captions']} captions")
-    train_sh, val_sh = os.path.join(shard_dir, "train"), os.path.join(shard_dir, "val")
-    steps.run("shards", lambda: (_build_shards(data, "train2014", train_sh, cfg),
-                                 _build_shards(data, "val2014", val_sh, cfg, os.path.join(train_sh, "vocab.json"))))
-    train_h5, val_h5 = os.path.join(feat_dir, "train.h5"), os.path.join(feat_dir, "val.h5")
-    enc = dict(encoder=cfg["encoder"], stop=cfg["stop"], weights="none", batch_size=50, workers=1)
-    steps.run("features", lambda: (extract(train_sh, train_h5, **enc), extract(val_sh, val_h5, **enc)))
-    args = TrainArgs(train=train_h5, val=val_h5, out=run, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                     embed_dim=cfg["dims"], attention_dim=cfg["dims"], hidden_dim=cfg["dims"],
-                     dropout=cfg["dropout"], decoder_lr=cfg["lr"], beam=1, workers=0, seed=cfg["seed"],
-                     log_every=50, patience=cfg["epochs"])
-    result = steps.run("train", _one_thread, train, args)
-    best = os.path.abspath(result["best_dir"])
-    results_json = os.path.join(out, "results_val.json")
-    ev = steps.run("eval", evaluate, best, val_h5, results_json, beam=cfg["beam"], progress=True)
-    scenes = read_scenes(os.path.join(data, "annotations", "scenes_val2014.json"))
-    accuracy = attribute_accuracy(ev["captions"], scenes)
-
-    val_dir = os.path.join(data, "val2014")
-    held_out = [os.path.join(val_dir, f) for f in sorted(os.listdir(val_dir))[:2]]
-    lines, figure = [], os.path.join(out, "attention.png")
-    draw = figure_writer(best, figure, held_out[:1], lambda msg: None)
-    steps.run("caption", caption_files, best, held_out, cfg["beam"], 1, False, None, lines.append, echo,
-              on_result=lambda path, image, r: draw(path, image, r) if path == held_out[0] else None)
-    for line in lines:
-        echo(line)
-    report = os.path.join(out, "report.html")
-    steps.run("report", write_report, report, ev, f"capgen demo: {ev['images']} held-out images, beam "
-              f"{cfg['beam']}", limit=ev["images"])
-
-    summary = {**{k: round(ev["scores"][k], 4) for k in METRICS if k in ev["scores"]},
-               "attribute_accuracy": round(accuracy, 4), "checkpoint": best,
-               "report": os.path.abspath(report), "attention_figure": os.path.abspath(figure),
-               "images": {"train": counts["train2014"], "val": counts["val2014"]}, "beam": cfg["beam"],
-               "text_preset": ev["text_preset"], "epochs": result["epochs"],
-               "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, frozen",
-               "decoder": f"{cfg['dims']}-d, {cfg['batch_size']} images x 5 captions per step, "
-                          f"lr {cfg['lr']:g}, dropout {cfg['dropout']:g}",
-               "seconds": {**{k: round(v, 1) for k, v in steps.times.items()}, "total": round(steps.total(), 1)}}
+    for name in cfg["stages"]:
+        steps.run(name, STAGES[name], d)
+    summary = _summary(d, steps)
     echo("")
     echo(summary_table(summary))
     return summary
 
 
+def scores(ev, accuracy):
+    """The summary's scores of one evaluation."""
+    s = {k: round(ev["scores"][k], 4) for k in METRICS if k in ev["scores"]}
+    if accuracy is not None:
+        s["attribute_accuracy"] = round(accuracy, 4)
+    return s
+
+
+def _summary(d, steps):
+    """The run's summary; a stage that replaces d.ev may keep the scores it replaced as
+    d.before = (ev, accuracy) (the SCST stage: "before_scst")."""
+    cfg = d.cfg
+    before = {"before_scst": scores(*d.before)} if getattr(d, "before", None) else {}
+    return {**scores(d.ev, d.accuracy), **before, "checkpoint": d.best,
+            "results": os.path.abspath(d.path("results_val.json")), "report": os.path.abspath(d.report),
+            "attention_figure": os.path.abspath(d.figure), "data": os.path.abspath(d.data),
+            "images": d.counts, "beam": cfg["beam"], "text_preset": d.ev["text_preset"], "min_freq": d.min_freq,
+            "epochs": d.trained["epochs"],
+            "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, "
+                       + (f"last stage fine-tuned (lr {cfg['encoder_lr']:g})" if cfg["fine_tune"] else "frozen"),
+            "decoder": f"{cfg['dims']}-d (attention {cfg['attention_dim']}), {cfg['batch_size']} images x 5 "
+                       f"captions per step, lr {cfg['lr']:g}, dropout {cfg['dropout']:g}",
+            "seconds": {**{k: round(v, 1) for k, v in steps.times.items()}, "total": round(steps.total(), 1)}}
+
+
 def summary_table(s):
-    rows = [("held-out images", f"{s['images']['val']} (trained on {s['images']['train']})"),
+    rows = [("data", s["data"]), ("held-out images", f"{s['images']['val']} (trained on {s['images']['train']})"),
             ("encoder", s["encoder"]), ("decoder", f"{s['decoder']}, {s['epochs']} epochs"),
             ("decoding", f"beam {s['beam']}, text preset {s['text_preset']}")]
     rows += [(k, f"{s[k]:.4f}") for k in METRICS if k in s]
-    rows += [("attribute accuracy", f"{s['attribute_accuracy']:.4f}"), ("best checkpoint", s["checkpoint"]),
-             ("report", s["report"]), ("attention figure", s["attention_figure"]),
+    if "attribute_accuracy" in s:
+        rows.append(("attribute accuracy", f"{s['attribute_accuracy']:.4f}"))
+    if "before_scst" in s:
+        rows.append(("before SCST", ", ".join(f"{k} {v:.4f}" for k, v in s["before_scst"].items())))
+    rows += [("best checkpoint", s["checkpoint"]), ("results", s["results"]), ("report", s["report"]),
+             ("attention figure", s["attention_figure"]),
              ("time", ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
