@@ -27,13 +27,12 @@ from model.train_args import TrainArgs
 from pipeline import shards
 from pipeline.coco import read_coco
 from pipeline.errors import CapgenError
-from pipeline.scenes import attribute_accuracy, read_scenes
 from pipeline.synth import synthesize
 from tools.caption_files import caption_files
 from tools.report_html import write_report
 
 DEMO = {
-    "stages": ("data", "shards", "features", "train", "eval", "caption", "report"),
+    "stages": ("data", "shards", "features", "train", "eval", "scst", "caption", "report"),
     "images": 2300,            # train2014 + val2014 (synthetic data only)
     "val_fraction": 300 / 2300,
     "seed": 7,
@@ -50,6 +49,8 @@ DEMO = {
     "attention_dim": 256,
     "dropout": 0.3,
     "beam": 3,
+    "scst_epochs": 1,          # self-critical epochs after the cross-entropy ones (0: none)
+    "scst_lr": 1e-4,
     "preset": "coco",          # keeps "a", as the references do
     "min_freq": None,          # None: train captions / 2,000 within [1, 5] (5 for the synthetic set)
     "shard_size": 500,
@@ -165,12 +166,27 @@ def stage_train(d):
 
 
 def stage_eval(d):
-    """Held-out scores of d.best (and attribute accuracy where scene truth exists)."""
-    d.ev = evaluate(d.best, d.sources["val"], d.path("results_val.json"), beam=d.cfg["beam"], progress=True)
-    d.accuracy = None
+    """Held-out scores of d.best (and per-attribute accuracy where scene truth exists)."""
     scenes = os.path.join(d.data, "annotations", "scenes_val2014.json")
-    if os.path.isfile(scenes):
-        d.accuracy = attribute_accuracy(d.ev["captions"], read_scenes(scenes))
+    d.ev = evaluate(d.best, d.sources["val"], d.path("results_val.json"), beam=d.cfg["beam"], progress=True,
+                    scenes=scenes if os.path.isfile(scenes) else None)
+    d.accuracy = d.ev["attributes"]
+
+
+def stage_scst(d):
+    """Self-critical training (CIDEr-D reward) from the cross-entropy best; the scores it
+    replaces stay in the summary as "before_scst"."""
+    cfg = d.cfg
+    if not cfg["scst_epochs"]:
+        return
+    args = TrainArgs(train=d.sources["train"], val=d.sources["val"], out=d.path("scst"), epochs=cfg["scst_epochs"],
+                     batch_size=cfg["batch_size"], scst=True, init=d.best, scst_lr=cfg["scst_lr"], beam=1,
+                     workers=0, seed=cfg["seed"], log_every=50, patience=cfg["scst_epochs"],
+                     fine_tune_encoder=cfg["fine_tune"])
+    d.before = (d.ev, d.accuracy)
+    d.scst = _one_thread(train, args)
+    d.best = os.path.abspath(d.scst["best_dir"])
+    stage_eval(d)
 
 
 def stage_caption(d):
@@ -192,7 +208,7 @@ def stage_report(d):
 
 
 STAGES = {"data": stage_data, "shards": stage_shards, "features": stage_features, "train": stage_train,
-          "eval": stage_eval, "caption": stage_caption, "report": stage_report}
+          "eval": stage_eval, "scst": stage_scst, "caption": stage_caption, "report": stage_report}
 
 
 # ---------------------------------------------------------------- the run
@@ -215,11 +231,13 @@ def run_demo(out="demo", images=None, epochs=None, echo=print, data=None, **over
     return summary
 
 
-def scores(ev, accuracy):
-    """The summary's scores of one evaluation."""
+def scores(ev, attributes):
+    """The summary's scores of one evaluation: the metrics, then (with scene truth) the
+    all-right share as attribute_accuracy and each attribute's accuracy."""
     s = {k: round(ev["scores"][k], 4) for k in METRICS if k in ev["scores"]}
-    if accuracy is not None:
-        s["attribute_accuracy"] = round(accuracy, 4)
+    if attributes is not None:
+        s["attribute_accuracy"] = round(attributes["all"], 4)
+        s["attributes"] = {k: round(v, 4) for k, v in attributes.items() if k != "all"}
     return s
 
 
@@ -232,7 +250,7 @@ def _summary(d, steps):
             "results": os.path.abspath(d.path("results_val.json")), "report": os.path.abspath(d.report),
             "attention_figure": os.path.abspath(d.figure), "data": os.path.abspath(d.data),
             "images": d.counts, "beam": cfg["beam"], "text_preset": d.ev["text_preset"], "min_freq": d.min_freq,
-            "epochs": d.trained["epochs"],
+            "epochs": d.trained["epochs"], "scst_epochs": d.scst["epochs"] if getattr(d, "scst", None) else 0,
             "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, "
                        + (f"last stage fine-tuned (lr {cfg['encoder_lr']:g})" if cfg["fine_tune"] else "frozen"),
             "decoder": f"{cfg['dims']}-d (attention {cfg['attention_dim']}), {cfg['batch_size']} images x 5 "
@@ -242,13 +260,17 @@ def _summary(d, steps):
 
 def summary_table(s):
     rows = [("data", s["data"]), ("held-out images", f"{s['images']['val']} (trained on {s['images']['train']})"),
-            ("encoder", s["encoder"]), ("decoder", f"{s['decoder']}, {s['epochs']} epochs"),
+            ("encoder", s["encoder"]), ("decoder", f"{s['decoder']}, {s['epochs']} epochs"
+                        + (f" + {s['scst_epochs']} SCST" if s["scst_epochs"] else "")),
             ("decoding", f"beam {s['beam']}, text preset {s['text_preset']}")]
     rows += [(k, f"{s[k]:.4f}") for k in METRICS if k in s]
     if "attribute_accuracy" in s:
-        rows.append(("attribute accuracy", f"{s['attribute_accuracy']:.4f}"))
+        rows.append(("attribute accuracy", f"{s['attribute_accuracy']:.4f} (all right; "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in s["attributes"].items()) + ")"))
     if "before_scst" in s:
-        rows.append(("before SCST", ", ".join(f"{k} {v:.4f}" for k, v in s["before_scst"].items())))
+        before = s["before_scst"]
+        rows.append(("before SCST", ", ".join(f"{k} {before[k]:.4f}" for k in (*METRICS, "attribute_accuracy")
+                                              if k in before)))
     rows += [("best checkpoint", s["checkpoint"]), ("results", s["results"]), ("report", s["report"]),
              ("attention figure", s["attention_figure"]),
              ("time", ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()))]
