@@ -262,7 +262,7 @@ def features_extract(shards, out, encoder, encoder_stop, encoder_weights, downlo
 @click.option("--checkpoint", "ckpt", required=True, type=click.Path(file_okay=False),
               help="Checkpoint folder, or a run folder (its best).")
 @click.option("--data", required=True, help="Shard set folder or feature cache .h5.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="COCO results json to write.")
+@click.option("--out", type=click.Path(dir_okay=False), help="COCO results json to write [required but with --retrieval].")
 @click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True, help="Beam width (1: greedy).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Caption the first N images only.")
@@ -273,9 +273,19 @@ def features_extract(shards, out, encoder, encoder_stop, encoder_weights, downlo
 @click.option("--html-images", type=click.IntRange(min=1), default=100, show_default=True,
               help="Images on the --html page (the first by id).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, html_images, quiet):
+@click.option("--retrieval", is_flag=True,
+              help="Score text-to-image retrieval instead: R@1/5/10, every caption a query against the images.")
+@click.option("--retrieval-images", type=int, default=None, help="With --retrieval: the first N images only.")
+@click.option("--scenes", type=click.Path(dir_okay=False), default=None,
+              help="Scene truth (scenes_val2014.json) [default: annotations/ of the data the shards came from].")
+def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, html_images, quiet, retrieval,
+          retrieval_images, scenes):
     """Caption DATA with a checkpoint, write COCO results, score against all raw references."""
     import json
+    if retrieval:
+        return _eval_retrieval(ckpt, data, retrieval_images, scenes, device, as_json, quiet)
+    if not out:
+        raise click.UsageError("Missing option '--out' (or --retrieval).")
     from model.evaluate import evaluate, format_scores
     r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device, progress=not quiet)
     click.echo(f"{out}: {r['images']} images, beam {r['beam']}, text preset {r['text_preset']}")
@@ -287,6 +297,51 @@ def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, h
     if as_json:
         click.echo(json.dumps({**r["scores"], "images": r["images"], "beam": r["beam"],
                                "text_preset": r["text_preset"], "results": r["results"]}))
+
+
+@cli.command()
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(file_okay=False),
+              help="Checkpoint folder, or a run folder (its best).")
+@click.option("--data", required=True, help="Feature cache .h5 of the checkpoint's encoder, or a shard set folder.")
+@click.option("--top", type=int, default=10, show_default=True, help="Images per query.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query per line.")
+@click.option("--cache", type=click.Path(dir_okay=False), default=None,
+              help="With a shard set: also write its features to this .h5, for next time.")
+@click.option("--device", default=None)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.argument("queries", nargs=-1, required=True)
+def search(ckpt, data, top, as_json, cache, device, quiet, queries):
+    """Rank the images of DATA for each QUERY by log p(query | image) (mean per token)."""
+    import json
+    from model.captioner import Captioner
+    from model.device import default_device
+    from model.retrieval import encode_query
+    from model.retrieval_source import load_index
+    if top < 1:
+        raise CapgenError(f"--top: must be at least 1 (got {top})")
+    captioner = Captioner.load(ckpt, default_device(device))
+    encoded = [encode_query(q, captioner.vocab) for q in queries]  # bad queries fail before any work
+    index, _, _ = load_index(ckpt, data, device, cache, progress=not quiet, captioner=captioner)
+    for r in index.search(encoded, top, progress=not quiet):
+        if as_json:
+            click.echo(json.dumps(r))
+            continue
+        unknown = f"; unknown words: {', '.join(r['unknown_words'])}" if r["unknown_words"] else ""
+        click.echo(f"{r['query']}  ({len(index)} images{unknown})")
+        for rank, hit in enumerate(r["results"], 1):
+            click.echo(f"{rank:4d}. {hit['image_id']:>12}  {hit['file_name'] or '-'}  {hit['score']:.4f}")
+
+
+def _eval_retrieval(ckpt, data, images, scenes, device, as_json, quiet):
+    import json
+    from model.retrieval_eval import evaluate_retrieval, format_retrieval
+    r = evaluate_retrieval(ckpt, data, images, scenes, device, progress=not quiet)
+    click.echo(f"{data}: text-to-image retrieval over {r['images']} images, {r['queries']} caption queries "
+               f"({r['skipped_queries']} skipped: no known word), text preset {r['text_preset']}; "
+               f"{r['queries_per_s']:.1f} queries/s")
+    click.echo(format_retrieval(r))
+    if as_json:
+        click.echo(json.dumps(r))
 
 
 @cli.command()
