@@ -62,11 +62,13 @@ def _finite(param, value):
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads for the model (default: torch's, one per core).")
 @click.option("--log-level", type=click.Choice(["info", "warning", "error"]), default="info", show_default=True)
-def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level):
+@click.option("--index", default=None,
+              help="Feature cache .h5 or shard set: adds a search box over its images (text to image).")
+def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level, index):
     """Web page and JSON API: upload an image, get captions and each word's attention."""
     from tools.serve import serve as run_server
     run_server(checkpoint, host=host, port=port, beam=beam, topk=min(topk, beam), max_upload_mb=max_upload_mb,
-               max_pixels=max_pixels, threads=threads, log_level=log_level)
+               max_pixels=max_pixels, threads=threads, log_level=log_level, index=index)
 
 
 @bench.command("serve")

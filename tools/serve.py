@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect
 from model.attention_figure import attention_region
 from model.captioner import Captioner
 from pipeline.errors import CapgenError
+from tools.search_index import load_search, mount_search
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -220,8 +221,9 @@ def listening_socket(host, port):
 
 
 def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb=10, max_pixels=MAX_PIXELS,
-          threads=None, log_level="info"):
-    """Load the checkpoint once, warm it up, and serve until interrupted."""
+          threads=None, log_level="info", index=None):
+    """Load the checkpoint once, warm it up, and serve until interrupted; `index`: a feature cache
+    or shard set for the search box (tools/search_index.py)."""
     if threads:
         torch.set_num_threads(threads)
     sock = listening_socket(host, port)
@@ -238,6 +240,8 @@ def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb
           f"http://{host}:{port}/", file=sys.stderr, flush=True)
     app = create_app(captioner, beam=beam, topk=topk, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                      max_pixels=max_pixels, info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))})
+    if index:
+        mount_search(app, load_search(checkpoint, index, captioner))
     # Connections past the limit get 503 at once instead of queueing uploads in memory.
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=log_level == "info",
                                            limit_concurrency=MAX_CONNECTIONS))
