@@ -32,8 +32,13 @@ def default_scenes(shard_set):
     root, split = args.get("coco_root"), args.get("split")
     if not root or not split:
         return None
-    path = os.path.join(root, "annotations", f"scenes_{split}.json")
-    return path if os.path.isfile(path) else None
+    name = os.path.join(root, "annotations", f"scenes_{split}.json")
+    # A relative root is relative to where the build ran: here, or a folder above the set.
+    folders, folder = [""], os.path.abspath(shard_set)
+    while os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+        folders.append(folder)
+    return next((os.path.join(f, name) for f in folders if os.path.isfile(os.path.join(f, name))), None)
 
 
 def query_set(index, refs, vocab):

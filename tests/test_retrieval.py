@@ -175,3 +175,14 @@ def test_eval_retrieval(trained, capsys, monkeypatch, one_thread):
     ids = sorted(captions)[:4]  # the cache holds the images in shard order: by id
     assert r4["images"] == 4 and r4["queries"] == sum(len(captions[i]) for i in ids)
     assert r4["R@5"] == 1.0 and "P@1_scene" not in r4  # tiny_shards' manifests name no dataset: no default scenes
+
+
+def test_bench_search_json(capsys, monkeypatch, one_thread):
+    status, out, _ = capgen(["bench", "search", "--quick", "--json", "--device", "cpu"], capsys, monkeypatch)
+    assert status == 0
+    head, last = out.rstrip("\n").rsplit("\n", 1)
+    r = json.loads(last)
+    assert head.startswith("search on cpu (1 threads): 300 images of 8x8x256 features")
+    assert r["images"] == 300 and r["queries"] == 2 and r["query_tokens"] == 8
+    assert r["ratio"] == pytest.approx(r["images_per_s"] / r["baseline_images_per_s"])
+    assert r["batch_ratio"] == pytest.approx(r["batched_queries_per_s"] / r["serial_queries_per_s"])

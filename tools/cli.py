@@ -91,6 +91,27 @@ def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url,
         threads=threads, url=url, echo=click.echo)
 
 
+@bench.command("search")
+@click.option("--images", type=click.IntRange(min=1), default=5000, show_default=True, help="Rows of the synthetic cache.")
+@click.option("--queries", type=click.IntRange(min=1), default=8, show_default=True, help="Queries of the batched pass.")
+@click.option("--baseline-images", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Images the per-image baseline loop scores.")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: torch's).")
+@click.option("--quick", is_flag=True, help="Smoke test: 300 images, 2 queries, 20 baseline images, 1 round.")
+@click.option("--json", "json_out", is_flag=True, help="Also print the figures as one JSON object, the last line.")
+def bench_search_cmd(images, queries, baseline_images, device, threads, quick, json_out):
+    """Text-to-image scoring: one query over N images vs. a per-image loop; Q queries in one pass vs. one by one."""
+    import json
+    from tools.bench.search import report, run
+    if quick:
+        images, queries, baseline_images = 300, 2, 20
+    r = run(images, queries, baseline_images, rounds=1 if quick else 3, device=device, threads=threads)
+    click.echo(report(r))
+    if json_out:
+        click.echo(json.dumps(r))
+
+
 @bench.command("train")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present).")
 @click.option("--quick", is_flag=True, help="Smoke test: tiny shapes, one timed step each.")
