@@ -67,13 +67,15 @@ def _finite(param, value):
               help="Requests arriving within this window of the oldest waiting one share a batch.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=MAX_BATCH, show_default=True,
               help="Images per batched beam search (1: no batching).")
+@click.option("--index", default=None,
+              help="Feature cache .h5 or shard set: adds a search box over its images (text to image).")
 def serve(checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level, batch_window_ms,
-          max_batch):
+          max_batch, index):
     """Web page and JSON API: upload an image, get captions and each word's attention."""
     from tools.serve import serve as run_server
     run_server(checkpoint, host=host, port=port, beam=beam, topk=min(topk, beam), max_upload_mb=max_upload_mb,
                max_pixels=max_pixels, threads=threads, log_level=log_level, batch_window_ms=batch_window_ms,
-               max_batch=max_batch)
+               max_batch=max_batch, index=index)
 
 
 @bench.command("serve")
@@ -101,6 +103,27 @@ def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url,
         click.echo(json.dumps({k: r[k] for k in ("baseline_rps", "rps", "ratio", "p50_ms", "p95_ms", "errors")}))
     if r["errors"]:
         raise CapgenError(f"bench serve: {r['errors']} of {r['requests']} requests failed")
+
+
+@bench.command("search")
+@click.option("--images", type=click.IntRange(min=1), default=5000, show_default=True, help="Rows of the synthetic cache.")
+@click.option("--queries", type=click.IntRange(min=1), default=8, show_default=True, help="Queries of the batched pass.")
+@click.option("--baseline-images", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Images the per-image baseline loop scores.")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: torch's).")
+@click.option("--quick", is_flag=True, help="Smoke test: 300 images, 2 queries, 20 baseline images, 1 round.")
+@click.option("--json", "json_out", is_flag=True, help="Also print the figures as one JSON object, the last line.")
+def bench_search_cmd(images, queries, baseline_images, device, threads, quick, json_out):
+    """Text-to-image scoring: one query over N images vs. a per-image loop; Q queries in one pass vs. one by one."""
+    import json
+    from tools.bench.search import report, run
+    if quick:
+        images, queries, baseline_images = 300, 2, 20
+    r = run(images, queries, baseline_images, rounds=1 if quick else 3, device=device, threads=threads)
+    click.echo(report(r))
+    if json_out:
+        click.echo(json.dumps(r))
 
 
 @bench.command("train")
@@ -277,7 +300,7 @@ def features_extract(shards, out, encoder, encoder_stop, encoder_weights, downlo
 @click.option("--checkpoint", "ckpt", required=True, type=click.Path(file_okay=False),
               help="Checkpoint folder, or a run folder (its best).")
 @click.option("--data", required=True, help="Shard set folder or feature cache .h5.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="COCO results json to write.")
+@click.option("--out", type=click.Path(dir_okay=False), help="COCO results json to write [required but with --retrieval].")
 @click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True, help="Beam width (1: greedy).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Caption the first N images only.")
@@ -288,12 +311,19 @@ def features_extract(shards, out, encoder, encoder_stop, encoder_weights, downlo
 @click.option("--html-images", type=click.IntRange(min=1), default=100, show_default=True,
               help="Images on the --html page (the first by id).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--retrieval", is_flag=True,
+              help="Score text-to-image retrieval instead: R@1/5/10, every caption a query against the images.")
+@click.option("--retrieval-images", type=int, default=None, help="With --retrieval: the first N images only.")
 @click.option("--scenes", type=click.Path(dir_okay=False), default=None,
-              help="Scene truth (scenes_SPLIT.json) for per-attribute accuracy [default: annotations/"
-                   "scenes_SPLIT.json under the COCO root in DATA's manifest, if there].")
-def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, html_images, quiet, scenes):
+              help="Scene truth (scenes_val2014.json) [default: annotations/ of the data the shards came from].")
+def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, html_images, quiet, retrieval,
+          retrieval_images, scenes):
     """Caption DATA with a checkpoint, write COCO results, score against all raw references."""
     import json
+    if retrieval:
+        return _eval_retrieval(ckpt, data, retrieval_images, scenes, device, as_json, quiet)
+    if not out:
+        raise click.UsageError("Missing option '--out' (or --retrieval).")
     from model.evaluate import evaluate, format_scores
     r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device, progress=not quiet, scenes=scenes)
     click.echo(f"{out}: {r['images']} images, beam {r['beam']}, text preset {r['text_preset']}"
@@ -307,6 +337,51 @@ def eval_(ckpt, data, out, beam, batch_size, limit, as_json, device, html_out, h
         attributes = {"attributes": r["attributes"]} if r["attributes"] else {}
         click.echo(json.dumps({**r["scores"], "images": r["images"], "beam": r["beam"],
                                "text_preset": r["text_preset"], "results": r["results"], **attributes}))
+
+
+@cli.command()
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(file_okay=False),
+              help="Checkpoint folder, or a run folder (its best).")
+@click.option("--data", required=True, help="Feature cache .h5 of the checkpoint's encoder, or a shard set folder.")
+@click.option("--top", type=int, default=10, show_default=True, help="Images per query.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query per line.")
+@click.option("--cache", type=click.Path(dir_okay=False), default=None,
+              help="With a shard set: also write its features to this .h5, for next time.")
+@click.option("--device", default=None)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.argument("queries", nargs=-1, required=True)
+def search(ckpt, data, top, as_json, cache, device, quiet, queries):
+    """Rank the images of DATA for each QUERY by log p(query | image) (mean per token)."""
+    import json
+    from model.captioner import Captioner
+    from model.device import default_device
+    from model.retrieval import encode_query
+    from model.retrieval_source import load_index
+    if top < 1:
+        raise CapgenError(f"--top: must be at least 1 (got {top})")
+    captioner = Captioner.load(ckpt, default_device(device))
+    encoded = [encode_query(q, captioner.vocab) for q in queries]  # bad queries fail before any work
+    index, _, _ = load_index(ckpt, data, device, cache, progress=not quiet, captioner=captioner)
+    for r in index.search(encoded, top, progress=not quiet):
+        if as_json:
+            click.echo(json.dumps(r))
+            continue
+        unknown = f"; unknown words: {', '.join(r['unknown_words'])}" if r["unknown_words"] else ""
+        click.echo(f"{r['query']}  ({len(index)} images{unknown})")
+        for rank, hit in enumerate(r["results"], 1):
+            click.echo(f"{rank:4d}. {hit['image_id']:>12}  {hit['file_name'] or '-'}  {hit['score']:.4f}")
+
+
+def _eval_retrieval(ckpt, data, images, scenes, device, as_json, quiet):
+    import json
+    from model.retrieval_eval import evaluate_retrieval, format_retrieval
+    r = evaluate_retrieval(ckpt, data, images, scenes, device, progress=not quiet)
+    click.echo(f"{data}: text-to-image retrieval over {r['images']} images, {r['queries']} caption queries "
+               f"({r['skipped_queries']} skipped: no known word), text preset {r['text_preset']}; "
+               f"{r['queries_per_s']:.1f} queries/s")
+    click.echo(format_retrieval(r))
+    if as_json:
+        click.echo(json.dumps(r))
 
 
 @cli.command()

@@ -33,6 +33,7 @@ from model.attention_figure import attention_region
 from model.captioner import Captioner
 from pipeline.errors import CapgenError
 from tools.batcher import MAX_BATCH, WINDOW_S, Batcher
+from tools.search_index import load_search, mount_search
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -249,8 +250,9 @@ def listening_socket(host, port):
 
 
 def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb=10, max_pixels=MAX_PIXELS,
-          threads=None, log_level="info", batch_window_ms=WINDOW_S * 1000, max_batch=MAX_BATCH):
-    """Load the checkpoint once, warm it up, and serve until interrupted."""
+          threads=None, log_level="info", batch_window_ms=WINDOW_S * 1000, max_batch=MAX_BATCH, index=None):
+    """Load the checkpoint once, warm it up, and serve until interrupted; `index`: a feature cache
+    or shard set for the search box (tools/search_index.py)."""
     if threads:
         torch.set_num_threads(threads)
     sock = listening_socket(host, port)
@@ -268,6 +270,8 @@ def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb
     app = create_app(captioner, beam=beam, topk=topk, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                      max_pixels=max_pixels, info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))},
                      batch_window_ms=batch_window_ms, max_batch=max_batch)
+    if index:
+        mount_search(app, load_search(checkpoint, index, captioner))
     # Connections past the limit get 503 at once instead of queueing uploads in memory.
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=log_level == "info",
                                            limit_concurrency=MAX_CONNECTIONS))
