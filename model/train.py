@@ -1,8 +1,8 @@
 """Trainer: teacher forcing, Adam, clipping, LR decay and early stopping on validation
 BLEU-4 from real decoding; bf16 autocast, torch.compile, DDP; checkpoint / exact resume.
 
-`train(args)` sets up the process, `fit` is the loop: build (the `build_*` helpers,
-which the benchmarks use too), resume, then per epoch `train_one_epoch`, validate
+`train(args)` sets up the process, `fit` is the loop: build (model/train_build.py's
+helpers, which the benchmarks use too), resume, then per epoch `train_one_epoch`, validate
 (model/decode.py), log (model/runlog.py) and save (model/checkpoint.py's TrainState).
 With --scst the epoch is model/scst.py's self-critical one, from --init's weights, and
 validation CIDEr (not BLEU-4) drives the schedule, early stopping and `best`.
@@ -25,9 +25,7 @@ import math
 import os
 import sys
 import time
-import warnings
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -36,16 +34,16 @@ from model import checkpoint
 from model.checkpoint import TrainState
 from model.checkpoint_config import model_state, split_state, trained_config
 from model.decode import validate
-from model.decoder import Decoder
-from model.encoder import build_encoder, normalise
 from model.run_config import write_run_args
 from model.runlog import Log, plot_curve
 from model.scst import ScstModel, ScstStep, init_model, reward_scorer, scst_epoch, val_cider
 from model.step import CaptionModel, TrainStep
+from model.train_build import (build_model, build_optimizer, build_scheduler, build_train_loader,
+                               build_val_loader)
 from pipeline.distributed import dist_info
 from pipeline.errors import CapgenError
 from pipeline.folder_lock import folder_lock
-from pipeline.loader import DataSource, make_loader, stream_seed
+from pipeline.loader import DataSource, stream_seed
 from pipeline.source_match import check_same_inputs
 
 
@@ -83,96 +81,6 @@ def train(args):
     finally:
         if own_group:
             dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------- build
-
-def encoder_for(args, source):
-    """(encoder, weights name): from the feature cache (weights stored there) or the options."""
-    if source.kind != "features":
-        weights = args.encoder_weights or "imagenet"
-        return build_encoder(args.encoder or "resnet50", weights, args.encoder_stop or "layer4", args.download), weights
-    attrs = source.cache.attrs
-    for opt, key in (("encoder", "encoder"), ("encoder_stop", "stop")):
-        given = getattr(args, opt)
-        if given is not None and given != attrs.get(key):
-            raise CapgenError(f"{source.path}: features come from {key} {attrs.get(key)!r}, "
-                              f"not --{opt.replace('_', '-')} {given!r}")
-    if args.fine_tune_encoder:
-        raise CapgenError(f"{source.path}: cached features are frozen; fine-tuning needs a shard set")
-    with warnings.catch_warnings():  # random init, replaced by the weights the features came from
-        warnings.simplefilter("ignore")
-        encoder = build_encoder(attrs["encoder"], "none", attrs["stop"])
-    state = source.cache.encoder_state()
-    weights = attrs.get("weights", "none")
-    if state:
-        encoder.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
-    elif weights != "none":
-        encoder = build_encoder(attrs["encoder"], weights, attrs["stop"])
-    return encoder, weights
-
-
-def build_model(args, source, vocab_size, device, image_stats=True):
-    """(encoder, decoder, weights name) on `device`, the decoder standardising its input
-    with channel statistics: the feature cache's, or estimated from `source`'s images
-    (image_stats=False skips that: a resumed run loads them)."""
-    encoder, weights = encoder_for(args, source)
-    if args.fine_tune_encoder:
-        encoder.set_fine_tune()
-    decoder = Decoder(vocab_size, encoder.channels, args.embed_dim, args.attention_dim, args.hidden_dim, args.dropout)
-    encoder.to(device)
-    decoder.to(device)
-    if device.type == "cuda":
-        encoder.to(memory_format=torch.channels_last)
-    if source.kind == "features":
-        decoder.set_feature_stats(torch.from_numpy(source.cache.channel_mean),
-                                  torch.from_numpy(source.cache.channel_std))
-    elif image_stats:
-        decoder.set_feature_stats(*_image_feature_stats(encoder, source, args.feature_samples, device))
-    return encoder, decoder, weights
-
-
-@torch.no_grad()
-def _image_feature_stats(encoder, source, samples, device, batch_size=32):
-    """Per-channel mean/std of the encoder's features over the first `samples` train images."""
-    loader = make_loader(source, batch_size, shuffle=False, workers=0)
-    total, sq, n, images = 0.0, 0.0, 0, 0
-    for batch in loader:
-        f = encoder.eval()(normalise(batch["images"], device)).double().flatten(0, 1)
-        total, sq, n = total + f.sum(0), sq + (f * f).sum(0), n + f.shape[0]
-        images += len(batch["images"])
-        if images >= samples:
-            break
-    mean = total / n
-    return mean.float(), (sq / n - mean * mean).clamp_min(0).sqrt().float()
-
-
-def build_optimizer(model, args, device):
-    """Adam over the decoder (decoder_lr) and, when fine-tuning, the encoder's trainable layers (encoder_lr)."""
-    groups = [{"params": [p for p in model.decoder.parameters() if p.requires_grad], "lr": args.decoder_lr}]
-    if args.fine_tune_encoder and model.encoder is not None:
-        params = [p for p in model.encoder.parameters() if p.requires_grad]
-        if params:
-            groups.append({"params": params, "lr": args.encoder_lr})
-    return torch.optim.Adam(groups, fused=device.type == "cuda" or None)
-
-
-def build_scheduler(optimizer, args):
-    """LR times lr_factor after lr_patience epochs without a better val BLEU-4."""
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_factor,
-                                                      patience=args.lr_patience)
-
-
-def build_train_loader(args, source, device, rank=0, world=1):
-    """This rank's shuffled training batches."""
-    return make_loader(source, args.batch_size, shuffle=True, seed=args.seed, rank=rank, world=world,
-                       workers=args.workers, pin_memory=device.type == "cuda", loader=args.loader)
-
-
-def build_val_loader(args, source):
-    """Validation batches in stored order (the CPU loader unless --loader names one)."""
-    return make_loader(source, args.batch_size, shuffle=False, workers=min(args.workers, 1),
-                       loader=args.loader if args.loader != "auto" else "cpu")
 
 
 # ---------------------------------------------------------------- fit

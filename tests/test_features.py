@@ -110,7 +110,7 @@ def shard_set_ids(set_dir):
 
 def test_extract_at_layer2_names_its_stop_and_finer_grid(tiny_shards, tmp_path):
     from model.extract import extract
-    from model.train import encoder_for
+    from model.train_build import encoder_for
     from model.train_args import TrainArgs
     from pipeline.loader import DataSource
 

@@ -31,7 +31,7 @@ import torch
 from model.extract import extract
 from model.step import CaptionModel, TrainStep
 from model.device import default_device
-from model.train import build_model, build_optimizer
+from model.train_build import build_model, build_optimizer
 from model.train_args import TrainArgs
 from pipeline import shards as sh
 from pipeline.coco import read_coco
