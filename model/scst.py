@@ -21,7 +21,6 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from model.captioner import Captioner
 from model.cider import Cider
@@ -155,33 +154,8 @@ def bad_endings(sampled, bad_ids):
     return ((n > 0) & np.isin(last, bad_ids)).astype(np.float64)
 
 
-def scst_epoch(args, scst_step, joined, loader, epoch, step, log, lead):
-    """One SCST pass over this rank's batches; returns (global step, images seen)."""
-    seen, total, t0 = 0, 0, time.perf_counter()
-    bar = tqdm(total=loader.num_samples(), unit="img", desc=f"scst {epoch + 1}", disable=not (lead and args.progress),
-               dynamic_ncols=True, leave=False)
-    with _join(joined):
-        for batch in loader:
-            b = scst_step(batch)
-            step += 1
-            seen, total = seen + b, total + b
-            bar.update(b)
-            if step % args.log_every == 0:
-                seen, t0 = _log(log, scst_step, seen, t0, epoch, step, bar)
-        if step % args.log_every and seen:
-            _log(log, scst_step, seen, t0, epoch, step, bar, last=True)
-    bar.close()
-    return step, total
-
-
-def _join(module):
-    if module is None:
-        return contextlib.nullcontext()
-    from torch.distributed.algorithms.join import Join
-    return Join([module])
-
-
-def _log(log, scst_step, seen, t0, epoch, step, bar, last=False):
+def log_scst(log, scst_step, seen, t0, epoch, step, bar, last=False):
+    """The SCST train record: averages since the last one (one host sync per log interval)."""
     loss, reward, base, bad, n, steps = scst_step.take()
     elapsed = time.perf_counter() - t0
     record = {"type": "train", "scst": True, "epoch": epoch, "step": step, "loss": loss / steps,

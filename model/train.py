@@ -36,7 +36,7 @@ from model.checkpoint_config import model_state, split_state, trained_config
 from model.decode import validate
 from model.run_config import write_run_args
 from model.runlog import Log, plot_curve
-from model.scst import ScstModel, ScstStep, init_model, reward_scorer, scst_epoch, val_cider
+from model.scst import ScstModel, ScstStep, init_model, log_scst, reward_scorer, val_cider
 from model.step import CaptionModel, TrainStep
 from model.train_build import (build_model, build_optimizer, build_scheduler, build_train_loader,
                                build_val_loader)
@@ -127,7 +127,7 @@ def fit(args, device, rank=0, world=1):
         train_step = ScstStep(model, forward, optimizer, device, reward_scorer(train_src), vocab, args)
     else:
         train_step = TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
-    run_epoch = scst_epoch if args.scst else train_one_epoch
+    log_record = log_scst if args.scst else _log_train
 
     stopped = False
     for epoch in range(state.epoch, args.epochs):
@@ -136,7 +136,8 @@ def fit(args, device, rank=0, world=1):
         model.train()
         if not args.fine_tune_encoder:
             encoder.eval()
-        state.step, samples = run_epoch(args, train_step, joined, loader, epoch, state.step, log, lead)
+        state.step, samples = train_one_epoch(args, train_step, joined, loader, epoch, state.step, log, lead,
+                                              log_record)
         _check_lost(args, loader, world)
         per_rank = _gather(samples, world)
         log.write({"type": "epoch", "epoch": epoch, "step": state.step, "world": world, "samples": sum(per_rank),
@@ -287,10 +288,12 @@ def _save(args, state, optimizer, scheduler, weights, config, vocab, improved):
 
 # ---------------------------------------------------------------- one epoch
 
-def train_one_epoch(args, train_step, joined, loader, epoch, step, log, lead):
-    """One pass over this rank's batches; returns (global step, images seen)."""
+def train_one_epoch(args, train_step, joined, loader, epoch, step, log, lead, log_record):
+    """One pass over this rank's batches (cross-entropy or SCST steps); returns (global step,
+    images seen). log_record writes the step's averages at each log interval."""
     seen, total, t0 = 0, 0, time.perf_counter()
-    bar = tqdm(total=loader.num_samples(), unit="img", desc=f"epoch {epoch + 1}", disable=not (lead and args.progress),
+    desc = f"{'scst' if args.scst else 'epoch'} {epoch + 1}"
+    bar = tqdm(total=loader.num_samples(), unit="img", desc=desc, disable=not (lead and args.progress),
                dynamic_ncols=True, leave=False)
     with _join(joined):
         for batch in loader:
@@ -300,17 +303,18 @@ def train_one_epoch(args, train_step, joined, loader, epoch, step, log, lead):
             bar.update(b)
             if step % args.log_every == 0:
                 _check_loss(args, train_step, epoch, step)
-                seen, t0 = _log_train(log, train_step, seen, t0, epoch, step, bar)
+                seen, t0 = log_record(log, train_step, seen, t0, epoch, step, bar)
         _check_loss(args, train_step, epoch, step)
         if step % args.log_every and seen:
-            _log_train(log, train_step, seen, t0, epoch, step, bar, last=True)
+            log_record(log, train_step, seen, t0, epoch, step, bar, last=True)
     bar.close()
     return step, total
 
 
 def _check_loss(args, train_step, epoch, step):
-    """The divergence guard: the step's device flag, read once per log interval."""
-    if not train_step.all_finite():
+    """The divergence guard: the step's device flag, read once per log interval (SCST
+    steps have none: their weights are checked before every save)."""
+    if hasattr(train_step, "all_finite") and not train_step.all_finite():
         raise diverged(args, epoch, step)
 
 
