@@ -58,3 +58,22 @@ def tiny_shards(tmp_path_factory):
         return sets[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def train_val(tiny_shards, tmp_path_factory):
+    """The trainer tests' data: shard sets (32 px, shards of 6) of 24 train / 6 val synthetic
+    images and their resnet18-layer3 feature caches (random init), made once per session:
+    {"train", "val", "train_h5", "val_h5"}. Tests read them and write elsewhere."""
+    from model.extract import extract
+
+    root = tmp_path_factory.mktemp("train_val")
+    out = {}
+    for split, name in (("train2014", "train"), ("val2014", "val")):
+        out[name] = tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32,
+                                shard_size=6, preset="coco", split=split)
+        with pytest.warns(UserWarning, match="random init"):
+            extract(out[name], str(root / f"{name}.h5"), "resnet18", "layer3", "none", batch_size=8,
+                    workers=0, progress=False)
+        out[name + "_h5"] = str(root / f"{name}.h5")
+    return out

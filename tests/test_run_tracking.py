@@ -14,20 +14,9 @@ TINY = ["--batch-size", 4, "--embed-dim", 16, "--attention-dim", 16, "--hidden-d
 
 
 @pytest.fixture(scope="module")
-def data(tiny_shards, tmp_path_factory):
-    """Feature caches of 24 train / 6 val images (as tests/test_train.py makes them)."""
-    from model.extract import extract
-
-    root = tmp_path_factory.mktemp("tracking")
-    out = {}
-    for split, name in (("train2014", "train"), ("val2014", "val")):
-        shards = tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32,
-                             shard_size=6, preset="coco", split=split)
-        with pytest.warns(UserWarning, match="random init"):
-            extract(shards, str(root / f"{name}.h5"), "resnet18", "layer3", "none", batch_size=8, workers=0,
-                    progress=False)
-        out[name] = str(root / f"{name}.h5")
-    return out
+def data(train_val):
+    """Feature caches of 24 train / 6 val images (conftest's train_val)."""
+    return {"train": train_val["train_h5"], "val": train_val["val_h5"]}
 
 
 def capgen(*args):

@@ -23,20 +23,9 @@ TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers
 
 
 @pytest.fixture(scope="module")
-def data(tiny_shards, tmp_path_factory):
+def data(train_val, tmp_path_factory):
     """Shard sets and feature caches of 24 train / 6 val images, and a CE run on the caches."""
-    from model.extract import extract
-
-    root = tmp_path_factory.mktemp("scst")
-    out = {}
-    for split, name in (("train2014", "train"), ("val2014", "val")):
-        out[name] = tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32,
-                                shard_size=6, preset="coco", split=split)
-        with pytest.warns(UserWarning, match="random init"):
-            extract(out[name], str(root / f"{name}.h5"), "resnet18", "layer3", "none", batch_size=8,
-                    workers=0, progress=False)
-        out[name + "_h5"] = str(root / f"{name}.h5")
-    out["ce"] = str(root / "ce")
+    out = {**train_val, "ce": str(tmp_path_factory.mktemp("scst") / "ce")}
     train(TrainArgs(train=out["train_h5"], val=out["val_h5"], out=out["ce"], epochs=4, decoder_lr=3e-3, **TINY))
     return out
 

@@ -18,20 +18,9 @@ TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers
 
 
 @pytest.fixture(scope="module")
-def data(tiny_shards, tmp_path_factory):
+def data(train_val):
     """Shard sets (32 px, shards of 6) and feature caches for 24 train / 6 val images."""
-    from model.extract import extract
-
-    root = tmp_path_factory.mktemp("train")
-    out = {}
-    for split, name in (("train2014", "train"), ("val2014", "val")):
-        out[name] = tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32,
-                                shard_size=6, preset="coco", split=split)
-        with pytest.warns(UserWarning, match="random init"):
-            extract(out[name], str(root / f"{name}.h5"), "resnet18", "layer3", "none", batch_size=8,
-                    workers=0, progress=False)
-        out[name + "_h5"] = str(root / f"{name}.h5")
-    return out
+    return train_val
 
 
 def losses(run):

@@ -23,21 +23,14 @@ TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers
 
 
 @pytest.fixture(scope="module")
-def data(tiny_shards, tmp_path_factory):
+def data(train_val, tmp_path_factory):
     """Shard sets and resnet18/layer3 feature caches of 24 train / 6 val images, and a val
     cache from layer4."""
     from model.extract import extract
 
-    root = tmp_path_factory.mktemp("faults")
-    out = {}
-    for split, name in (("train2014", "train"), ("val2014", "val")):
-        out[name] = tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32,
-                                shard_size=6, preset="coco", split=split)
+    out = {**train_val, "val4_h5": str(tmp_path_factory.mktemp("faults") / "val4.h5")}
     with pytest.warns(UserWarning, match="random init"):
-        for name, stop in (("train", "layer3"), ("val", "layer3"), ("val4", "layer4")):
-            out[name + "_h5"] = str(root / f"{name}.h5")
-            extract(out[name.rstrip("4")], out[name + "_h5"], "resnet18", stop, "none", batch_size=8,
-                    workers=0, progress=False)
+        extract(out["val"], out["val4_h5"], "resnet18", "layer4", "none", batch_size=8, workers=0, progress=False)
     return out
 
 
