@@ -99,17 +99,7 @@ def fit(args, device, rank=0, world=1):
         checkpoint.reconcile(args.out)
     if resuming and world > 1:
         dist.barrier()
-    if args.scst:  # continues --init's model; its own learning rate
-        encoder, decoder, weights, config = init_model(args, train_src, vocab, device)
-        config["training"] = _training_record(args, train_src, vocab)
-    else:
-        encoder, decoder, weights = build_model(args, train_src, len(vocab), device, image_stats=not resuming)
-        config = trained_config(encoder, weights, decoder, int(train_src.image_size),
-                                train_src.resize_mode or "stretch", _training_record(args, train_src, vocab))
-    model = CaptionModel(encoder if train_src.kind == "images" else None, decoder, args.fine_tune_encoder)
-    lrs = dataclasses.replace(args, decoder_lr=args.scst_lr, encoder_lr=args.scst_lr) if args.scst else args
-    optimizer = build_optimizer(model, lrs, device)
-    scheduler = build_scheduler(optimizer, args)
+    encoder, decoder, model, config, optimizer, scheduler = _build(args, train_src, vocab, device, resuming)
     metric = "CIDEr" if args.scst else "Bleu_4"
     state = TrainState(seed=args.seed)
     if resuming:
@@ -123,10 +113,8 @@ def fit(args, device, rank=0, world=1):
     loader = build_train_loader(args, train_src, device, rank, world)
     val_loader = build_val_loader(args, val_src) if lead else None
     refs = val_src.references() if lead else None
-    if args.scst:
-        train_step = ScstStep(model, forward, optimizer, device, reward_scorer(train_src), vocab, args)
-    else:
-        train_step = TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
+    train_step = (ScstStep(model, forward, optimizer, device, reward_scorer(train_src), vocab, args) if args.scst
+                  else TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip))
     log_record = log_scst if args.scst else _log_train
 
     stopped = False
@@ -142,13 +130,8 @@ def fit(args, device, rank=0, world=1):
         per_rank = _gather(samples, world)
         log.write({"type": "epoch", "epoch": epoch, "step": state.step, "world": world, "samples": sum(per_rank),
                    "samples_per_rank": per_rank})
-        scores = None
-        if lead:
-            scores, val_captions = validate(encoder, decoder, val_loader, vocab, refs, device, args.beam,
-                                            args.val_images)
-            if args.scst:
-                scores["CIDEr"] = val_cider(val_captions, val_src, vocab)
-            log.captions(val_captions, refs, state.step)
+        scores = _validate(args, encoder, decoder, val_loader, val_src, vocab, refs, device, log, state.step) \
+            if lead else None
         improved = _end_epoch(state, epoch, _broadcast(scores, world), scheduler, metric)
         if lead:
             _report(args, log, state, optimizer, metric)
@@ -166,6 +149,31 @@ def fit(args, device, rank=0, world=1):
     log.close()
     return {"best": state.best, "epochs": state.epoch, "step": state.step, "early_stopped": stopped,
             "best_dir": best_dir, "last_dir": last_dir, "metric": metric}
+
+
+def _build(args, train_src, vocab, device, resuming):
+    """(encoder, decoder, model, config, optimizer, scheduler): a new model, or with --scst
+    --init's, with its own learning rate."""
+    if args.scst:
+        encoder, decoder, weights, config = init_model(args, train_src, vocab, device)
+        config["training"] = _training_record(args, train_src, vocab)
+    else:
+        encoder, decoder, weights = build_model(args, train_src, len(vocab), device, image_stats=not resuming)
+        config = trained_config(encoder, weights, decoder, int(train_src.image_size),
+                                train_src.resize_mode or "stretch", _training_record(args, train_src, vocab))
+    model = CaptionModel(encoder if train_src.kind == "images" else None, decoder, args.fine_tune_encoder)
+    lrs = dataclasses.replace(args, decoder_lr=args.scst_lr, encoder_lr=args.scst_lr) if args.scst else args
+    optimizer = build_optimizer(model, lrs, device)
+    return encoder, decoder, model, config, optimizer, build_scheduler(optimizer, args)
+
+
+def _validate(args, encoder, decoder, val_loader, val_src, vocab, refs, device, log, step):
+    """The epoch's validation scores (rank 0): decoded BLEU etc., and CIDEr for SCST runs."""
+    scores, val_captions = validate(encoder, decoder, val_loader, vocab, refs, device, args.beam, args.val_images)
+    if args.scst:
+        scores["CIDEr"] = val_cider(val_captions, val_src, vocab)
+    log.captions(val_captions, refs, step)
+    return scores
 
 
 def _training_record(args, source, vocab):
