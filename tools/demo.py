@@ -1,4 +1,4 @@
-"""The demo: synth -> shards -> features -> train -> eval -> caption -> report, on a 2-core CPU.
+"""The demo: synth -> shards -> features -> train -> eval -> scst -> caption -> report, on a 2-core CPU.
 
 `run_demo(out, data=COCO_ROOT)` runs the same recipe on any dataset in the COCO 2014
 layout instead of the synthetic one (`capgen demo --data`): a small model trained on
@@ -7,7 +7,8 @@ one's own small dataset on a CPU.
 The recipe (measured in BENCHMARKS.md, "The demo's recipe"; random-init encoders, as
 no ImageNet weights are here): a frozen ResNet-18 cut after layer3 at 128 px gives an
 8x8 grid of 256 channels, standardised per channel from the cache's statistics;
-small batches, many steps.
+small batches, many steps; then one epoch of self-critical training (CIDEr-D reward)
+from the cross-entropy best, whose scores stay in the summary as "before_scst".
 
 Each stage is a function of the `Demo` state, run in the order of DEMO["stages"]
 (STAGES maps names to functions): a later stage (e.g. "scst" after "eval") reads
