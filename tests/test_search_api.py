@@ -85,13 +85,14 @@ def test_concurrent_queries_are_scored_in_one_pass(client, search):
     queries = ["a red circle", "a blue square", "green star", "a large heart", "purple", "the small triangle"]
     alone = {q: client.get("/api/search", params={"q": q, "k": "3"}).json() for q in queries}
     found.batcher.window = 0.2  # wide, so that the pool's requests surely meet
-    found.batcher.batches.clear()
+    found.batcher.batch_sizes.clear()
     try:
         with ThreadPoolExecutor(len(queries)) as pool:
             together = list(pool.map(lambda q: client.get("/api/search", params={"q": q, "k": "3"}).json(), queries))
     finally:
         found.batcher.window = 0.005
-    assert max(found.batcher.batches) > 1 and sum(found.batcher.batches) == len(queries)
+    sizes = found.batcher.batch_sizes  # batch size -> batches scored
+    assert max(sizes) > 1 and sum(size * n for size, n in sizes.items()) == len(queries)
     for q, answer in zip(queries, together):
         assert answer["query"] == q
         assert [h["image_id"] for h in answer["results"]] == [h["image_id"] for h in alone[q]["results"]]

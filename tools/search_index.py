@@ -1,64 +1,27 @@
-"""The page's search box: `GET /api/search?q=...&k=...`, thumbnails by image id, and the
-batcher that scores queries arriving together in one pass over the indexed images.
+"""The page's search box: `GET /api/search?q=...&k=...` and thumbnails by image id; queries
+arriving together are scored in one pass over the indexed images (tools/batcher.py).
 
 `mount_search(app, search)` adds the routes to the app of tools/serve.py.
 """
-import queue
-import threading
-import time
-from concurrent.futures import Future
-
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from model.retrieval import encode_query
 from model.retrieval_source import load_index
 from pipeline.errors import CapgenError
+from tools.batcher import Batcher
 
 WINDOW_S = 0.005     # how long the first query of a batch waits for others
 MAX_BATCH = 32       # queries scored in one pass
 MAX_TOP = 100
 
 
-class SearchBatcher:
-    """One worker thread: takes the queries that arrive within WINDOW_S of each other
-    (at most MAX_BATCH) and scores them against the index in one pass."""
-
-    def __init__(self, index, window=WINDOW_S, max_batch=MAX_BATCH):
-        self.index, self.window, self.max_batch = index, window, max_batch
-        self.pending = queue.Queue()
-        self.batches = []  # sizes of the batches scored (the tests read it)
-        threading.Thread(target=self._run, daemon=True, name="search-batcher").start()
-
-    def search(self, query, top):
-        """Blocks until the query's batch is scored; the index's search answer for it."""
-        done = Future()
-        self.pending.put((query, top, done))
-        return done.result()
-
-    def _take(self):
-        batch = [self.pending.get()]
-        deadline = time.monotonic() + self.window
-        while len(batch) < self.max_batch:
-            left = deadline - time.monotonic()
-            try:
-                batch.append(self.pending.get(timeout=left) if left > 0 else self.pending.get_nowait())
-            except queue.Empty:
-                break
-        return batch
-
-    def _run(self):
-        while True:
-            batch = self._take()
-            self.batches.append(len(batch))
-            try:
-                answers = self.index.search([q for q, _, _ in batch], max(top for _, top, _ in batch))
-            except Exception as err:  # noqa: BLE001 -- every waiting request gets the error
-                for _, _, done in batch:
-                    done.set_exception(err)
-                continue
-            for (_, top, done), answer in zip(batch, answers):
-                done.set_result({**answer, "results": answer["results"][:top]})
+def _scorer(index):
+    """Batcher's run for search items (query, top): every query against the index in one pass."""
+    def run(items):
+        answers = index.search([query for query, _ in items], max(top for _, top in items))
+        return [{**answer, "results": answer["results"][:top]} for (_, top), answer in zip(items, answers)]
+    return run
 
 
 class Search:
@@ -66,13 +29,14 @@ class Search:
 
     def __init__(self, index, vocab, members=None, name=""):
         self.index, self.vocab, self.members, self.name = index, vocab, members, name
-        self.batcher = SearchBatcher(index)
+        self.batcher = Batcher(_scorer(index), window=WINDOW_S, max_batch=MAX_BATCH, name="search-batcher")
 
     def query(self, text, top):
         """The JSON answer for one query; CapgenError for a bad query or k."""
         if top < 1 or top > MAX_TOP:
             raise CapgenError(f"k: must be 1 to {MAX_TOP} (got {top})")
-        return self.batcher.search(encode_query(text, self.vocab), top)
+        result, _, _ = self.batcher.submit((encode_query(text, self.vocab), top)).result()
+        return result
 
     def jpeg(self, image_id):
         if self.members is None:
