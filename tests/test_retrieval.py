@@ -3,7 +3,6 @@ and on a cache, its bad inputs, the retrieval metrics, and `capgen eval --retrie
 small trained model."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -17,20 +16,8 @@ from model.retrieval_source import load_index
 from pipeline.errors import CapgenError
 from pipeline.features import FeatureFile
 from pipeline.shardset import read_captions
+from cli_in_process import capgen
 from serve_checkpoint import make_checkpoint
-from tools.cli import main
-
-
-def capgen(args, capsys, monkeypatch):
-    """(exit status, stdout, stderr) of `capgen ARGS` run in this process."""
-    monkeypatch.setattr(sys, "argv", ["capgen", *map(str, args)])
-    try:
-        main()
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture(scope="module")
