@@ -14,7 +14,7 @@ from PIL import ImageOps
 from model import checkpoint
 from model.checkpoint_config import fit_mode, split_state
 from model.decoder import Decoder
-from model.encoder import Encoder
+from model.encoder import build_encoder
 from model.search import beam_search
 from pipeline import imaging
 from pipeline.errors import CapgenError
@@ -28,10 +28,10 @@ def _build(config, state):
     if part["encoder"]:
         with warnings.catch_warnings():  # random init, overwritten right below
             warnings.simplefilter("ignore")
-            encoder = Encoder(enc["name"], "none", enc["stop"])
+            encoder = build_encoder(enc["name"], "none", enc["stop"])
         encoder.load_state_dict(part["encoder"])
     else:
-        encoder = Encoder(enc["name"], enc["weights"], enc["stop"])
+        encoder = build_encoder(enc["name"], enc["weights"], enc["stop"])
     decoder = Decoder(**config["decoder"])
     decoder.load_state_dict(part["decoder"])
     return encoder.eval(), decoder.eval()

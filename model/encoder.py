@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from model.convnet import CONVNETS, ConvNet
 from pipeline.errors import CapgenError
 from pipeline.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
@@ -120,10 +121,13 @@ class Encoder(nn.Module):
 
 
 def build_encoder(name, weights, stop, download=False):
-    """An Encoder; random init is drawn from a fixed seed without touching the global RNG."""
+    """An Encoder (a ResNet) or a ConvNet (model/convnet.py, trained from scratch); random
+    init is drawn from a fixed seed without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ENCODER_SEED)
         try:
+            if name in CONVNETS:
+                return ConvNet(name, weights=weights, stop=stop)
             return Encoder(name, weights=weights, stop=stop, download=download)
         except ValueError as err:
             raise CapgenError(f"encoder: {err}") from None

@@ -39,7 +39,7 @@ from model.runlog import Log, plot_curve
 from model.scst import ScstModel, ScstStep, init_model, log_scst, reward_scorer, val_cider
 from model.step import CaptionModel, TrainStep
 from model.train_build import (build_model, build_optimizer, build_scheduler, build_train_loader,
-                               build_val_loader)
+                               build_val_loader, step_scheduler)
 from pipeline.distributed import dist_info
 from pipeline.errors import CapgenError
 from pipeline.folder_lock import folder_lock
@@ -243,7 +243,7 @@ def _end_epoch(state, epoch, scores, scheduler, metric="Bleu_4"):
     """Count the epoch in `state` and step the LR schedule; True when val `metric` (BLEU-4; CIDEr
     for SCST) improved (a non-finite score never does)."""
     score = scores[metric]
-    scheduler.step(score)
+    step_scheduler(scheduler, score)
     improved = math.isfinite(score) and score > state.best
     state.best, state.bad_epochs = (score, 0) if improved else (state.best, state.bad_epochs + 1)
     state.epoch, state.scores = epoch + 1, scores

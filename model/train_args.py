@@ -9,7 +9,7 @@ from dataclasses import MISSING, dataclass, field
 
 from pipeline.errors import CapgenError
 
-ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "convnet")
 
 
 def option(default=MISSING, help=None, choices=None, folder=False):
@@ -25,10 +25,12 @@ class TrainArgs:
     out: str = option(help="Run folder (last/, best/, log.jsonl).", folder=True)
     epochs: int = option(20)
     batch_size: int = option(32, "Images per step (each with its captions).")
-    encoder: str | None = option(None, "Default resnet50 (for a feature cache: the cache's).", ENCODERS)
+    encoder: str | None = option(None, "Default resnet50 (for a feature cache: the cache's); convnet: a small CNN trained "
+                                           "from scratch (model/convnet.py; needs --fine-tune-encoder).", ENCODERS)
     encoder_stop: str | None = option(None, "Default layer4.", ("layer2", "layer3", "layer4"))
     encoder_weights: str | None = option(None, "imagenet (default), none, or a weights file.")
-    fine_tune_encoder: bool = option(False, "Train layers 3-4 of the encoder too (shard sets only).")
+    fine_tune_encoder: bool = option(False, "Train layers 3-4 of the encoder too (every layer of a convnet; shard "
+                                                 "sets only).")
     download: bool = option(False, "Allow fetching torchvision's ImageNet weights when they are not in "
                                    "the local cache.")
     embed_dim: int = option(512)
@@ -39,6 +41,9 @@ class TrainArgs:
     encoder_lr: float = option(1e-4)
     grad_clip: float = 5.0
     alpha_c: float = 1.0             # weight of the doubly stochastic attention term
+    lr_schedule: str = option("plateau", "plateau: LR x 0.8 after 3 epochs without a better val score; "
+                                         "cosine: down towards 0 over --epochs (a run of known length).",
+                              ("plateau", "cosine"))
     lr_factor: float = 0.8           # ReduceLROnPlateau on val BLEU-4
     lr_patience: int = 3
     patience: int = option(20, "Early stopping: epochs without a better val BLEU-4.")

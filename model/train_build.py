@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import torch
 
+from model.convnet import CONVNETS
 from model.decoder import Decoder
 from model.encoder import build_encoder, normalise
 from pipeline.errors import CapgenError
@@ -14,8 +15,12 @@ from pipeline.loader import make_loader
 def encoder_for(args, source):
     """(encoder, weights name): from the feature cache (weights stored there) or the options."""
     if source.kind != "features":
-        weights = args.encoder_weights or "imagenet"
-        return build_encoder(args.encoder or "resnet50", weights, args.encoder_stop or "layer4", args.download), weights
+        name = args.encoder or "resnet50"
+        if name in CONVNETS and not args.fine_tune_encoder:
+            raise CapgenError(f"--encoder {name}: has no pretrained weights and trains from scratch: "
+                              "add --fine-tune-encoder")
+        weights = args.encoder_weights or ("none" if name in CONVNETS else "imagenet")
+        return build_encoder(name, weights, args.encoder_stop or "layer4", args.download), weights
     attrs = source.cache.attrs
     for opt, key in (("encoder", "encoder"), ("encoder_stop", "stop")):
         given = getattr(args, opt)
@@ -82,9 +87,20 @@ def build_optimizer(model, args, device):
 
 
 def build_scheduler(optimizer, args):
-    """LR times lr_factor after lr_patience epochs without a better val BLEU-4."""
+    """plateau: LR times lr_factor after lr_patience epochs without a better val score;
+    cosine: from the set LR down towards 0 over args.epochs (stepped once an epoch)."""
+    if args.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_factor,
                                                       patience=args.lr_patience)
+
+
+def step_scheduler(scheduler, score):
+    """One epoch's step: a plateau schedule reads the val score, a fixed one does not."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(score)
+    else:
+        scheduler.step()
 
 
 def build_train_loader(args, source, device, rank=0, world=1):

@@ -63,15 +63,25 @@ def test_demo_on_a_synth_folder_of_another_seed_and_size(tmp_path):
     assert not os.path.exists(os.path.join(out, "data"))  # nothing drawn
 
 
-def test_demo_fine_tuning_trains_and_evaluates_from_the_shards(tmp_path):
+def test_demo_trains_its_convnet_from_the_shards(tmp_path):
     out = str(tmp_path / "out")
     summary = run_demo(out, images=20, epochs=1, echo=lambda m: None, val_fraction=0.25, synth_size=(48, 40),
-                       fine_tune=True, encoder_lr=3e-4, **TOY)
-    assert summary["encoder"].endswith("random init, last stage fine-tuned (lr 0.0003)")
+                       encoder_lr=3e-4, **TOY)
+    assert summary["encoder"] == "convnet layer3 32px random init, trained (lr 0.0003)"
     assert not os.path.exists(os.path.join(out, "features"))  # no cache of an encoder that changes
     assert len(results(out)) == summary["images"]["val"] == 5
     with open(os.path.join(out, "run", "best", "config.json")) as f:
-        assert json.load(f)["config"]["training"]["fine_tune_encoder"] is True
+        config = json.load(f)["config"]
+    assert config["training"]["fine_tune_encoder"] is True and config["encoder"]["name"] == "convnet"
+
+
+def test_demo_on_a_frozen_resnets_cached_features(tmp_path):
+    out = str(tmp_path / "out")
+    summary = run_demo(out, images=20, epochs=1, echo=lambda m: None, val_fraction=0.25, synth_size=(48, 40),
+                       encoder="resnet18", fine_tune=False, **TOY)
+    assert summary["encoder"] == "resnet18 layer3 32px random init, frozen"
+    assert sorted(os.listdir(os.path.join(out, "features"))) == ["train.h5", "val.h5"]
+    assert len(results(out)) == summary["images"]["val"] == 5
 
 
 def test_cli_demo_on_a_hand_made_folder_with_other_sizes_and_words(tmp_path):
@@ -87,7 +97,7 @@ def test_cli_demo_on_a_hand_made_folder_with_other_sizes_and_words(tmp_path):
     assert sorted(r["image_id"] for r in results(out)) == [101, 102]
     assert summary["images"] == {"train": 6, "val": 2}
     assert "attribute_accuracy" not in summary and "attribute accuracy" not in p.stdout
-    assert "Bleu_4" in summary and summary["encoder"].startswith(f"resnet18 {DEMO['stop']} {DEMO['image_size']}px")
+    assert "Bleu_4" in summary and summary["encoder"].startswith(f"{DEMO['encoder']} {DEMO['stop']} {DEMO['image_size']}px")
     with open(os.path.join(out, "shards", "train", "vocab.json")) as f:
         vocab = json.load(f)
     assert vocab["min_freq"] == 1 and {"cat", "mat", "dog", "sofa", "bird", "sits"} <= set(vocab["itos"])

@@ -4,11 +4,13 @@
 layout instead of the synthetic one (`capgen demo --data`): a small model trained on
 one's own small dataset on a CPU.
 
-The recipe (measured in BENCHMARKS.md, "The demo's recipe"; random-init encoders, as
-no ImageNet weights are here): a frozen ResNet-18 cut after layer3 at 128 px gives an
-8x8 grid of 256 channels, standardised per channel from the cache's statistics;
-small batches, many steps; then one epoch of self-critical training (CIDEr-D reward)
-from the cross-entropy best, whose scores stay in the summary as "before_scst".
+The recipe (measured in BENCHMARKS.md, "The demo's recipe"; no ImageNet weights are
+here): a small CNN (model/convnet.py) cut after layer3 at 128 px, an 8x8 grid of 256
+channels, trained from scratch with the decoder from the shards (a frozen random-init
+ResNet sees colour and position but not shape); small batches, many steps, a cosine
+schedule over a fixed number of epochs; then one epoch of self-critical training
+(CIDEr-D reward) from the cross-entropy best, whose scores stay in the summary as
+"before_scst".
 
 Each stage is a function of the `Demo` state, run in the order of DEMO["stages"]
 (STAGES maps names to functions): a later stage (e.g. "scst" after "eval") reads
@@ -39,11 +41,12 @@ DEMO = {
     "seed": 7,
     "synth_size": (160, 120),  # width, height of the synthetic source images
     "image_size": 128,
-    "encoder": "resnet18",
+    "encoder": "convnet",      # model/convnet.py, trained from scratch with the decoder
     "stop": "layer3",
-    "fine_tune": False,        # train the encoder's last stage too (from the shards; no feature cache)
-    "encoder_lr": 1e-4,
-    "epochs": 10,
+    "fine_tune": True,         # train the encoder too (from the shards; no feature cache)
+    "encoder_lr": 1e-3,
+    "epochs": 14,
+    "lr_schedule": "cosine",
     "batch_size": 8,           # images per step (x5 captions): more, smaller steps
     "lr": 8e-4,
     "dims": 256,               # embed / hidden
@@ -76,14 +79,17 @@ class _Steps:
         return time.perf_counter() - self.start
 
 
-def _one_thread(fn, *args):
-    """Run fn on one intra-op thread: a decoder step of 8 images is too small to split
-    across two cores (measured here: 68 img/s on one thread, 75 on two when the machine
-    is idle, and far less on two when anything else runs)."""
+def _train(cfg, args):
+    """train(args) on the thread count that pays: a decoder step of 8 images on cached
+    features is too small to split across two cores (measured here: 68 img/s on one
+    thread, 75 on two when idle, far less on two when anything else runs); a CNN trained
+    with it is not (an epoch of the demo: 37 s on one thread, 24 s on two)."""
+    if cfg["fine_tune"]:
+        return train(args)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return fn(*args)
+        return train(args)
     finally:
         torch.set_num_threads(threads)
 
@@ -161,8 +167,8 @@ def stage_train(d):
     args = TrainArgs(train=d.sources["train"], val=d.sources["val"], out=d.path("run"), epochs=cfg["epochs"],
                      batch_size=cfg["batch_size"], embed_dim=cfg["dims"], attention_dim=cfg["attention_dim"],
                      hidden_dim=cfg["dims"], dropout=cfg["dropout"], decoder_lr=cfg["lr"], beam=1, workers=0,
-                     seed=cfg["seed"], log_every=50, patience=cfg["epochs"], **tune)
-    d.trained = _one_thread(train, args)
+                     seed=cfg["seed"], log_every=50, patience=cfg["epochs"], lr_schedule=cfg["lr_schedule"], **tune)
+    d.trained = _train(cfg, args)
     d.best = os.path.abspath(d.trained["best_dir"])
 
 
@@ -185,7 +191,7 @@ def stage_scst(d):
                      workers=0, seed=cfg["seed"], log_every=50, patience=cfg["scst_epochs"],
                      fine_tune_encoder=cfg["fine_tune"])
     d.before = (d.ev, d.accuracy)
-    d.scst = _one_thread(train, args)
+    d.scst = _train(cfg, args)
     d.best = os.path.abspath(d.scst["best_dir"])
     stage_eval(d)
 
@@ -253,7 +259,7 @@ def _summary(d, steps):
             "images": d.counts, "beam": cfg["beam"], "text_preset": d.ev["text_preset"], "min_freq": d.min_freq,
             "epochs": d.trained["epochs"], "scst_epochs": d.scst["epochs"] if getattr(d, "scst", None) else 0,
             "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, "
-                       + (f"last stage fine-tuned (lr {cfg['encoder_lr']:g})" if cfg["fine_tune"] else "frozen"),
+                       + (f"trained (lr {cfg['encoder_lr']:g})" if cfg["fine_tune"] else "frozen"),
             "decoder": f"{cfg['dims']}-d (attention {cfg['attention_dim']}), {cfg['batch_size']} images x 5 "
                        f"captions per step, lr {cfg['lr']:g}, dropout {cfg['dropout']:g}",
             "seconds": {**{k: round(v, 1) for k, v in steps.times.items()}, "total": round(steps.total(), 1)}}
