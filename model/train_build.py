@@ -44,7 +44,7 @@ def encoder_for(args, source):
 def build_model(args, source, vocab_size, device, image_stats=True):
     """(encoder, decoder, weights name) on `device`, the decoder standardising its input
     with channel statistics: the feature cache's, or estimated from `source`'s images
-    (image_stats=False skips that: a resumed run loads them)."""
+    (image_stats=False skips that: a resumed run loads them; a convnet needs none)."""
     encoder, weights = encoder_for(args, source)
     if args.fine_tune_encoder:
         encoder.set_fine_tune()
@@ -56,7 +56,9 @@ def build_model(args, source, vocab_size, device, image_stats=True):
     if source.kind == "features":
         decoder.set_feature_stats(torch.from_numpy(source.cache.channel_mean),
                                   torch.from_numpy(source.cache.channel_std))
-    elif image_stats:
+    elif image_stats and encoder.name not in CONVNETS:
+        # A convnet's last BatchNorm sets its features' scale while it trains; statistics of its
+        # random start (BatchNorm not yet fitted) would blow them up.
         decoder.set_feature_stats(*_image_feature_stats(encoder, source, args.feature_samples, device))
     return encoder, decoder, weights
 

@@ -183,7 +183,7 @@ def caption(ckpt, images, beam, topk, as_json, attention_out, device, quiet):
               help="A dataset in the COCO 2014 layout (annotations/captions_{train,val}2014.json, train2014/, "
                    "val2014/) to run the recipe on instead of the synthetic one.")
 def demo(out, as_json, images, epochs, data):
-    """synth (or --data) -> shards -> features -> train -> eval -> scst -> caption -> report, on this CPU."""
+    """synth (or --data) -> shards -> train -> eval -> scst -> caption -> report, on this CPU."""
     import json
     from tools.demo import run_demo
     if data is not None and images is not None:

@@ -1,4 +1,4 @@
-"""The demo: synth -> shards -> features -> train -> eval -> scst -> caption -> report, on a 2-core CPU.
+"""The demo: synth -> shards -> [features] -> train -> eval -> scst -> caption -> report, on a 2-core CPU.
 
 `run_demo(out, data=COCO_ROOT)` runs the same recipe on any dataset in the COCO 2014
 layout instead of the synthetic one (`capgen demo --data`): a small model trained on
