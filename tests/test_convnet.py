@@ -71,5 +71,8 @@ def test_trained_from_shards_on_a_cosine_schedule_its_checkpoint_evaluates(train
     assert cap.config["encoder"] == {"name": "convnet", "stop": "layer2", "weights": "none", "grid": [4, 4]}
     start = build_encoder("convnet", "none", "layer2")
     assert not torch.equal(cap.encoder.layer1[0][0].weight, start.layer1[0][0].weight)  # it trained
+    # no channel statistics of the random start: its last BatchNorm sets the features' scale
+    assert torch.equal(cap.decoder.feature_mean, torch.zeros(128)) and torch.equal(cap.decoder.feature_std,
+                                                                                    torch.ones(128))
     ev = evaluate(result["best_dir"], train_val["val"], str(tmp_path / "results.json"), beam=2)
     assert ev["images"] == 6 and all(ev["captions"].values())
