@@ -29,13 +29,15 @@ def browser():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The demo at toy size: 30 synthetic images (6 held out), one epoch."""
+    """The demo at toy size: 30 synthetic images (6 held out), one epoch, on a frozen ResNet's
+    feature cache (so that eval --html is tested from a cache as well as from the shards)."""
     from tools.demo import run_demo
 
     out = str(tmp_path_factory.mktemp("demo") / "demo")
     lines = []
     summary = run_demo(out, images=30, epochs=1, echo=lines.append, val_fraction=0.2, synth_size=(48, 40),
-                       image_size=32, batch_size=4, dims=16, shard_size=8, min_freq=1, beam=2)
+                       image_size=32, batch_size=4, dims=16, shard_size=8, min_freq=1, beam=2,
+                       encoder="resnet18", fine_tune=False)
     return out, summary, lines
 
 
