@@ -54,6 +54,14 @@ def _vips_resize(data, size):
     return np.ndarray(buffer=im.write_to_memory(), dtype=np.uint8, shape=(im.height, im.width, im.bands))
 
 
+def _vips_reduce(data, size):
+    import pyvips
+    a = _decode(data)
+    im = pyvips.Image.new_from_memory(a.data, a.shape[1], a.shape[0], 3, "uchar")
+    im = im.reducev(a.shape[0] / size, kernel="cubic").reduceh(a.shape[1] / size, kernel="cubic")
+    return np.ndarray(buffer=im.write_to_memory(), dtype=np.uint8, shape=(im.height, im.width, im.bands))
+
+
 def _imaging(data, size):
     from pipeline import imaging
     return imaging.resize(_decode(data), size, size)
@@ -70,7 +78,8 @@ METHODS = {  # name -> (fn, decodes with simplejpeg, module it needs)
     "OpenCV INTER_AREA": (_cv2_area, True, "cv2"),
     "libvips thumbnail (shrink-on-load)": (_vips_thumbnail, False, "pyvips"),
     "libvips resize (cubic)": (_vips_resize, True, "pyvips"),
-    "pipeline.imaging.resize (now)": (_imaging, True, None),
+    "libvips reducev + reduceh (cubic, before)": (_vips_reduce, True, "pyvips"),
+    "pipeline.imaging.resize (PIL-exact numba, now)": (_imaging, True, None),
 }
 
 
@@ -86,7 +95,8 @@ def _available(module):
 
 def _one_thread():
     os.environ.setdefault("VIPS_CONCURRENCY", "1")  # read when libvips starts
-    for module, call in (("torch", lambda m: m.set_num_threads(1)), ("cv2", lambda m: m.setNumThreads(1))):
+    for module, call in (("torch", lambda m: m.set_num_threads(1)), ("cv2", lambda m: m.setNumThreads(1)),
+                         ("pyvips", lambda m: (m.concurrency_set(1), m.cache_set_max(0)))):
         if _available(module):
             call(__import__(module))
 
