@@ -25,8 +25,11 @@ for command in (cli_data.synth, cli_data.shards, cli_data.vocab_cmd, cli_train.t
 
 def main():
     # Idle OpenMP threads sleep rather than spin (must precede importing torch): on a
-    # small machine with anything else running, spinning slows CPU work 10x or more.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # small machine with anything else running, spinning slows CPU work 2-10x. Not for the
+    # demo, which runs alone: its convnet's many small kernels pay for every wake-up (a
+    # training step on 2 idle cores: 35 ms spinning, 50 ms sleeping).
+    if sys.argv[1:2] != ["demo"]:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

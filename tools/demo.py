@@ -45,7 +45,7 @@ DEMO = {
     "stop": "layer3",
     "fine_tune": True,         # train the encoder too (from the shards; no feature cache)
     "encoder_lr": 1e-3,
-    "epochs": 14,
+    "epochs": 12,
     "lr_schedule": "cosine",
     "batch_size": 8,           # images per step (x5 captions): more, smaller steps
     "lr": 8e-4,
