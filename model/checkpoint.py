@@ -29,6 +29,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from pipeline.atomic import atomic_dir, atomic_write
 from pipeline.errors import CapgenError
+from pipeline.os_errors import read_bytes
 from pipeline.text import Vocabulary
 
 FORMAT = "capgen-checkpoint/1"
@@ -112,13 +113,7 @@ def load(path, trainer=True):
     path = resolve(path)
     config, vocab = read_config(path)
     weights = os.path.join(path, WEIGHTS)
-    try:
-        with open(weights, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise CapgenError(f"{weights}: file not found") from None
-    except OSError as err:
-        raise CapgenError(f"{weights}: cannot read ({err.strerror or err})") from None
+    data = read_bytes(weights)
     try:
         state = safetensors_load(data)
     except (SafetensorError, OSError, ValueError) as err:

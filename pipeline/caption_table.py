@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from pipeline.coco import ImageRecord, Source
 from pipeline.errors import CapgenError
+from pipeline.os_errors import read_bytes
 
 FILE_COLUMN = "file_name"             # Hugging Face imagefolder's name
 CAPTION_COLUMNS = ("caption", "text")  # the first present is used, unless one is chosen
@@ -87,13 +88,7 @@ def _read_rows(path, dropped):
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".jsonl", ".csv", ".tsv"):
         raise CapgenError(f"{path}: unknown captions file type {ext or '(none)'!r} (expected .jsonl, .csv or .tsv)")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise CapgenError(f"{path}: file not found") from None
-    except OSError as err:
-        raise CapgenError(f"{path}: cannot read ({err.strerror})") from None
+    data = read_bytes(path)
     # utf-8 (a byte-order mark dropped); undecodable bytes become lone surrogates,
     # so a row holding one is counted and set aside instead of failing the file.
     text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape")
