@@ -5,9 +5,9 @@ scale (DCT scaling) when the source is at least twice the target; other
 scales (5/8, 3/8, ...) decode slower than full size, so they are never asked
 for. The resize is pipeline.resample: Pillow's antialiased bicubic in Pillow's
 own fixed-point arithmetic (for 640x480 -> 256x256 the same bytes as PIL's
-BICUBIC), in numba loops over whole rows with OpenCV transposes, one thread:
-about 0.3 ms for 640x480 -> 256x256 against PIL's 2.6 and the libvips reduce's
-1.25 before it, and no torch on the shard builder's path (`capgen bench shards --resize`
+BICUBIC), in C loops over whole rows (pipeline/_resample.c) with OpenCV
+transposes, one thread: about 0.3 ms for 640x480 -> 256x256 against PIL's 2.6
+and the libvips reduce's 1.25 before it, and no torch on the shard builder's path (`capgen bench shards --resize`
 measures the candidates). Everything simplejpeg cannot read (PNG named .jpg,
 CMYK, recoverable JPEG errors) goes through PIL. EXIF orientation is applied
 (simplejpeg ignores it). A file that cannot become an image raises BadImage
@@ -17,7 +17,6 @@ import io
 import struct
 
 import cv2
-import numba
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
@@ -152,7 +151,7 @@ def versions():
     """The libraries that decide the output bytes (a resumed build checks them)."""
     import PIL
 
-    return {"simplejpeg": simplejpeg.__version__, "resize": "pillow-bicubic-exact", "numba": numba.__version__,
+    return {"simplejpeg": simplejpeg.__version__, "resize": "pillow-bicubic-exact",
             "opencv": cv2.__version__, "pillow": PIL.__version__, "numpy": np.__version__}
 
 

@@ -8,16 +8,17 @@ Image.BICUBIC)` bit for bit whenever Pillow also runs the horizontal pass first:
 always for one axis, and for 640x480 -> 256x256 (Pillow 13 runs the vertical
 pass first for some other shapes, by a rule of its own; the other order can
 move a pixel by a few levels). Integer arithmetic only: the same bytes on any
-CPU. Each pass is one numba loop along whole rows of bytes (it vectorizes, and
+CPU. Each pass is one C loop along whole rows of bytes (pipeline/_resample.c: it vectorizes, and
 channels need no special case); the horizontal pass runs as a vertical one
 between two OpenCV transposes (SIMD copies). One thread.
 """
 import functools
 import threading
+import warnings
 
 import cv2
-import numba
 import numpy as np
+
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's, for 8-bit images
 SUPPORT = 2.0  # the bicubic kernel's, in source pixels when not reducing
@@ -64,22 +65,21 @@ def coefficients(size_in, size_out):
     return starts, counts, weights
 
 
-@numba.njit("void(uint8[:, ::1], int64[::1], int64[::1], int32[:, ::1], uint8[:, ::1])", cache=True, nogil=True)
-def _reduce_rows(src, starts, counts, weights, dst):
-    """dst[i] = clip8(sum over k of weights[i, k] * src[starts[i] + k]), whole rows at a time."""
-    n = src.shape[1]
-    acc = np.empty(n, np.int32)
-    for i in range(dst.shape[0]):
-        acc[:] = 1 << (PRECISION_BITS - 1)
-        s = starts[i]
-        for k in range(counts[i]):
-            wk = weights[i, k]
-            row = src[s + k]
-            for j in range(n):
-                acc[j] += wk * np.int32(row[j])
-        for j in range(n):
-            v = acc[j] >> PRECISION_BITS
-            dst[i, j] = 0 if v < 0 else (255 if v > 255 else v)
+def _reduce_rows_numpy(src, row_bytes, starts, counts, weights, taps, dst):
+    """pipeline/_resample.c's reduce_rows in numpy (the same integers, several times slower):
+    for a source checkout whose C extension was never built."""
+    src = np.frombuffer(src, np.uint8).reshape(-1, row_bytes)
+    rows = np.minimum(starts[:, None] + np.arange(taps), len(src) - 1)  # taps past counts weigh 0
+    acc = np.einsum("ok,okn->on", weights.astype(np.int64), src[rows].astype(np.int64)) + (1 << (PRECISION_BITS - 1))
+    dst.reshape(-1, row_bytes)[:] = np.clip(acc >> PRECISION_BITS, 0, 255)
+
+
+try:
+    from pipeline._resample import reduce_rows
+except ImportError:
+    warnings.warn("pipeline._resample is not built (pip install -e . builds it): resizing with numpy, "
+                  "several times slower", stacklevel=2)
+    reduce_rows = _reduce_rows_numpy
 
 
 def _vertical(pixels, height, out=None):
@@ -87,7 +87,7 @@ def _vertical(pixels, height, out=None):
     h, w, c = pixels.shape
     starts, counts, weights = coefficients(h, height)
     out = np.empty((height, w, c), np.uint8) if out is None else out
-    _reduce_rows(pixels.reshape(h, w * c), starts, counts, weights, out.reshape(height, w * c))
+    reduce_rows(pixels, w * c, starts, counts, weights, weights.shape[1], out)
     return out
 
 

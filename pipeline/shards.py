@@ -207,7 +207,7 @@ def _build_in_worker(task):
 def _run_pool(tasks, bar, workers):
     # Not fork: a forked child could inherit a lock held mid-use by another thread of the parent
     # (tqdm's monitor, a library's pool: a hang). A fork server, started clean with this module
-    # loaded (numba's compiled resize included), forks the workers instead.
+    # loaded (imports done once), forks the workers instead.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["pipeline.shards"])
     done_count = ctx.Value("q", 0)

@@ -79,7 +79,7 @@ METHODS = {  # name -> (fn, decodes with simplejpeg, module it needs)
     "libvips thumbnail (shrink-on-load)": (_vips_thumbnail, False, "pyvips"),
     "libvips resize (cubic)": (_vips_resize, True, "pyvips"),
     "libvips reducev + reduceh (cubic, before)": (_vips_reduce, True, "pyvips"),
-    "pipeline.imaging.resize (PIL-exact numba, now)": (_imaging, True, None),
+    "pipeline.imaging.resize (PIL-exact C, now)": (_imaging, True, None),
 }
 
 
