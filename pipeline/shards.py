@@ -11,13 +11,11 @@ build are joined by pipeline/merge.py. The folder's layout: pipeline/shardset.py
 """
 import glob
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
 import re
 import signal
-import tarfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -32,6 +30,7 @@ from pipeline.folder_lock import folder_lock
 from pipeline.merge import finalize, write_job_manifest
 from pipeline.os_errors import writing
 from pipeline.shardset import FORMAT, PARTS, file_sha256, part_path, shard_name
+from pipeline.tar_writer import TarWriter
 from pipeline.text import Vocabulary
 
 MTIME = 1_400_000_000  # fixed member time (2014-05-13): same input, same bytes
@@ -70,14 +69,6 @@ class Task:
 
 # ---------------------------------------------------------------- one shard
 
-def _member(name, data):
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), MTIME, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info, io.BytesIO(data)
-
-
 def _record_meta(rec, width, height):
     meta = {"image_id": rec["image_id"], "file_name": rec["file_name"], "split": rec["split"],
             "width": width, "height": height, "captions": rec["captions"]}
@@ -85,25 +76,28 @@ def _record_meta(rec, width, height):
 
 
 def write_shard(path, records, opts, progress):
-    """Write one shard atomically; returns its part record. progress(1) after each image."""
+    """Write one shard atomically; returns its part record and its members
+    [(name, data_offset, size)] (for its index). progress(1) after each image."""
     skipped, samples, captions = [], 0, 0
     with atomic_write(path, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for rec in records:
-                try:
-                    jpg, width, height = imaging.convert(imaging.read(rec["path"]), opts.image_size,
-                                                         opts.resize_mode, opts.quality)
-                except imaging.BadImage as bad:
-                    skipped.append([rec["image_id"], rec["path"], bad.reason])
-                else:
-                    key = str(rec["image_id"])
-                    tar.addfile(*_member(key + ".jpg", jpg))
-                    tar.addfile(*_member(key + ".json", _record_meta(rec, width, height)))
-                    samples += 1
-                    captions += len(rec["captions"])
-                progress(1)
-    return {"name": os.path.basename(path), "samples": samples, "captions": captions,
-            "bytes": os.path.getsize(path), "sha256": file_sha256(path), "skipped": skipped}
+        tar = TarWriter(f, MTIME)
+        for rec in records:
+            try:
+                jpg, width, height = imaging.convert(imaging.read(rec["path"]), opts.image_size,
+                                                     opts.resize_mode, opts.quality)
+            except imaging.BadImage as bad:
+                skipped.append([rec["image_id"], rec["path"], bad.reason])
+            else:
+                key = str(rec["image_id"])
+                tar.add(key + ".jpg", jpg)
+                tar.add(key + ".json", _record_meta(rec, width, height))
+                samples += 1
+                captions += len(rec["captions"])
+            progress(1)
+        tar.close()
+    part = {"name": os.path.basename(path), "samples": samples, "captions": captions,
+            "bytes": tar.bytes, "sha256": tar.sha256.hexdigest(), "skipped": skipped}
+    return part, tar.members
 
 
 def _load_part(out, shard, fingerprint):
@@ -137,10 +131,10 @@ def build_task(task, progress):
     # files themselves are trusted to be unchanged; delete a shard to rebuild it.
     fingerprint = dict(task.fingerprint, records_sha256=hashlib.sha256(
         json.dumps(task.records, sort_keys=True).encode()).hexdigest())
-    part = _load_part(out, shard, fingerprint)
+    part, members = _load_part(out, shard, fingerprint), None
     if part is None:
         try:
-            part = write_shard(path, task.records, task.opts, progress)
+            part, members = write_shard(path, task.records, task.opts, progress)
             part["fingerprint"] = fingerprint
             with atomic_write(part_path(out, shard), "w") as f:
                 json.dump(part, f)
@@ -150,10 +144,11 @@ def build_task(task, progress):
     else:
         progress(len(task.records))
         part["reused"] = True
-    # A shard whose every image failed has no samples, and so no index.
+    # A shard whose every image failed has no samples, and so no index. A shard
+    # just written is indexed from its writer's members; a reused one is read.
     if task.index and part["samples"] and not wds_index.is_current(path, wds_index.index_path(path)):
         with writing(wds_index.index_path(path)):
-            wds_index.write_index(path)
+            wds_index.write_index(path, members=members)
     return part
 
 

@@ -31,34 +31,44 @@ def split_name(name):
     return (name, "") if dot < 0 else (name[:dot], name[dot + 1:])
 
 
-def read_samples(tar_path):
-    """[[(ext, data_offset, size, name), ...] per sample] for the regular files of a tar."""
-    samples, last = [], None
+def read_members(tar_path):
+    """[(name, data_offset, size)] of the regular files of a tar, in tar order."""
     try:
         with tarfile.open(tar_path, "r:") as tar:
-            for member in tar:
-                if not member.isreg():
-                    continue
-                key, ext = split_name(member.name)
-                if not key or key.endswith("/"):  # hidden files: DALI skips them too
-                    continue
-                if any(c.isspace() for c in member.name):
-                    raise CapgenError(f"{tar_path}: member name {member.name!r} has white space")
-                if key != last:
-                    samples.append([])
-                    last = key
-                samples[-1].append((ext, member.offset_data, member.size, member.name))
+            return [(m.name, m.offset_data, m.size) for m in tar if m.isreg()]
     except (tarfile.TarError, OSError) as err:
         raise CapgenError(f"{tar_path}: not a readable tar ({err})") from None
+
+
+def group_samples(tar_path, members):
+    """[[(ext, data_offset, size, name), ...] per sample] from a tar's members
+    [(name, data_offset, size)]: consecutive members of one key make a sample."""
+    samples, last = [], None
+    for name, offset, size in members:
+        key, ext = split_name(name)
+        if not key or key.endswith("/"):  # hidden files: DALI skips them too
+            continue
+        if any(c.isspace() for c in name):
+            raise CapgenError(f"{tar_path}: member name {name!r} has white space")
+        if key != last:
+            samples.append([])
+            last = key
+        samples[-1].append((ext, offset, size, name))
     if not samples:
         raise CapgenError(f"{tar_path}: no samples in shard")
     return samples
 
 
-def write_index(tar_path, idx_path=None):
-    """Write the index of one shard (atomically); returns its path."""
+def read_samples(tar_path):
+    """[[(ext, data_offset, size, name), ...] per sample] for the regular files of a tar."""
+    return group_samples(tar_path, read_members(tar_path))
+
+
+def write_index(tar_path, idx_path=None, members=None):
+    """Write the index of one shard (atomically); returns its path. members: the tar's
+    regular files [(name, data_offset, size)] where its writer knows them (else the tar is read)."""
     idx_path = idx_path or index_path(tar_path)
-    samples = read_samples(tar_path)
+    samples = group_samples(tar_path, read_members(tar_path) if members is None else members)
     with atomic_write(idx_path, "w") as f:
         f.write(f"{VERSION} {len(samples)}\n")
         for sample in samples:

@@ -15,6 +15,7 @@ import simplejpeg
 from PIL import Image
 
 from pipeline import shards as sh
+from pipeline import wds_index
 from pipeline.coco import read_coco, read_karpathy
 from pipeline.errors import CapgenError
 from pipeline.merge import merge
@@ -178,6 +179,20 @@ def test_worker_count_and_rerun_give_same_bytes(coco, built, tmp_path):
     r = build(coco[0], out, workers=2)   # complete: every shard kept after its hash check
     assert (r["built"], r["reused"]) == (0, 5)
     assert hashes(out) == hashes(built)
+
+
+def test_index_from_the_writer_equals_the_index_read_from_the_tar(coco, tmp_path, monkeypatch):
+    out = tmp_path / "set"
+    with monkeypatch.context() as m:  # a shard just written is indexed without reading it back
+        m.setattr(wds_index, "read_members", None)
+        build(coco[0], out)
+    for path in shard_paths(str(out)):
+        read = wds_index.write_index(path, str(tmp_path / "read.idx"))
+        assert open(wds_index.index_path(path), "rb").read() == open(read, "rb").read()
+    stale = out / "set-000001.idx"
+    want = stale.read_bytes()
+    stale.write_bytes(b"v1.1 0\n")  # a reused shard's stale index is rewritten from the tar
+    assert build(coco[0], out)["reused"] == 5 and stale.read_bytes() == want
 
 
 def test_damaged_shard_is_rebuilt_identically(coco, built, tmp_path):
