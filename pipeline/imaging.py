@@ -5,10 +5,10 @@ scale (DCT scaling) when the source is at least twice the target; other
 scales (5/8, 3/8, ...) decode slower than full size, so they are never asked
 for. The resize is pipeline.resample: Pillow's antialiased bicubic in Pillow's
 own fixed-point arithmetic (for 640x480 -> 256x256 the same bytes as PIL's
-BICUBIC), in C loops over whole rows (pipeline/_resample.c) with OpenCV
-transposes, one thread: about 0.3 ms for 640x480 -> 256x256 against PIL's 2.6
-and the libvips reduce's 1.25 before it, and no torch on the shard builder's path (`capgen bench shards --resize`
-measures the candidates). Everything simplejpeg cannot read (PNG named .jpg,
+BICUBIC), in C loops over whole rows (pipeline/_resample.c), one thread:
+about 0.7 ms for 640x480 -> 256x256 against PIL's 2.3 here, and no torch on
+the shard builder's path (`capgen bench shards --resize` measures the
+candidates). Everything simplejpeg cannot read (PNG named .jpg,
 CMYK, recoverable JPEG errors) goes through PIL. EXIF orientation is applied
 (simplejpeg ignores it). A file that cannot become an image raises BadImage
 with a reason the builder counts.
@@ -16,7 +16,6 @@ with a reason the builder counts.
 import io
 import struct
 
-import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
@@ -152,7 +151,7 @@ def versions():
     import PIL
 
     return {"simplejpeg": simplejpeg.__version__, "resize": "pillow-bicubic-exact",
-            "opencv": cv2.__version__, "pillow": PIL.__version__, "numpy": np.__version__}
+            "pillow": PIL.__version__, "numpy": np.__version__}
 
 
 # ---------------------------------------------------------------- EXIF

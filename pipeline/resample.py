@@ -8,24 +8,19 @@ Image.BICUBIC)` bit for bit whenever Pillow also runs the horizontal pass first:
 always for one axis, and for 640x480 -> 256x256 (Pillow 13 runs the vertical
 pass first for some other shapes, by a rule of its own; the other order can
 move a pixel by a few levels). Integer arithmetic only: the same bytes on any
-CPU. Each pass is one C loop along whole rows of bytes (pipeline/_resample.c: it vectorizes, and
-channels need no special case); the horizontal pass runs as a vertical one
-between two OpenCV transposes (SIMD copies). One thread.
+CPU. Each pass is one C loop along whole rows of bytes (pipeline/_resample.c:
+AVX2 where the CPU has it, and channels need no special case); the horizontal
+pass runs as that loop between two transposes, a strip of rows at a time. One
+thread.
 """
 import functools
 import threading
 import warnings
 
-import cv2
 import numpy as np
-
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's, for 8-bit images
 SUPPORT = 2.0  # the bicubic kernel's, in source pixels when not reducing
-
-# One thread per process (the builder's processes are its parallelism): OpenCV would
-# otherwise split each transpose over a thread pool whose wake-ups cost more than the copy.
-cv2.setNumThreads(1)
 
 
 def _bicubic(x, a=-0.5):
@@ -66,7 +61,7 @@ def coefficients(size_in, size_out):
 
 
 def _reduce_rows_numpy(src, row_bytes, starts, counts, weights, taps, dst):
-    """pipeline/_resample.c's reduce_rows in numpy (the same integers, several times slower):
+    """pipeline/_resample.c's reduce_rows in numpy (the same integers, several times slower),
     for a source checkout whose C extension was never built."""
     src = np.frombuffer(src, np.uint8).reshape(-1, row_bytes)
     rows = np.minimum(starts[:, None] + np.arange(taps), len(src) - 1)  # taps past counts weigh 0
@@ -74,12 +69,20 @@ def _reduce_rows_numpy(src, row_bytes, starts, counts, weights, taps, dst):
     dst.reshape(-1, row_bytes)[:] = np.clip(acc >> PRECISION_BITS, 0, 255)
 
 
+def _horizontal_numpy(src, h, w, c, starts, counts, weights, taps, dst, width):
+    """pipeline/_resample.c's horizontal in numpy: a row pass between two transposes."""
+    flipped = np.ascontiguousarray(np.frombuffer(src, np.uint8).reshape(h, w, c).transpose(1, 0, 2))
+    reduced = np.empty((width, h, c), np.uint8)
+    _reduce_rows_numpy(flipped, h * c, starts, counts, weights, taps, reduced)
+    dst.reshape(h, width, c)[:] = reduced.transpose(1, 0, 2)
+
+
 try:
-    from pipeline._resample import reduce_rows
+    from pipeline._resample import horizontal, reduce_rows
 except ImportError:
     warnings.warn("pipeline._resample is not built (pip install -e . builds it): resizing with numpy, "
                   "several times slower", stacklevel=2)
-    reduce_rows = _reduce_rows_numpy
+    horizontal, reduce_rows = _horizontal_numpy, _reduce_rows_numpy
 
 
 def _vertical(pixels, height, out=None):
@@ -91,19 +94,26 @@ def _vertical(pixels, height, out=None):
     return out
 
 
-# The horizontal pass's three intermediate images, kept per thread for the next image of
-# the same shape: freed and allocated anew, they page-fault again each time (glibc hands
-# large blocks back to the kernel), which cost more than the passes themselves.
+def _horizontal(pixels, width, out=None):
+    """uint8 [H, W, C] contiguous -> [H, width, C] (into out when given)."""
+    h, w, c = pixels.shape
+    starts, counts, weights = coefficients(w, width)
+    out = np.empty((h, width, c), np.uint8) if out is None else out
+    horizontal(pixels, h, w, c, starts, counts, weights, weights.shape[1], out, width)
+    return out
+
+
+# The image between the two passes, kept per thread for the next image of the same shape:
+# freed and allocated anew, it page-faults again each time (glibc hands large blocks back
+# to the kernel), which costs more than a pass.
 _scratch = threading.local()
 
 
-def _buffers(h, w, width, c):
-    key = (h, w, width, c)
-    if getattr(_scratch, "key", None) != key:
-        _scratch.key = key
-        _scratch.arrays = (np.empty((w, h, c), np.uint8), np.empty((width, h, c), np.uint8),
-                           np.empty((h, width, c), np.uint8))
-    return _scratch.arrays
+def _between(h, width, c):
+    if getattr(_scratch, "shape", None) != (h, width, c):
+        _scratch.shape = (h, width, c)
+        _scratch.array = np.empty((h, width, c), np.uint8)
+    return _scratch.array
 
 
 def resize(pixels, height, width):
@@ -111,12 +121,7 @@ def resize(pixels, height, width):
     h, w, c = pixels.shape
     out = np.ascontiguousarray(pixels)
     if w != width:
-        if h == height:
-            return cv2.transpose(_vertical(cv2.transpose(out), width))
-        flipped, reduced, back = _buffers(h, w, width, c)
-        cv2.transpose(out, flipped)
-        _vertical(flipped, width, reduced)
-        out = cv2.transpose(reduced, back)
+        out = _horizontal(out, width, _between(h, width, c) if h != height else None)
     if h != height:
         out = _vertical(out, height)
     return out

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from pipeline import resample
-from pipeline._resample import reduce_rows
+from pipeline._resample import horizontal, reduce_rows, transpose
 
 
 def noisy(h, w, seed=0):
@@ -79,8 +79,35 @@ def test_the_kernel_refuses_taps_outside_the_image():
     src, dst = np.zeros((10, 6), np.uint8), np.zeros((2, 6), np.uint8)
     starts, counts, weights = resample.coefficients(10, 2)
     with pytest.raises(ValueError, match="reach outside src"):
+        horizontal(np.zeros((10, 3, 2), np.uint8), 10, 3, 2, starts, counts, weights, weights.shape[1],
+                   np.zeros((10, 2, 2), np.uint8), 2)
+    with pytest.raises(ValueError, match="reach outside src"):
         reduce_rows(src[:5], 6, starts, counts, weights, weights.shape[1], dst)
-    with pytest.raises(ValueError, match="a row per dst row"):
+    with pytest.raises(ValueError, match="a row per output"):
         reduce_rows(src, 6, starts[:1], counts, weights, weights.shape[1], dst)
     with pytest.raises(ValueError, match="whole rows"):
         reduce_rows(src, 7, starts, counts, weights, weights.shape[1], dst)
+
+
+@pytest.mark.parametrize("h, w", [(480, 640), (256, 480), (8, 8), (9, 17), (1, 1), (7, 100), (100, 7), (33, 47)])
+@pytest.mark.parametrize("channels", [3, 1, 4])
+def test_transpose_vector_and_plain(h, w, channels):
+    """8 x 8 blocks and the edges around them, for RGB and other pixel sizes."""
+    a = np.random.default_rng(6).integers(0, 256, (h, w, channels), dtype=np.uint8)
+    for vector in (True, False):
+        out = np.full((w, h, channels), 7, np.uint8)
+        transpose(a, h, w, channels, out, vector)
+        assert np.array_equal(out, a.transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("h, w, width", [(480, 640, 256), (130, 640, 256), (64, 50, 131), (65, 7, 1), (7, 9, 5)])
+def test_horizontal_pass_vector_plain_and_numpy(h, w, width):
+    """Strips of 64 rows and a shorter last one; the same bytes each way."""
+    a = np.random.default_rng(7).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    starts, counts, weights = resample.coefficients(w, width)
+    outs = [np.empty((h, width, 3), np.uint8) for _ in range(3)]
+    horizontal(a, h, w, 3, starts, counts, weights, weights.shape[1], outs[0], width)
+    horizontal(a, h, w, 3, starts, counts, weights, weights.shape[1], outs[1], width, False)
+    resample._horizontal_numpy(a, h, w, 3, starts, counts, weights, weights.shape[1], outs[2], width)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    assert np.array_equal(outs[0], pil_bicubic(a, h, width))
