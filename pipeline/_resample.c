@@ -107,6 +107,12 @@ static const char *check_taps(Py_buffer *starts, Py_buffer *counts, Py_buffer *w
     return NULL;
 }
 
+static void release(Py_buffer *buffers[], int n)
+{
+    for (int i = 0; i < n; i++)
+        PyBuffer_Release(buffers[i]);
+}
+
 /* ---------------------------------------------------------------- transpose
  * dst[x][y] = src[y][x] for an image of h x w pixels of ch bytes: the horizontal pass runs
  * as a row pass between two of these. The plain loop copies pixel by pixel in tiles; on
@@ -211,8 +217,7 @@ static PyObject *transpose(PyObject *self, PyObject *args)
         Py_END_ALLOW_THREADS
         result = Py_NewRef(Py_None);
     }
-    PyBuffer_Release(&src);
-    PyBuffer_Release(&dst);
+    release((Py_buffer *[]){&src, &dst}, 2);
     return result;
 }
 
@@ -267,11 +272,7 @@ static PyObject *horizontal(PyObject *self, PyObject *args)
         Py_END_ALLOW_THREADS
         result = failed ? PyErr_NoMemory() : Py_NewRef(Py_None);
     }
-    PyBuffer_Release(&src);
-    PyBuffer_Release(&starts);
-    PyBuffer_Release(&counts);
-    PyBuffer_Release(&weights);
-    PyBuffer_Release(&dst);
+    release((Py_buffer *[]){&src, &starts, &counts, &weights, &dst}, 5);
     return result;
 }
 
@@ -304,11 +305,7 @@ static PyObject *reduce_rows(PyObject *self, PyObject *args)
         Py_END_ALLOW_THREADS
         result = Py_NewRef(Py_None);
     }
-    PyBuffer_Release(&src);
-    PyBuffer_Release(&starts);
-    PyBuffer_Release(&counts);
-    PyBuffer_Release(&weights);
-    PyBuffer_Release(&dst);
+    release((Py_buffer *[]){&src, &starts, &counts, &weights, &dst}, 5);
     return result;
 }
 

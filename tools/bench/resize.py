@@ -5,14 +5,20 @@ that libvips' shrink-on-load competes fairly); "resize ms" is that minus
 simplejpeg's full-size decode where the method decodes with simplejpeg.
 Quality: PSNR against PIL's LANCZOS of the full-size decode, the same
 reference for every method; PIL's bicubic is the bar (a method qualifies within
-0.5 dB of it). Libraries that are not installed are reported as missing.
+0.5 dB of it). Libraries that are not installed are reported as missing. The
+methods are timed interleaved, round by round (tools/bench/timing.best_of), so
+a machine that slows down mid-run slows them all alike.
 """
+import functools
 import os
-import time
 
 import numpy as np
 import simplejpeg
+import torch
+import torch.nn.functional as F
 from PIL import Image
+
+from tools.bench.timing import best_of
 
 MARGIN_DB = 0.5
 
@@ -28,8 +34,6 @@ def _pil(filter_, reducing_gap=None):
 
 
 def _torch(data, size):
-    import torch
-    import torch.nn.functional as F
     x = torch.from_numpy(_decode(data)).permute(2, 0, 1).unsqueeze(0)
     y = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     return np.dstack(y[0].numpy())
@@ -106,28 +110,28 @@ def psnr(a, b):
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
+def _each(fn, jpegs, size):
+    for d in jpegs:
+        fn(d, size)
+
+
 def bench_resize(jpegs, size=256, rounds=3):
     """[{method, ms, resize_ms, psnr_db, qualifies}] over the JPEG bytes, fastest first."""
     _one_thread()
     refs = [np.asarray(Image.fromarray(_decode(d)).resize((size, size), Image.LANCZOS)) for d in jpegs]
-    rows = []
-    for name, (fn, decodes, module) in METHODS.items():
-        if not _available(module):
-            rows.append({"method": name, "missing": module})
-            continue
+    here = {name: m for name, m in METHODS.items() if _available(m[2])}
+    for fn, _, _ in here.values():
         for d in jpegs[:3]:  # warm up (library start, kernels)
             fn(d, size)
-        best = float("inf")
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for d in jpegs:
-                fn(d, size)
-            best = min(best, (time.perf_counter() - start) / len(jpegs))
+    best = best_of([functools.partial(_each, fn, jpegs, size) for fn, _, _ in here.values()], rounds, 0,
+                   torch.device("cpu"))
+    rows = [{"method": name, "missing": module} for name, (_, _, module) in METHODS.items() if name not in here]
+    for (name, (fn, decodes, _)), seconds in zip(here.items(), best):
         quality = None
         if name != "simplejpeg decode only":
             quality = float(np.mean([psnr(fn(d, size), r) for d, r in zip(jpegs, refs)]))
-        rows.append({"method": name, "ms": best * 1000, "decodes": decodes, "psnr_db": quality})
-    decode_ms = rows[0]["ms"]
+        rows.append({"method": name, "ms": seconds / len(jpegs) * 1000, "decodes": decodes, "psnr_db": quality})
+    decode_ms = next(r["ms"] for r in rows if r["method"] == "simplejpeg decode only")
     bar = next(r["psnr_db"] for r in rows if r["method"].startswith("PIL bicubic"))
     for r in rows:
         if "ms" in r:
