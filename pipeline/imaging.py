@@ -6,10 +6,10 @@ scales (5/8, 3/8, ...) decode slower than full size, so they are never asked
 for. The resize is pipeline.resample: Pillow's antialiased bicubic in Pillow's
 own fixed-point arithmetic (for 640x480 -> 256x256 the same bytes as PIL's
 BICUBIC), in C loops over whole rows (pipeline/_resample.c), one thread:
-about 0.7 ms for 640x480 -> 256x256 against PIL's 2.3 here, and no torch on
-the shard builder's path (`capgen bench shards --resize` measures the
-candidates). Everything simplejpeg cannot read (PNG named .jpg,
-CMYK, recoverable JPEG errors) goes through PIL. EXIF orientation is applied
+about 0.5 ms for 640x480 -> 256x256, several times faster than PIL, and no
+torch on the shard builder's path (`capgen bench shards --resize` measures the
+candidates). Everything simplejpeg cannot read (PNG named .jpg, CMYK,
+recoverable JPEG errors) goes through PIL. EXIF orientation is applied
 (simplejpeg ignores it). A file that cannot become an image raises BadImage
 with a reason the builder counts.
 """
