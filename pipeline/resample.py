@@ -61,7 +61,7 @@ def coefficients(size_in, size_out):
 
 
 def _reduce_rows_numpy(src, row_bytes, starts, counts, weights, taps, dst):
-    """pipeline/_resample.c's reduce_rows in numpy (the same integers, several times slower),
+    """pipeline/_resample.c's reduce_rows in numpy (the same integers, far slower),
     for a source checkout whose C extension was never built."""
     src = np.frombuffer(src, np.uint8).reshape(-1, row_bytes)
     rows = np.minimum(starts[:, None] + np.arange(taps), len(src) - 1)  # taps past counts weigh 0
@@ -81,7 +81,7 @@ try:
     from pipeline._resample import horizontal, reduce_rows
 except ImportError:
     warnings.warn("pipeline._resample is not built (pip install -e . builds it): resizing with numpy, "
-                  "several times slower", stacklevel=2)
+                  "about a hundred times slower", stacklevel=2)
     horizontal, reduce_rows = _horizontal_numpy, _reduce_rows_numpy
 
 
