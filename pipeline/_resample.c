@@ -1,15 +1,19 @@
-/* The inner loop of pipeline/resample.py: one resampling pass down the rows of a uint8
- * image, in Pillow's fixed-point arithmetic (Resample.c's ImagingResampleVertical_8bpc,
- * applied to whole rows of bytes at once so that it vectorizes and needs no case per
- * channel). Python computes the coefficients; this file only multiplies and adds.
+/* The loops of pipeline/resample.py, in Pillow's fixed-point arithmetic (Resample.c's
+ * 8bpc passes); Python computes the coefficients, this file only multiplies, adds and
+ * moves bytes.
  *
  *     reduce_rows(src, row_bytes, starts, counts, weights, taps, dst, vector=True)
+ *         the vertical pass, over whole rows of bytes at once (so channels need no case):
+ *         output row i = clip8(sum over k < counts[i] of weights[i, k] * src row
+ *         starts[i] + k), rounded as Pillow rounds; starts, counts int64 [h_out],
+ *         weights int32 [h_out, taps]
+ *     horizontal(src, height, width, pixel_bytes, starts, counts, weights, taps, dst,
+ *                width_out, vector=True)
+ *         the horizontal pass: the same loop between two transposes, strip by strip
+ *     transpose(src, height, width, pixel_bytes, dst, vector=True)
  *
- * src: h_in rows of row_bytes bytes; dst: h_out rows of row_bytes bytes (written);
- * starts, counts: int64 [h_out]; weights: int32 [h_out, taps]. Output row i is
- * clip8(sum over k < counts[i] of weights[i, k] * src row starts[i] + k), rounded as Pillow
- * rounds. On x86-64 with AVX2 an explicit vector loop runs (vector=False: the plain one,
- * for tests); both give the same integers. The GIL is released while it runs.
+ * On x86-64 with AVX2, explicit vector loops run (vector=False: the plain ones, for
+ * tests); both give the same bytes. The GIL is released while they run.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
