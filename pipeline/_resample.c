@@ -51,7 +51,7 @@ static void row_plain(const uint8_t *src, Py_ssize_t n, int64_t start, int64_t t
 }
 
 typedef void row_fn(const uint8_t *, Py_ssize_t, int64_t, int64_t, const int32_t *, Py_ssize_t, uint8_t *);
-static row_fn *row_best = row_plain;  /* the fastest this CPU runs, set when the module loads */
+static int avx2 = 0;  /* whether this CPU has AVX2: set when the module loads */
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -88,6 +88,16 @@ static void row_avx2(const uint8_t *src, Py_ssize_t n, int64_t start, int64_t ta
     row_plain(src, n, start, taps, w, j, out);
 }
 #endif
+
+/* The row loop to run: AVX2 where the CPU has it, unless the caller asks for the plain one. */
+static row_fn *row_for(int vector)
+{
+#ifdef HAVE_AVX2
+    if (vector && avx2)
+        return row_avx2;
+#endif
+    return row_plain;
+}
 
 static void reduce(row_fn *row, const uint8_t *src, Py_ssize_t n, const int64_t *starts, const int64_t *counts,
                    const int32_t *weights, Py_ssize_t taps, uint8_t *dst, Py_ssize_t rows)
@@ -195,7 +205,7 @@ static void transpose_image(const uint8_t *src, Py_ssize_t h, Py_ssize_t w, Py_s
                             int vector)
 {
 #ifdef HAVE_AVX2
-    if (vector && ch == 3 && row_best == row_avx2) {
+    if (vector && avx2 && ch == 3) {
         transpose_rgb_avx2(src, h, w, dst);
         return;
     }
@@ -245,7 +255,7 @@ static int horizontal_pass(const uint8_t *src, Py_ssize_t h, Py_ssize_t w, Py_ss
     for (Py_ssize_t y0 = 0; y0 < h; y0 += STRIP) {
         const Py_ssize_t rows = h - y0 < STRIP ? h - y0 : STRIP;  /* the strip: a rows x w image */
         transpose_image(src + y0 * w * ch, rows, w, ch, flipped, vector);
-        reduce(vector ? row_best : row_plain, flipped, rows * ch, starts, counts, weights, taps, reduced, w_out);
+        reduce(row_for(vector), flipped, rows * ch, starts, counts, weights, taps, reduced, w_out);
         transpose_image(reduced, w_out, rows, ch, dst + y0 * w_out * ch, vector);
     }
     PyMem_RawFree(flipped);
@@ -305,7 +315,7 @@ static PyObject *reduce_rows(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, error);
     } else {
         Py_BEGIN_ALLOW_THREADS
-        reduce(vector ? row_best : row_plain, src.buf, n, starts.buf, counts.buf, weights.buf, taps, dst.buf, dst.len / n);
+        reduce(row_for(vector), src.buf, n, starts.buf, counts.buf, weights.buf, taps, dst.buf, dst.len / n);
         Py_END_ALLOW_THREADS
         result = Py_NewRef(Py_None);
     }
@@ -333,7 +343,7 @@ PyMODINIT_FUNC PyInit__resample(void)
 {
 #ifdef HAVE_AVX2
     if (__builtin_cpu_supports("avx2"))
-        row_best = row_avx2;
+        avx2 = 1;
 #endif
     return PyModule_Create(&module);
 }
