@@ -3,7 +3,7 @@ VENV_STAMP := .venv/.installed
 
 .PHONY: demo test bench clean
 
-$(VENV_STAMP): setup.cfg setup.py constraints.txt pipeline/_resample.c
+$(VENV_STAMP): setup.cfg setup.py constraints.txt pipeline/imaging/_resample.c
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'

@@ -1,5 +1,34 @@
-"""The one error type for bad input: its message names the file and the cause."""
+"""The one error type for bad input (its message names the file and the cause), and the
+ways an OS error or any exception becomes such a line."""
+import contextlib
 
 
 class CapgenError(Exception):
     """Bad input or a broken contract; str(err) is one line: '<file>: <cause>'."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message as one line (its first), at most `limit` characters; its
+    type's name when it has no message."""
+    text = str(err.args[0] if getattr(err, "args", None) else err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Run the block; an OSError in it becomes 'PATH: cannot write (cause)'."""
+    try:
+        yield
+    except OSError as err:
+        raise CapgenError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+def read_bytes(path):
+    """The file's bytes; 'PATH: file not found' or 'PATH: cannot read (cause)' otherwise."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise CapgenError(f"{path}: file not found") from None
+    except OSError as err:
+        raise CapgenError(f"{path}: cannot read ({err.strerror or err})") from None

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from tools.cli import main
+from tools.cli.main import main
 
 
 def capgen(args, capsys, monkeypatch):

@@ -11,9 +11,9 @@ for _name in [k for k in os.environ if k.startswith("SLURM_ARRAY_")]:
 
 import pytest  # noqa: E402
 
-from pipeline import shards  # noqa: E402
-from pipeline.coco import read_coco  # noqa: E402
-from pipeline.synth import synthesize  # noqa: E402
+from pipeline.shards import build as shards  # noqa: E402
+from pipeline.sources.coco import read_coco  # noqa: E402
+from pipeline.synth.generator import synthesize  # noqa: E402
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """Factory: tiny_shards(images=, seed=, ...) -> folder of a shard set that the builder
-    made from synthetic images (pipeline/synth.py); a val2014 set takes the train2014
+    made from synthetic images (pipeline/synth/generator.py); a val2014 set takes the train2014
     set's vocabulary. Each is made once per session for its arguments, so tests read
     these folders and write elsewhere."""
     datasets, sets = {}, {}
@@ -65,7 +65,7 @@ def train_val(tiny_shards, tmp_path_factory):
     """The trainer tests' data: shard sets (32 px, shards of 6) of 24 train / 6 val synthetic
     images and their resnet18-layer3 feature caches (random init), made once per session:
     {"train", "val", "train_h5", "val_h5"}. Tests read them and write elsewhere."""
-    from model.extract import extract
+    from model.infer.extract import extract
 
     root = tmp_path_factory.mktemp("train_val")
     out = {}

@@ -3,11 +3,11 @@ import warnings
 
 import torch
 
-from model import checkpoint
-from model.checkpoint_config import model_config, model_state
-from model.decoder import Decoder
-from model.encoder import Encoder
-from pipeline.scenes import COLOURS, SHAPES
+from model.runs import checkpoint
+from model.runs.checkpoint_config import model_config, model_state
+from model.nets.decoder import Decoder
+from model.nets.encoder import Encoder
+from pipeline.synth.scenes import COLOURS, SHAPES
 from pipeline.text import SPECIALS, Vocabulary
 
 IMAGE_SIZE = 128  # resnet18 to layer3 at 128 px: an 8x8 grid, as ResNet-50 gives at 256 px

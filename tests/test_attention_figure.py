@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.attention_figure import attention_figure, figure_paths, save_attention_figure, upsample
+from model.infer.attention_figure import attention_figure, figure_paths, save_attention_figure, upsample
 
 
 def one_hot(grid, cell):
@@ -97,7 +97,7 @@ def test_caption_cli_writes_figures_and_json_with_attention(tmp_path):
     from click.testing import CliRunner
 
     from serve_checkpoint import GRID, make_checkpoint
-    from tools.cli import cli
+    from tools.cli.main import cli
 
     ckpt = make_checkpoint(tmp_path / "run")
     for name, colour in (("red.jpg", (220, 30, 30)), ("blue.png", (30, 30, 220))):

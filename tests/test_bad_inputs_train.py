@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tools import cli
+from tools.cli import main as cli
 
 
 def run_cli(args, monkeypatch, capsys):

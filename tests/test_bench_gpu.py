@@ -13,7 +13,7 @@ pytest.importorskip("nvidia.dali")
 
 from tools.bench.gpu import COCO_TRAIN_IMAGES  # noqa: E402
 from tools.bench.timing import GpuBusy  # noqa: E402
-from tools.cli import cli  # noqa: E402
+from tools.cli.main import cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_quick_runs_on_cpu_and_says_it_is_a_smoke_run(data, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU error")
 def test_without_a_gpu_only_quick_runs(data, monkeypatch, capsys):
-    from tools.cli import main
+    from tools.cli.main import main
 
     shards, features = data
     monkeypatch.setattr(sys, "argv", ["capgen", "bench", "gpu", "--shards", shards, "--features", features])

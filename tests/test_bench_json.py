@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tools.cli import cli
+from tools.cli.main import cli
 
 
 def last_line_json(args):

@@ -7,7 +7,7 @@ import sys
 from serve_checkpoint import make_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPGEN = [sys.executable, "-c", "import sys; sys.argv[0] = 'capgen'; from tools.cli import main; main()"]
+CAPGEN = [sys.executable, "-c", "import sys; sys.argv[0] = 'capgen'; from tools.cli.main import main; main()"]
 
 
 def last_json(args):

@@ -1,4 +1,4 @@
-"""Your own captions (pipeline/caption_table.py): metadata.jsonl, CSV, TSV with their quirks, to shards."""
+"""Your own captions (pipeline/sources/caption_table.py): metadata.jsonl, CSV, TSV with their quirks, to shards."""
 import hashlib
 import json
 import os
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.caption_table import read_caption_table
+from pipeline.sources.caption_table import read_caption_table
 from pipeline.errors import CapgenError
-from pipeline.shardset import read_manifest
+from pipeline.shards.shardset import read_manifest
 from pipeline.text import TokenTable
 
-CAPGEN = [sys.executable, "-c", "from tools.cli import main; main()"]
+CAPGEN = [sys.executable, "-c", "from tools.cli.main import main; main()"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from model import checkpoint
-from model.captioner import Captioner, preprocess
-from model.checkpoint_config import model_config, model_state
-from model.decoder import Decoder
-from model.encoder import Encoder
-from model.search import beam_search
-from pipeline import imaging
+from model.runs import checkpoint
+from model.infer.captioner import Captioner, preprocess
+from model.runs.checkpoint_config import model_config, model_state
+from model.nets.decoder import Decoder
+from model.nets.encoder import Encoder
+from model.nets.search import beam_search
+from pipeline.imaging import convert as imaging
 from pipeline.errors import CapgenError
 from pipeline.text import Vocabulary
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider as CocoCider
 
-from model.cider import Cider, words_of
+from model.train.cider import Cider, words_of
 from pipeline.text import END, PAD, START
 
 

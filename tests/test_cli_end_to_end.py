@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from pipeline.scenes import attribute_scores, read_scenes
+from pipeline.synth.scenes import attribute_scores, read_scenes
 
 CAPGEN = os.path.join(os.path.dirname(sys.executable), "capgen")
 # METEOR needs Java; without it model.metrics leaves it out (and says so).

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline.coco import caption_references, read_coco, read_karpathy
+from pipeline.sources.coco import caption_references, read_coco, read_karpathy
 from pipeline.errors import CapgenError
 
 

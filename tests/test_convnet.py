@@ -1,16 +1,16 @@
-"""The small CNN trained from scratch (model/convnet.py): its grid, its stages, its
+"""The small CNN trained from scratch (model/nets/convnet.py): its grid, its stages, its
 BatchNorm, and its way through the trainer into a checkpoint and back."""
 import json
 
 import pytest
 import torch
 
-from model.captioner import Captioner
-from model.convnet import ConvNet
-from model.encoder import build_encoder
-from model.evaluate import evaluate
-from model.train import train
-from model.train_args import TrainArgs
+from model.infer.captioner import Captioner
+from model.nets.convnet import ConvNet
+from model.nets.encoder import build_encoder
+from model.eval.evaluate import evaluate
+from model.train.loop import train
+from model.train.args import TrainArgs
 from pipeline.errors import CapgenError
 
 

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from pipeline.loader import make_loader
+from pipeline.loading.loader import make_loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARD = "train2014-000001.tar"  # the second of 4 shards of 6 samples

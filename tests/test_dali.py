@@ -10,17 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-dali = pytest.importorskip("pipeline.dali")
+dali = pytest.importorskip("pipeline.loading.dali")
 wds = pytest.importorskip("webdataset")
 
 from pipeline.errors import CapgenError  # noqa: E402
-from pipeline.mirror import mirror_ids  # noqa: E402
+from pipeline.loading.mirror import mirror_ids  # noqa: E402
 from pipeline.text import TokenTable, Vocabulary  # noqa: E402
-from pipeline.wds_index import index_path, index_shards, read_samples  # noqa: E402
+from pipeline.shards.wds_index import index_path, index_shards, read_samples  # noqa: E402
 
 SIZE = 64
 SHARDS = (7, 4)  # uneven, and 11 samples: no batch size below divides it
-CONTRACT = {"image_ids", "tokens", "lengths", "images"}  # pipeline/loader.py's batch fields
+CONTRACT = {"image_ids", "tokens", "lengths", "images"}  # pipeline/loading/batches.py's batch fields
 CAPTIONS = ["a red circle on the left", "the square is right of the circle",
             "a blue square on the right side", "shapes from left to right"]
 
@@ -227,9 +227,9 @@ def built_set(tiny_shards):
 
 
 def test_builder_shards_read_like_the_cpu_loader(built_set):
-    """The same ids, tokens and pixels as pipeline/loader.py reads, using the builder's index files."""
-    from pipeline.loader import ShardBatches
-    from pipeline.shardset import shard_paths
+    """The same ids, tokens and pixels as pipeline/loading/batches.py reads, using the builder's index files."""
+    from pipeline.loading.batches import ShardBatches
+    from pipeline.shards.shardset import shard_paths
 
     tars = shard_paths(built_set)
     stamps = [os.path.getmtime(index_path(t)) for t in tars]
@@ -245,7 +245,7 @@ def test_builder_shards_read_like_the_cpu_loader(built_set):
 
 def test_make_loader_dali_runs_on_the_gpu_or_the_cpu_graph(built_set):
     """--loader dali: nvJPEG on a GPU; without one, DALI's CPU-mode graph. The same batch fields."""
-    from pipeline.loader import make_loader
+    from pipeline.loading.loader import make_loader
 
     loader = make_loader(built_set, 4, shuffle=True, loader="dali")
     batches = epoch(loader)
@@ -261,7 +261,7 @@ def test_make_loader_dali_runs_on_the_gpu_or_the_cpu_graph(built_set):
 
 
 def test_make_loader_dali_counts_per_rank(built_set):
-    from pipeline.loader import make_loader
+    from pipeline.loading.loader import make_loader
 
     ranks = [make_loader(built_set, 4, shuffle=False, loader="dali", rank=r, world=2) for r in range(2)]
     ids = [[i for b in loader for i in b["image_ids"].tolist()] for loader in ranks]

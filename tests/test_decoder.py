@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.decoder import Decoder, caption_loss, caption_mask, decode_steps, train_plan, trim_steps
-from model.metrics import top5_accuracy
-from model.search import greedy
+from model.nets.decoder import Decoder, caption_loss, caption_mask, decode_steps, train_plan, trim_steps
+from model.nets.decoder import top5_accuracy
+from model.nets.search import greedy
 from pipeline.text import END, PAD, START
 from tools.bench.train import baseline_loss, bench_train, synthetic_batch
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from pipeline.synth import synthesize
+from pipeline.synth.generator import synthesize
 from tools.demo import DEMO, min_freq, run_demo
 
 CAPGEN = os.path.join(os.path.dirname(sys.executable), "capgen")

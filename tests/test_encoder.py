@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision import models
 
-from model.encoder import Encoder, imagenet_weights_path
+from model.nets.encoder import Encoder, imagenet_weights_path
 from pipeline.errors import CapgenError
 
 pytestmark = pytest.mark.filterwarnings("ignore:encoder .*random init")

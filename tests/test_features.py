@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pipeline.errors import CapgenError
-from pipeline.features import FORMAT, FeatureFile, FeatureWriter
-from pipeline.loader import decode_jpeg
+from pipeline.loading.features import FORMAT, FeatureFile, FeatureWriter
+from pipeline.loading.batches import decode_jpeg
 
 ATTRS = {"encoder": "resnet18", "weights": "none", "stop": "layer3", "image_size": 32,
          "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "shard_set": "../set"}
@@ -72,8 +72,8 @@ def test_not_a_cache_is_a_one_line_error(tmp_path):
 
 
 def test_extract_stores_the_encoder_features_of_every_image(tiny_shards, tmp_path):
-    from model.encoder import build_encoder, normalise
-    from model.extract import extract
+    from model.nets.encoder import build_encoder, normalise
+    from model.infer.extract import extract
 
     set_dir = tiny_shards(images=12, seed=4, width=48, height=40, image_size=32, shard_size=5, preset="coco")
     out = str(tmp_path / "feat" / "train.h5")
@@ -109,10 +109,10 @@ def shard_set_ids(set_dir):
 
 
 def test_extract_at_layer2_names_its_stop_and_finer_grid(tiny_shards, tmp_path):
-    from model.extract import extract
-    from model.train_build import encoder_for
-    from model.train_args import TrainArgs
-    from pipeline.loader import DataSource
+    from model.infer.extract import extract
+    from model.train.build import encoder_for
+    from model.train.args import TrainArgs
+    from pipeline.loading.source import DataSource
 
     set_dir = tiny_shards(images=12, seed=4, width=48, height=40, image_size=32, shard_size=5, preset="coco")
     out = str(tmp_path / "train.h5")

@@ -6,7 +6,9 @@ import pytest
 import simplejpeg
 from PIL import Image, ImageOps
 
-from pipeline import imaging
+from pipeline.imaging import decode as imaging_decode
+
+from pipeline.imaging import convert as imaging
 
 
 def photo(w=640, h=480, seed=0):
@@ -43,9 +45,9 @@ def test_exif_orientation_matches_pil(orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode(photo(96, 64), quality=95, exif=exif.tobytes())
-    assert imaging.jpeg_orientation(data) == orientation
+    assert imaging_decode.jpeg_orientation(data) == orientation
     want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
-    np.testing.assert_array_equal(imaging.decode(data)[0], want)
+    np.testing.assert_array_equal(imaging_decode.decode(data)[0], want)
 
 
 def test_rotated_photo_is_upright_and_reports_display_size():
@@ -60,22 +62,22 @@ def test_rotated_photo_is_upright_and_reports_display_size():
 
 
 def test_no_exif_or_garbage_exif_means_upright():
-    assert imaging.jpeg_orientation(encode(photo(32, 32))) == 1
+    assert imaging_decode.jpeg_orientation(encode(photo(32, 32))) == 1
     bad = b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00XX\x00\x00\x00\x00\x00\x00" + encode(photo(32, 32))[2:]
-    assert imaging.jpeg_orientation(bad) == 1
+    assert imaging_decode.jpeg_orientation(bad) == 1
 
 
 @pytest.mark.parametrize("h, w, mode, f", [(480, 640, "stretch", 1), (600, 1000, "stretch", 2),
                                            (1024, 2048, "center-crop", 4), (4000, 3000, "stretch", 8),
                                            (300, 600, "pad", 2), (511, 1024, "stretch", 1)])
 def test_dct_scale_only_when_source_covers_target_twice(h, w, mode, f):
-    assert imaging.scale_factor(h, w, 256, mode) == f
+    assert imaging_decode.scale_factor(h, w, 256, mode) == f
 
 
 def test_large_jpeg_decodes_scaled_but_never_below_target():
     data = encode(photo(1100, 900), quality=90)
-    assert imaging.decode(data, 256)[0].shape == (450, 550, 3)   # 1/2, both sides >= 256
-    assert imaging.decode(data)[0].shape == (900, 1100, 3)
+    assert imaging_decode.decode(data, 256)[0].shape == (450, 550, 3)   # 1/2, both sides >= 256
+    assert imaging_decode.decode(data)[0].shape == (900, 1100, 3)
     jpg, w, h = imaging.convert(data, 256)
     assert (w, h) == (1100, 900)   # the source's size, not the decoded one
     decoded(jpg)
@@ -133,17 +135,17 @@ def test_every_mode_becomes_rgb(kind):
 def test_failures_have_reasons(tmp_path):
     data = encode(photo(), quality=90)
     for cut in (0.3, 0.9):
-        with pytest.raises(imaging.BadImage) as err:
+        with pytest.raises(imaging_decode.BadImage) as err:
             imaging.convert(data[: int(len(data) * cut)], 256)
         assert err.value.reason == "truncated"
     png = encode(photo(), "PNG")
-    with pytest.raises(imaging.BadImage) as err:
+    with pytest.raises(imaging_decode.BadImage) as err:
         imaging.convert(png[: len(png) // 2], 256)
     assert err.value.reason == "truncated"
     for junk in (b"", b"not an image at all", np.random.default_rng(0).bytes(5000)):
-        with pytest.raises(imaging.BadImage) as err:
+        with pytest.raises(imaging_decode.BadImage) as err:
             imaging.convert(junk, 256)
         assert err.value.reason == "corrupt"
-    with pytest.raises(imaging.BadImage) as err:
-        imaging.read(str(tmp_path / "absent.jpg"))
+    with pytest.raises(imaging_decode.BadImage) as err:
+        imaging_decode.read(str(tmp_path / "absent.jpg"))
     assert err.value.reason == "missing"

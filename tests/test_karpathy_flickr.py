@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from pipeline.coco import read_karpathy
-from pipeline.shardset import read_manifest
+from pipeline.sources.coco import read_karpathy
+from pipeline.shards.shardset import read_manifest
 from pipeline.text import TokenTable
 from test_caption_table import _samples, write_images
 
-CAPGEN = [sys.executable, "-c", "from tools.cli import main; main()"]
+CAPGEN = [sys.executable, "-c", "from tools.cli.main import main; main()"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ["train", "train", "train", "val", "test", "test"]
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.features import FeatureWriter
-from pipeline.loader import DataSource, make_loader
+from pipeline.loading.features import FeatureWriter
+from pipeline.loading.source import DataSource
+from pipeline.loading.loader import make_loader
 from pipeline.text import TokenTable, Vocabulary
 
 SIZE = 32
@@ -115,7 +116,8 @@ def test_feature_batches_exact_rows_and_tokens(feature_cache, shard_set):
 
 @pytest.mark.parametrize("world,workers,block", [(1, 0, None), (2, 2, 4), (3, 2, 3)])
 def test_features_every_sample_once_per_epoch(feature_cache, shard_set, world, workers, block):
-    from pipeline.loader import FeatureBatches, Loader
+    from pipeline.loading.batches import FeatureBatches
+    from pipeline.loading.loader import Loader
 
     src = DataSource(feature_cache)
     want = sorted(TokenTable.load(os.path.join(shard_set, "tokens.npz")).image_ids.tolist())

@@ -6,8 +6,9 @@ import pytest
 import torch
 from nltk.translate.bleu_score import corpus_bleu
 
-from model import metrics
-from model.metrics import bleu, coco_scores, score_results_file, top5_accuracy
+from model.eval import metrics
+from model.eval.metrics import bleu, coco_scores, score_results_file
+from model.nets.decoder import top5_accuracy
 from pipeline.errors import CapgenError
 
 REFS = {

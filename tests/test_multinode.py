@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 
-from model.runlog import read_log
-from tools.server_process import free_port
+from model.runs.log import read_log
+from tools.serve.process import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,8 +5,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from pipeline.shardset import read_captions
-from tools.cli import cli
+from pipeline.shards.shardset import read_captions
+from tools.cli.main import cli
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

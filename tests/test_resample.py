@@ -1,10 +1,10 @@
-"""pipeline.resample: Pillow's antialiased bicubic in C, checked against Pillow itself."""
+"""pipeline.imaging.resample: Pillow's antialiased bicubic in C, checked against Pillow itself."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import resample
-from pipeline._resample import horizontal, reduce_rows, transpose
+from pipeline.imaging import resample
+from pipeline.imaging._resample import horizontal, reduce_rows, transpose
 
 
 def noisy(h, w, seed=0):

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.captioner import Captioner
-from model.retrieval import ImageIndex, encode_query
-from model.retrieval_metrics import named_objects, recall_at, scene_has, source_ranks
-from model.retrieval_source import load_index
+from model.infer.captioner import Captioner
+from model.retrieval.index import ImageIndex, encode_query
+from model.retrieval.metrics import named_objects, recall_at, scene_has, source_ranks
+from model.retrieval.source import load_index
 from pipeline.errors import CapgenError
-from pipeline.features import FeatureFile
-from pipeline.shardset import read_captions
+from pipeline.loading.features import FeatureFile
+from pipeline.shards.shardset import read_captions
 from cli_in_process import capgen
 from serve_checkpoint import make_checkpoint
 
@@ -89,7 +89,7 @@ def test_search_a_shard_set_and_its_cache(checkpoint, shards, cache, tmp_path, c
 
 
 def test_search_bad_inputs(checkpoint, shards, cache, tmp_path, capsys, monkeypatch):
-    from model.extract import extract
+    from model.infer.extract import extract
     other = str(make_checkpoint(tmp_path / "other", seed=1))  # another random encoder
     layer4 = str(tmp_path / "layer4.h5")
     with pytest.warns(UserWarning, match="random init"):
@@ -125,9 +125,9 @@ def test_retrieval_metrics():
 @pytest.fixture(scope="module")
 def trained(tiny_shards, tmp_path_factory):
     """A tiny model trained 2 epochs on cached features, and the val cache and scenes."""
-    from model.extract import extract
-    from model.train import train
-    from model.train_args import TrainArgs
+    from model.infer.extract import extract
+    from model.train.loop import train
+    from model.train.args import TrainArgs
     root = tmp_path_factory.mktemp("retrieval_train")
     caches = {}
     for split in ("train2014", "val2014"):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from model.runlog import read_log
-from tools.cli import cli
+from model.runs.log import read_log
+from tools.cli.main import cli
 
 TINY = ["--batch-size", 4, "--embed-dim", 16, "--attention-dim", 16, "--hidden-dim", 16, "--workers", 0,
         "--log-every", 1, "--seed", 3]
@@ -65,7 +65,7 @@ def test_tensorboard_events_equal_the_log(first):
 def test_args_json_holds_every_option_versions_and_sources(first, data):
     from dataclasses import fields
 
-    from model.train_args import TrainArgs
+    from model.train.args import TrainArgs
 
     record = args_json(first)
     assert record["format"] == "capgen-run-args/1"

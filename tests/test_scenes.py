@@ -3,8 +3,8 @@ import json
 import pytest
 
 from pipeline.errors import CapgenError
-from pipeline.scenes import (attribute_accuracy, attribute_judgements, attribute_scores, check_caption,
-                             parse_caption, read_scenes)
+from pipeline.synth.scenes import (attribute_accuracy, attribute_judgements, attribute_scores, check_caption,
+                                   parse_caption, read_scenes)
 
 
 def obj(colour, shape, size, position, x):

@@ -8,14 +8,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from model.decoder import Decoder
-from model.runlog import read_log
-from model.scst import ScstModel, ScstStep, bad_endings, init_model, reward_scorer
-from model.search import sample
-from model.step import CaptionModel
-from model.train import train
-from model.train_args import TrainArgs
-from pipeline.loader import DataSource, make_loader
+from model.nets.decoder import Decoder
+from model.runs.log import read_log
+from model.train.scst import ScstModel, ScstStep, bad_endings, init_model, reward_scorer
+from model.nets.search import sample
+from model.nets.caption_model import CaptionModel
+from model.train.loop import train
+from model.train.args import TrainArgs
+from pipeline.loading.source import DataSource
+from pipeline.loading.loader import make_loader
 from pipeline.text import END, PAD
 
 TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=1,
@@ -112,7 +113,7 @@ def test_train_scst_from_features_resumes_exactly(data, tmp_path):
 
 
 def test_cli_scst_from_shards_with_greedy_baseline(data, tmp_path):
-    from tools.cli import cli
+    from tools.cli.main import cli
 
     run = str(tmp_path / "shards")
     args = ["train", "--train", data["train"], "--val", data["val"], "--out", run, "--epochs", "1",

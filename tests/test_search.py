@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.decoder import Decoder
-from model.search import beam_search, greedy
+from model.nets.decoder import Decoder
+from model.nets.search import beam_search, greedy
 from pipeline.text import END, PAD, START
 
 V, C, P, MAX = 30, 16, 6, 7

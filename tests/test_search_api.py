@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from model.captioner import Captioner
-from model.retrieval import encode_query
-from pipeline.shard_members import ShardMembers
-from pipeline.shardset import read_jpegs
+from model.infer.captioner import Captioner
+from model.retrieval.index import encode_query
+from pipeline.shards.members import ShardMembers
+from pipeline.shards.shardset import read_jpegs
 from serve_checkpoint import make_checkpoint
-from tools.search_index import load_search, mount_search
-from tools.serve import create_app
+from tools.serve.search_box import load_search, mount_search
+from tools.serve.app import create_app
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette prefers httpx2; httpx is what we have

@@ -5,7 +5,7 @@ import pytest
 
 from serve_checkpoint import make_checkpoint
 from test_serve_browser import browser  # noqa: F401 -- the Chromium fixture, shared
-from tools.server_process import running_server
+from tools.serve.process import running_server
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from model.captioner import Captioner
+from model.infer.captioner import Captioner
 from serve_checkpoint import GRID, make_checkpoint
-from tools.serve import create_app
+from tools.serve.app import create_app
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette prefers httpx2; httpx is what we have
@@ -290,7 +290,7 @@ def test_region_is_the_centre_square_when_the_model_crops():
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
-    from tools.server_process import running_server
+    from tools.serve.process import running_server
     checkpoint = make_checkpoint(tmp_path_factory.mktemp("live") / "run")
     log = tmp_path_factory.mktemp("log") / "serve.log"
     with running_server(checkpoint, ["--max-upload-mb", "1", "--threads", "1"], log_path=log) as url:
@@ -347,7 +347,7 @@ def test_an_aborted_upload_logs_one_line_and_the_server_keeps_serving(live_serve
 def test_a_port_in_use_is_a_one_line_error(live_server):
     import subprocess
 
-    from tools.server_process import capgen_command
+    from tools.serve.process import capgen_command
     url, _, checkpoint = live_server
     port = url.rsplit(":", 1)[1]
     run = subprocess.run(capgen_command() + ["serve", "--checkpoint", str(checkpoint), "--port", port],

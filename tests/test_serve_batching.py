@@ -1,4 +1,4 @@
-"""Micro-batching: tools/batcher.py on plain functions, and the server's batched answers on a real tiny model."""
+"""Micro-batching: tools/serve/batcher.py on plain functions, and the server's batched answers on a real tiny model."""
 import io
 import threading
 import time
@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from model.captioner import Captioner
+from model.infer.captioner import Captioner
 from serve_checkpoint import make_checkpoint
 from test_serve_api import assert_same_answer, encode, picture, post, without_time
-from tools.batcher import Batcher
-from tools.serve import create_app
+from tools.serve.batcher import Batcher
+from tools.serve.app import create_app
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from serve_checkpoint import make_checkpoint
-from tools.server_process import running_server
+from tools.serve.process import running_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

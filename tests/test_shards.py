@@ -14,16 +14,16 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from pipeline import shards as sh
-from pipeline import wds_index
-from pipeline.coco import read_coco, read_karpathy
+from pipeline.shards import build as sh
+from pipeline.shards import wds_index
+from pipeline.sources.coco import read_coco, read_karpathy
 from pipeline.errors import CapgenError
-from pipeline.merge import merge
-from pipeline.shardset import read_manifest, shard_paths, verify
+from pipeline.shards.merge import merge
+from pipeline.shards.shardset import read_manifest, shard_paths, verify
 from pipeline.text import TokenTable, Vocabulary
-from pipeline.text_files import rebuild_text
+from pipeline.shards.text_files import rebuild_text
 
-CAPGEN = [sys.executable, "-c", "from tools.cli import main; main()"]
+CAPGEN = [sys.executable, "-c", "from tools.cli.main import main; main()"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "a man dog cat red blue ball on the grass runs sits near with small big".split()
 

@@ -11,7 +11,7 @@ def test_shard_build_imports_no_torch(tmp_path):
     root = tmp_path / "coco"
     subprocess.run([sys.executable, "-m", "tools.cli", "synth", str(root), "--images", "12", "--seed", "1"],
                    cwd=ROOT, check=True, capture_output=True)
-    code = ("import json, sys; from tools.cli import cli\n"
+    code = ("import json, sys; from tools.cli.main import cli\n"
             f"cli.main(['shards', 'build', '--coco-root', {str(root)!r}, '--split', 'train2014', '--out', "
             f"{str(tmp_path / 'out')!r}, '--workers', '2', '--shard-size', '4', '--min-freq', '1', '--quiet'], "
             "standalone_mode=False)\n"

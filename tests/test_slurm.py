@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from pipeline.errors import CapgenError
-from pipeline.slurm import array_job
+from pipeline.cluster import array_job
 from test_caption_table import write_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def test_sbatch_array_build_and_merge_equal_the_single_build(tmp_path):
                                                         for i, n in enumerate(names)))
     shim = tmp_path / "bin" / "capgen"    # `capgen` as installed, running this checkout
     shim.parent.mkdir()
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -c "from tools.cli import main; main()" "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -c "from tools.cli.main import main; main()" "$@"\n')
     shim.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(PATH=f"{shim.parent}{os.pathsep}{env['PATH']}", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")

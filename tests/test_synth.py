@@ -9,10 +9,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from pipeline.errors import CapgenError
-from pipeline.scenes import COLOURS, POSITIONS, SHAPES, SIZES, check_caption, read_scenes
-from pipeline.synth import make_scene, synthesize
-from pipeline.synth_captions import captions
-from tools.cli import cli
+from pipeline.synth.scenes import COLOURS, POSITIONS, SHAPES, SIZES, check_caption, read_scenes
+from pipeline.synth.generator import make_scene, synthesize
+from pipeline.synth.captions import captions
+from tools.cli.main import cli
 
 N, W, H = 20, 160, 120
 

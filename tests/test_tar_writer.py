@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from pipeline.tar_writer import RECORD, TarWriter
+from pipeline.shards.tar_writer import RECORD, TarWriter
 
 MTIME = 1_400_000_000
 

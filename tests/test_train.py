@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.runlog import read_log
-from model.train import train
-from model.train_args import TrainArgs
+from model.runs.log import read_log
+from model.train.loop import train
+from model.train.args import TrainArgs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=1,
@@ -64,8 +64,8 @@ def test_resume_reproduces_the_uninterrupted_run(data, whole, tmp_path):
 def test_checkpoint_rebuilds_a_captioner_for_raw_images(data, whole):
     from PIL import Image
 
-    from model.captioner import Captioner
-    from pipeline.features import FeatureFile
+    from model.infer.captioner import Captioner
+    from pipeline.loading.features import FeatureFile
 
     with open(os.path.join(whole, "best", "config.json")) as f:
         config = json.load(f)["config"]

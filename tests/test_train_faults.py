@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import checkpoint
-from model.captioner import Captioner
-from model.runlog import read_log
-from model.train import train
-from model.train_args import TrainArgs
+from model.runs import checkpoint
+from model.infer.captioner import Captioner
+from model.runs.log import read_log
+from model.train.loop import train
+from model.train.args import TrainArgs
 from pipeline.errors import CapgenError
 from pipeline.folder_lock import folder_lock
 
@@ -26,7 +26,7 @@ TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers
 def data(train_val, tmp_path_factory):
     """Shard sets and resnet18/layer3 feature caches of 24 train / 6 val images, and a val
     cache from layer4."""
-    from model.extract import extract
+    from model.infer.extract import extract
 
     out = {**train_val, "val4_h5": str(tmp_path_factory.mktemp("faults") / "val4.h5")}
     with pytest.warns(UserWarning, match="random init"):

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.errors import CapgenError
-from pipeline.wds_index import index_path, index_shards, write_index
-from tools.cli import cli
+from pipeline.shards.wds_index import index_path, index_shards, write_index
+from tools.cli.main import cli
 
 
 def add(tar, name, data=b"", kind=tarfile.REGTYPE):

@@ -1,0 +1,1 @@
+"""Entry points, thin: parse, then call pipeline/ and model/."""

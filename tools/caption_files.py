@@ -4,7 +4,7 @@ import json
 from PIL import Image
 from tqdm import tqdm
 
-from model.captioner import Captioner
+from model.infer.captioner import Captioner
 
 
 def read_image(path):

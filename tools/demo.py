@@ -5,7 +5,7 @@ layout instead of the synthetic one (`capgen demo --data`): a small model traine
 one's own small dataset on a CPU.
 
 The recipe (measured in BENCHMARKS.md, "The demo's recipe"; no ImageNet weights are
-here): a small CNN (model/convnet.py) cut after layer3 at 128 px, an 8x8 grid of 256
+here): a small CNN (model/nets/convnet.py) cut after layer3 at 128 px, an 8x8 grid of 256
 channels, trained from scratch with the decoder from the shards (a frozen random-init
 ResNet sees colour and position but not shape); small batches, many steps, a cosine
 schedule over a fixed number of epochs; then one epoch of self-critical training
@@ -22,15 +22,15 @@ from types import SimpleNamespace
 
 import torch
 
-from model.attention_figure import figure_writer
-from model.evaluate import METRICS, evaluate
-from model.extract import extract
-from model.train import train
-from model.train_args import TrainArgs
-from pipeline import shards
-from pipeline.coco import read_coco
+from model.infer.attention_figure import figure_writer
+from model.eval.evaluate import METRICS, evaluate
+from model.infer.extract import extract
+from model.train.loop import train
+from model.train.args import TrainArgs
+from pipeline.shards import build as shards
+from pipeline.sources.coco import read_coco
 from pipeline.errors import CapgenError
-from pipeline.synth import synthesize
+from pipeline.synth.generator import synthesize
 from tools.caption_files import caption_files
 from tools.report_html import write_report
 
@@ -41,7 +41,7 @@ DEMO = {
     "seed": 7,
     "synth_size": (160, 120),  # width, height of the synthetic source images
     "image_size": 128,
-    "encoder": "convnet",      # model/convnet.py, trained from scratch with the decoder
+    "encoder": "convnet",      # model/nets/convnet.py, trained from scratch with the decoder
     "stop": "layer3",
     "fine_tune": True,         # train the encoder too (from the shards; no feature cache)
     "encoder_lr": 1e-3,

@@ -57,7 +57,7 @@ mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=$SITE:$REPO PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TQDM_MININTERVAL=30
 export PARTS WORK SITE PY PIP_EXTRA=${PIP_EXTRA:-}
 cd "$REPO" || exit 1
-CAPGEN=("$PY" -c "from tools.cli import main; main()")
+CAPGEN=("$PY" -c "from tools.cli.main import main; main()")
 T0=$(date +%s.%N)
 
 elapsed() { echo "$(date +%s.%N) $T0" | awk '{printf "%.1f", $1 - $2}'; }

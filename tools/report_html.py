@@ -11,9 +11,9 @@ import os
 
 from PIL import Image
 
-from model.evaluate import METRICS
+from model.eval.evaluate import METRICS
 from pipeline.atomic import atomic_write
-from pipeline.shardset import read_jpegs, shard_paths
+from pipeline.shards.shardset import read_jpegs, shard_paths
 
 THUMB = 192  # px, longer side
 STYLE = """

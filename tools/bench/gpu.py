@@ -3,14 +3,14 @@ trainer builds it and the HDF5 feature loader) and training throughput on one de
 three ways the trainer runs, in steady state, with GPU busy %, projected COCO epoch times
 and loader/training ratios:
 
-- features: frozen features from the HDF5 cache (pipeline/loader.py's FeatureBatches
+- features: frozen features from the HDF5 cache (pipeline/loading/batches.py's FeatureBatches
   through make_loader, pinned memory, worker processes) -> decoder only;
 - frozen: DALI loader -> ResNet-50 (to layer4, channels_last, no grad) -> decoder;
 - finetune: the same with layers 3-4 trainable.
 
 Encoder, decoder and optimizer are the trainer's, from TrainArgs' defaults (its
 learning rates, dropout, clipping; the decoder's output layer COCO-sized). The step
-is the trainer's own (model/step.py's TrainStep): batch to the device (uint8
+is the trainer's own (model/train/step.py's TrainStep): batch to the device (uint8
 images normalised there), bf16 autocast forward, masked cross-entropy + doubly
 stochastic term, backward, gradient clipping, fused Adam, and the per-step statistics
 kept on the device. No host sync inside the timed loop: the clock reads after
@@ -28,17 +28,19 @@ import warnings
 
 import torch
 
-from model.extract import extract
-from model.step import CaptionModel, TrainStep
+from model.infer.extract import extract
+from model.nets.caption_model import CaptionModel
+from model.train.step import TrainStep
 from model.device import default_device
-from model.train_build import build_model, build_optimizer
-from model.train_args import TrainArgs
-from pipeline import shards as sh
-from pipeline.coco import read_coco
+from model.train.build import build_model, build_optimizer
+from model.train.args import TrainArgs
+from pipeline.shards import build as sh
+from pipeline.sources.coco import read_coco
 from pipeline.errors import CapgenError
-from pipeline.loader import DataSource, make_loader
-from pipeline.shardset import read_manifest
-from pipeline.synth import synthesize
+from pipeline.loading.source import DataSource
+from pipeline.loading.loader import make_loader
+from pipeline.shards.shardset import read_manifest
+from pipeline.synth.generator import synthesize
 from tools.bench import loaders
 from tools.bench.timing import endless, loader_only, repeat, timed
 
@@ -74,7 +76,7 @@ def image_loader(shards, batch_size, device, workers):
     src = DataSource(shards)
     if device.type == "cuda":
         return make_loader(src, batch_size, shuffle=True, loader="dali", workers=workers)
-    from pipeline.dali import make_dali_loader
+    from pipeline.loading.dali import make_dali_loader
 
     return make_dali_loader(src.path, batch_size, int(src.image_size), train=True, device_id=None,
                             num_threads=max(workers, 1), shard_id=0, num_shards=1)
@@ -152,7 +154,7 @@ def synthetic_set(root, images, image_size=256, width=640, height=480, workers=N
 
 
 def extract_features(shards, out, workers, device=None, batch_size=256):
-    """model/extract.py over the set: resnet50 layer4, random init (throughput only)."""
+    """model/infer/extract.py over the set: resnet50 layer4, random init (throughput only)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return extract(shards, out, "resnet50", "layer4", "none", batch_size=batch_size, workers=workers,

@@ -1,11 +1,11 @@
 """`capgen bench loaders`: loader-only throughput (images/s) on one shard set, three ways, in the same run:
 
-- dali: pipeline/dali.py, nvJPEG decode + crop/jitter/flip to uint8 (DALI CPU mode
+- dali: pipeline/loading/dali.py, nvJPEG decode + crop/jitter/flip to uint8 (DALI CPU mode
   without a GPU);
 - torchvision: torchvision.io.decode_jpeg on a batch list on the same device, then the
   same augmentation per image; JPEG bytes are read into memory beforehand, so this
   baseline pays no I/O (it is flattered, not handicapped);
-- cpu: pipeline/loader.py's webdataset loader (uint8 images, decode in worker
+- cpu: pipeline/loading/batches.py's webdataset loader (uint8 images, decode in worker
   processes, one per core).
 
 Every figure is batches after a warm-up, timed to the last byte on the device.
@@ -17,9 +17,9 @@ import warnings
 import torch
 
 from model.device import default_device
-from pipeline.dali import CROP_AREA, CROP_ASPECT, JITTER, make_dali_loader
-from pipeline.loader import ShardBatches
-from pipeline.wds_index import read_samples, shard_tars
+from pipeline.loading.dali import CROP_AREA, CROP_ASPECT, JITTER, make_dali_loader
+from pipeline.loading.batches import ShardBatches
+from pipeline.shards.wds_index import read_samples, shard_tars
 from tools.bench.timing import loader_only
 
 

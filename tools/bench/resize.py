@@ -67,7 +67,8 @@ def _vips_reduce(data, size):
 
 
 def _imaging(data, size):
-    from pipeline import imaging
+    from pipeline.imaging import convert as imaging
+
     return imaging.resize(_decode(data), size, size)
 
 
@@ -83,7 +84,7 @@ METHODS = {  # name -> (fn, decodes with simplejpeg, module it needs)
     "libvips thumbnail (shrink-on-load)": (_vips_thumbnail, False, "pyvips"),
     "libvips resize (cubic)": (_vips_resize, True, "pyvips"),
     "libvips reducev + reduceh (cubic, before)": (_vips_reduce, True, "pyvips"),
-    "pipeline.imaging.resize (PIL-exact C, now)": (_imaging, True, None),
+    "pipeline.imaging.convert.resize (PIL-exact C, now)": (_imaging, True, None),
 }
 
 

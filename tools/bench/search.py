@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.decoder import Decoder
+from model.nets.decoder import Decoder
 from model.device import default_device
-from model.retrieval import ImageIndex, Query
-from pipeline.features import FeatureFile, FeatureWriter
+from model.retrieval.index import ImageIndex, Query
+from pipeline.loading.features import FeatureFile, FeatureWriter
 from tools.bench.timing import best_of, seconds
 
 GRID, CHANNELS, DIMS, VOCAB = 64, 256, 256, 60

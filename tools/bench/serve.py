@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from model.captioner import Captioner
+from model.infer.captioner import Captioner
 from pipeline.errors import CapgenError
 from tools.bench.timing import seconds
-from tools.server_process import running_server
+from tools.serve.process import running_server
 
 COLOURS = ((220, 40, 40), (40, 170, 60), (40, 80, 220), (240, 210, 40), (150, 60, 180), (250, 250, 250))
 

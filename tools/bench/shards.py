@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline import imaging
-from pipeline.shards import available_cores
+from pipeline.imaging import decode as imaging_decode
+
+from pipeline.imaging import convert as imaging
+from pipeline.shards.build import available_cores
 from tools.bench.timing import best_of
-from tools.server_process import capgen_command
+from tools.serve.process import capgen_command
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina",
           "hubble_deep_field", "stereo_motorcycle")
@@ -86,9 +88,9 @@ def naive(paths, size=256, quality=90):
 
 
 def convert_only(paths, size=256):
-    """pipeline.imaging alone, in process (no tar, no pool)."""
+    """pipeline.imaging_decode.decode alone, in process (no tar, no pool)."""
     for path in paths:
-        imaging.convert(imaging.read(path), size)
+        imaging.convert(imaging_decode.read(path), size)
 
 
 def build_cli(root, out, workers, shard_size):

@@ -8,8 +8,8 @@ of the same weights, so both compute the same loss:
 - encoder_att(features) recomputed inside every time step;
 - captions sorted by length, the batch shrinking to batch_size_t each step,
   pack_padded_sequence for the loss.
-Ours: the trainer's decoder call (model/decoder.py's train_plan + Decoder.train_loss,
-as model/step.py's TrainStep runs it): features [B, P, C] projected once per
+Ours: the trainer's decoder call (model/nets/decoder.py's train_plan + Decoder.train_loss,
+as model/train/step.py's TrainStep runs it): features [B, P, C] projected once per
 batch, the K captions as a group axis, the images sorted by their longest
 caption and the captions of each by length, each step running only the images
 still captioning (rounded up to a multiple of 8) and their most captions still
@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from model.decoder import Decoder, train_plan
+from model.nets.decoder import Decoder, train_plan
 from model.device import default_device
-from model.search import beam_search
-from model.train_args import TrainArgs
+from model.nets.search import beam_search
+from model.train.args import TrainArgs
 from pipeline.text import END, START
 from tools.bench.timing import best_of
 

@@ -1,0 +1,91 @@
+"""RUN/args.json: a run's fully resolved options, the versions it ran on and the
+identity of its data, so that `capgen train --config RUN/args.json` reruns it.
+
+Layout: {"format", "args": every TrainArgs field, "versions": {capgen, torch,
+torchvision, dali, python}, "sources": {"train": ..., "val": ...}}. A shard set
+is named by its manifest's sha256 (which holds every shard's sha256), a feature
+cache by its attributes, shape and size plus its shard set's manifest sha256
+(hashing gigabytes of features at every start would cost minutes).
+"""
+import importlib.metadata
+import json
+import os
+import platform
+from dataclasses import asdict, fields
+
+from model.train.args import TrainArgs
+from pipeline.atomic import atomic_write
+from pipeline.errors import CapgenError
+from pipeline.shards.shardset import file_sha256
+
+FORMAT = "capgen-run-args/1"
+PATH_FIELDS = ("train", "val", "out")  # stored absolute: a rerun may start elsewhere
+
+
+def _version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions():
+    """Versions of what a run depends on (None: not installed); DALI under any of its CUDA names."""
+    dali = next((d.version for d in importlib.metadata.distributions()
+                 if (d.metadata["Name"] or "").lower().startswith("nvidia-dali")), None)
+    return {"capgen": _version("capgen"), "torch": _version("torch"), "torchvision": _version("torchvision"),
+            "dali": dali, "python": platform.python_version()}
+
+
+def _manifest_identity(shard_dir):
+    path = os.path.join(shard_dir, "manifest.json")
+    return {"shard_set": os.path.abspath(shard_dir),
+            "manifest_sha256": file_sha256(path) if os.path.isfile(path) else None}
+
+
+def source_identity(source):
+    """What names a DataSource's data: see the module docstring."""
+    if source.kind == "images":
+        return {"kind": "images", "samples": int(source.num_samples), **_manifest_identity(source.path)}
+    return {"kind": "features", "path": os.path.abspath(source.path), "bytes": os.path.getsize(source.path),
+            "shape": list(source.cache.shape), "attrs": {k: v for k, v in source.cache.attrs.items()},
+            **_manifest_identity(source.shard_set)}
+
+
+def run_record(args, train_src, val_src):
+    values = asdict(args)
+    values.update({k: os.path.abspath(values[k]) for k in PATH_FIELDS})
+    return {"format": FORMAT, "args": values, "versions": versions(),
+            "sources": {"train": source_identity(train_src), "val": source_identity(val_src)}}
+
+
+def write_run_args(args, train_src, val_src):
+    """Write OUT/args.json atomically; returns its path."""
+    path = os.path.join(args.out, "args.json")
+    with atomic_write(path, "w") as f:
+        json.dump(run_record(args, train_src, val_src), f, indent=1, default=_plain)
+        f.write("\n")
+    return path
+
+
+def _plain(value):
+    """numpy scalars and arrays from HDF5 attributes, as JSON values."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def read_run_args(path):
+    """The TrainArgs fields of an args.json (a one-line error for anything else)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        raise CapgenError(f"{path}: file not found") from None
+    except (OSError, ValueError) as err:
+        raise CapgenError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("args"), dict):
+        raise CapgenError(f"{path}: not a capgen args.json (format {FORMAT})")
+    known = {f.name for f in fields(TrainArgs)}
+    unknown = sorted(set(record["args"]) - known)
+    if unknown:
+        raise CapgenError(f"{path}: unknown option {unknown[0]!r} (written by another capgen version?)")
+    return record["args"]

@@ -1,0 +1,167 @@
+"""Self-critical sequence training (Rennie et al. 2017): the CIDEr-D reward, its step and epoch.
+
+`capgen train --scst --init RUN/best` continues a cross-entropy model. Each step draws
+k captions per image (model/nets/search.py's `sample`, all B x k at once, in training mode,
+from torch's RNG, which the trainer seeds per epoch as it does for dropout), scores each
+against the image's token-table captions with capgen's CIDEr-D (model/train/cider.py, document
+frequencies from the whole training token table, computed once), and descends
+    loss = -mean over samples of (reward - baseline) * sum_t log p(token_t)
+(tokens up to and including <end>). baseline "mean": the mean reward of the image's other
+k-1 samples (self-critical.pytorch's "new SCST"); "greedy": the reward of the image's
+greedy caption. An optional penalty is taken off the reward of a caption that ends on a
+function word ("a", "with", ...); the share of such captions is logged either way.
+
+Validation of an SCST run scores CIDEr with the same code (`val_cider`): pycocoevalcap's
+formula, document frequencies from the val references, on token ids of the val token
+table (cleaned captions, cut to max_len words, rare words as <unk>).
+"""
+import contextlib
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.infer.captioner import Captioner
+from model.train.cider import Cider
+from model.eval.evaluate import check_features
+from model.nets.search import greedy, sample
+from model.nets.caption_model import to_device
+from pipeline.errors import CapgenError
+from pipeline.text import END, PAD, UNK, TokenTable
+
+BAD_ENDINGS = ("a", "with", "of", "the", "and", "on", "in")
+
+
+def init_model(args, source, vocab, device):
+    """(encoder, decoder, encoder weights name, config) of --init's checkpoint, checked against `source`."""
+    if not args.init:
+        raise CapgenError("--scst needs --init RUN/best (a cross-entropy checkpoint to continue)")
+    if args.compile:
+        raise CapgenError("--compile is not supported with --scst (sampling stops when every caption has ended)")
+    captioner = Captioner.load(args.init, device)
+    encoder, decoder, config = captioner.encoder, captioner.decoder, captioner.config
+    if captioner.vocab.itos != vocab.itos:
+        raise CapgenError(f"{args.init}: its vocabulary is not {source.path}'s (the reward compares token ids)")
+    if source.kind == "features":
+        check_features(source, encoder, config)
+        if args.fine_tune_encoder:
+            raise CapgenError(f"{source.path}: cached features are frozen; fine-tuning needs a shard set")
+    elif source.image_size != config["image"]["size"]:
+        raise CapgenError(f"{source.path}: images are {source.image_size} px, {args.init} wants "
+                          f"{config['image']['size']}")
+    if args.fine_tune_encoder:
+        encoder.set_fine_tune()
+    return encoder, decoder, config["encoder"]["weights"], dict(config)
+
+
+def reward_scorer(source):
+    """CIDEr-D with document frequencies from every caption of `source`'s token table."""
+    table = TokenTable.load(source.tokens_path)
+    refs = table.tokens.reshape(-1, table.tokens.shape[2])
+    return Cider.from_refs(refs, np.repeat(np.arange(len(table)), table.per_image))
+
+
+def val_cider(captions, source, vocab):
+    """Corpus CIDEr of {image_id: caption words joined by spaces} against `source`'s token table."""
+    ids = sorted(captions)
+    refs, _ = TokenTable.load(source.tokens_path).rows(ids)
+    cands = np.full((len(ids), vocab.max_len + 1), PAD, np.int64)
+    for r, image_id in enumerate(ids):
+        words = [vocab.stoi.get(w, UNK) for w in captions[image_id].split()][:vocab.max_len]
+        cands[r, :len(words) + 1] = words + [END]
+    groups = np.repeat(np.arange(len(ids)), refs.shape[1])
+    flat = refs.reshape(-1, refs.shape[2])
+    return float(Cider.from_refs(flat, groups).score(cands, np.arange(len(ids)), flat, groups).mean())
+
+
+class ScstModel(nn.Module):
+    """The caption model's sampling pass as one forward (so that DDP syncs its gradients)."""
+
+    def __init__(self, model, samples, max_len):
+        super().__init__()
+        self.model, self.samples, self.max_len = model, samples, max_len
+
+    def forward(self, batch):
+        return sample(self.model.decoder, self.model.features(batch), self.samples, self.max_len)
+
+
+class ScstStep:
+    """Call with a loader batch; returns its number of images. `take()` gives the sums since
+    the last take: loss, reward, baseline, bad endings, captions, steps."""
+
+    def __init__(self, model, forward, optimizer, device, scorer, vocab, args):
+        self.model, self.forward, self.optimizer, self.device = model, forward, optimizer, device
+        self.scorer, self.vocab, self.grad_clip = scorer, vocab, args.grad_clip
+        self.samples, self.baseline, self.penalty = args.scst_samples, args.scst_baseline, args.scst_bad_ending_penalty
+        if self.baseline == "mean" and self.samples < 2:
+            raise CapgenError("--scst-baseline mean needs --scst-samples 2 or more")
+        self.bad_ids = np.array([vocab.stoi[w] for w in BAD_ENDINGS if w in vocab.stoi], np.int64)
+        cuda = device.type == "cuda"
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        self.image_dtype = torch.bfloat16 if cuda else torch.float32
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.sums = np.zeros(6)
+
+    def __call__(self, batch):
+        images = len(batch["image_ids"])
+        batch = to_device(batch, self.device, self.image_dtype)
+        with self.amp:
+            tokens, logp = self.forward(batch)
+        sampled = tokens.cpu().numpy()
+        reward = self.rewards(sampled, batch["tokens"])
+        bad = bad_endings(sampled, self.bad_ids)
+        reward = reward - self.penalty * bad
+        base = self.baselines(reward, batch)
+        advantage = torch.from_numpy(reward - base).float().to(self.device)
+        loss = -(advantage * logp.float().sum(dim=2)).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.sums += [loss.item(), reward.sum(), base.sum(), bad.sum(), reward.size, 1]
+        return images
+
+    def rewards(self, sampled, refs):
+        """CIDEr-D of sampled [B, k, L] against refs [B, K, T] -> [B, k]."""
+        B, k = sampled.shape[:2]
+        refs = refs.cpu().numpy()
+        return self.scorer.score(sampled.reshape(B * k, -1), np.repeat(np.arange(B), k),
+                                 refs.reshape(-1, refs.shape[2]), np.repeat(np.arange(B), refs.shape[1])
+                                 ).reshape(B, k)
+
+    def baselines(self, reward, batch):
+        k = reward.shape[1]
+        if self.baseline == "mean":
+            return (reward.sum(axis=1, keepdims=True) - reward) / (k - 1)
+        with torch.no_grad(), self.amp:
+            feats = self.model.features(batch).detach()
+            tokens, _ = greedy(self.model.decoder, feats, self.vocab.max_len)
+        greedy_tokens = tokens.cpu().numpy()[:, None]
+        return np.repeat(self.rewards(greedy_tokens, batch["tokens"]), k, axis=1)
+
+    def take(self):
+        values = self.sums.tolist()
+        self.sums[:] = 0
+        return values
+
+
+def bad_endings(sampled, bad_ids):
+    """[B, k] float: 1 where the caption's last word (before <end>) is one of bad_ids."""
+    words = (sampled != PAD) & (sampled != END)
+    n = words.sum(axis=2)
+    last = np.take_along_axis(sampled, np.maximum(n - 1, 0)[..., None], axis=2)[..., 0]
+    return ((n > 0) & np.isin(last, bad_ids)).astype(np.float64)
+
+
+def log_scst(log, scst_step, seen, t0, epoch, step, bar, last=False):
+    """The SCST train record: averages since the last one (one host sync per log interval)."""
+    loss, reward, base, bad, n, steps = scst_step.take()
+    elapsed = time.perf_counter() - t0
+    record = {"type": "train", "scst": True, "epoch": epoch, "step": step, "loss": loss / steps,
+              "reward": reward / max(n, 1), "baseline": base / max(n, 1), "bad_endings": bad / max(n, 1),
+              "lr": scst_step.optimizer.param_groups[0]["lr"], "samples_per_s": round(seen / max(elapsed, 1e-9), 2),
+              "end_of_epoch": last}
+    log.write(record)
+    bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{record['loss']:.3f}")
+    return 0, time.perf_counter()

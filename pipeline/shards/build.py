@@ -1,0 +1,316 @@
+"""Build a shard set: records -> WebDataset tar shards, one process per core, resumable.
+
+Records (sorted by image id, those without captions set aside) are cut into
+shards before any parallelism: shard k holds records[k*S:(k+1)*S], so the
+bytes do not depend on the worker count or on how many jobs share the work.
+Each shard is written atomically (pipeline/atomic.py); then a small record of
+it (hash, samples, skipped images) lands in .parts/. A rerun keeps every shard
+whose hash matches its record, so a killed build resumes and ends with the
+same bytes. A single job finishes the set itself; the jobs of a --num-jobs
+build are joined by pipeline/shards/merge.py. The folder's layout: pipeline/shards/shardset.py.
+"""
+import glob
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from pipeline.imaging import decode as imaging_decode
+
+from pipeline.imaging import convert as imaging
+
+from pipeline.shards import wds_index
+from pipeline.atomic import atomic_write, discard
+from pipeline.errors import CapgenError
+from pipeline.folder_lock import folder_lock
+from pipeline.shards.merge import finalize, write_job_manifest
+from pipeline.errors import writing
+from pipeline.shards.shardset import FORMAT, PARTS, file_sha256, part_path, shard_name
+from pipeline.shards.tar_writer import TarWriter
+from pipeline.text import Vocabulary
+
+MTIME = 1_400_000_000  # fixed member time (2014-05-13): same input, same bytes
+
+
+@dataclass
+class Options:
+    """What decides the bytes of a shard set (and is recorded in its manifest)."""
+    name: str
+    image_size: int = 256
+    resize_mode: str = "stretch"
+    quality: int = imaging.QUALITY
+    shard_size: int = 1000
+
+    def fingerprint(self, annotation_sha256):
+        return {"format": FORMAT, "name": self.name, "image_size": self.image_size,
+                "resize_mode": self.resize_mode, "quality": self.quality,
+                "shard_size": self.shard_size, "annotation_sha256": annotation_sha256,
+                "software": imaging.versions()}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One shard of a build: shard k of the set in out, from these records."""
+    out: str
+    k: int
+    records: list       # dicts (image_id, file_name, path, split, captions) in image-id order
+    opts: Options
+    fingerprint: dict   # the set's; the shard's own adds the hash of its records
+    index: bool         # also write the shard's DALI index file
+
+    @property
+    def shard(self):
+        return shard_name(self.opts.name, self.k)
+
+
+# ---------------------------------------------------------------- one shard
+
+def _record_meta(rec, width, height):
+    meta = {"image_id": rec["image_id"], "file_name": rec["file_name"], "split": rec["split"],
+            "width": width, "height": height, "captions": rec["captions"]}
+    return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def write_shard(path, records, opts, progress):
+    """Write one shard atomically; returns its part record and its members
+    [(name, data_offset, size)] (for its index). progress(1) after each image."""
+    skipped, samples, captions = [], 0, 0
+    with atomic_write(path, "wb") as f:
+        tar = TarWriter(f, MTIME)
+        for rec in records:
+            try:
+                jpg, width, height = imaging.convert(imaging_decode.read(rec["path"]), opts.image_size,
+                                                     opts.resize_mode, opts.quality)
+            except imaging_decode.BadImage as bad:
+                skipped.append([rec["image_id"], rec["path"], bad.reason])
+            else:
+                key = str(rec["image_id"])
+                tar.add(key + ".jpg", jpg)
+                tar.add(key + ".json", _record_meta(rec, width, height))
+                samples += 1
+                captions += len(rec["captions"])
+            progress(1)
+        tar.close()
+    part = {"name": os.path.basename(path), "samples": samples, "captions": captions,
+            "bytes": tar.bytes, "sha256": tar.sha256.hexdigest(), "skipped": skipped}
+    return part, tar.members
+
+
+def _load_part(out, shard, fingerprint):
+    """The part record of a complete shard whose bytes still match it, else None."""
+    try:
+        with open(part_path(out, shard)) as f:
+            part = json.load(f)
+        path = os.path.join(out, shard)
+        if (part.get("fingerprint") == fingerprint and os.path.getsize(path) == part["bytes"]
+                and file_sha256(path) == part["sha256"]):
+            return part
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _discard_temps(task):
+    """The temp files of this task's shard, its index and its part record."""
+    stem = os.path.splitext(task.shard)[0]
+    discard(glob.glob(os.path.join(glob.escape(task.out), stem + ".*tmp"))
+            + glob.glob(os.path.join(glob.escape(task.out), PARTS, stem + ".json.*tmp")))
+
+
+def build_task(task, progress):
+    """A shard already complete is kept (after checking its hash), else written; returns
+    its part record. progress(n) counts the images done."""
+    out, shard = task.out, task.shard
+    path = os.path.join(out, shard)
+    _discard_temps(task)  # left by a killed build
+    # Same options, software, records (ids, paths, captions): same bytes. The image
+    # files themselves are trusted to be unchanged; delete a shard to rebuild it.
+    fingerprint = dict(task.fingerprint, records_sha256=hashlib.sha256(
+        json.dumps(task.records, sort_keys=True).encode()).hexdigest())
+    part, members = _load_part(out, shard, fingerprint), None
+    if part is None:
+        try:
+            part, members = write_shard(path, task.records, task.opts, progress)
+            part["fingerprint"] = fingerprint
+            with atomic_write(part_path(out, shard), "w") as f:
+                json.dump(part, f)
+        except OSError as err:  # disk full, read-only folder: one line, not a traceback
+            raise CapgenError(f"{path}: cannot write ({err.strerror or err})") from None
+        part["reused"] = False
+    else:
+        progress(len(task.records))
+        part["reused"] = True
+    # A shard whose every image failed has no samples, and so no index. A shard
+    # just written is indexed from its writer's members; a reused one is read.
+    if task.index and part["samples"] and not wds_index.is_current(path, wds_index.index_path(path)):
+        with writing(wds_index.index_path(path)):
+            wds_index.write_index(path, members=members)
+    return part
+
+
+# ---------------------------------------------------------------- running the tasks
+
+def available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _run(tasks, total, workers, progress):
+    bar = tqdm(total=total, unit="img", disable=not progress, smoothing=0.1, dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            return _run_here(tasks, bar)
+        return _run_pool(tasks, bar, min(workers, len(tasks)))
+    except BaseException:  # a full disk, Ctrl-C: no temp file of a stopped worker stays behind
+        for task in tasks:
+            _discard_temps(task)
+        raise
+    finally:
+        bar.close()
+
+
+def _run_here(tasks, bar):
+    return [build_task(task, bar.update) for task in tasks]  # imaging resizes on one thread everywhere
+
+
+# A pool worker's count of images done, which the parent polls for its bar: a shared
+# value reaches a worker only as it starts, so _init_worker keeps it here, once per process.
+_done = None
+
+
+def _init_worker(done):
+    global _done
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _done = done
+
+
+def _count_done(n):
+    with _done.get_lock():
+        _done.value += n
+
+
+def _build_in_worker(task):
+    return build_task(task, _count_done)
+
+
+def _run_pool(tasks, bar, workers):
+    # Not fork: a forked child could inherit a lock held mid-use by another thread of the parent
+    # (tqdm's monitor, a library's pool: a hang). A fork server, started clean with this module
+    # loaded (imports done once), forks the workers instead.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["pipeline.shards.build"])
+    done_count = ctx.Value("q", 0)
+    parts = []
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(done_count,)) as pool:
+        pending = {pool.submit(_build_in_worker, task) for task in tasks}
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                parts += [f.result() for f in done]
+                bar.update(done_count.value - bar.n)
+        except BrokenProcessPool:
+            raise CapgenError(f"{tasks[0].out}: a worker process died (out of memory?); "
+                              "the same command resumes the build") from None
+        except BaseException:  # Ctrl-C: stop now; finished shards are kept for the rerun
+            procs = list(pool._processes.values())  # no public way before Python 3.14
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.join(5)  # gone before their temp files are removed
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return sorted(parts, key=lambda p: p["name"])
+
+
+# ---------------------------------------------------------------- a build
+
+def plan(records, shard_size):
+    """Records with captions in image-id order, cut into shards; and those without."""
+    records = sorted(records, key=lambda r: r.image_id)
+    keep = [r for r in records if r.captions]
+    no_captions = [r for r in records if not r.captions]
+    chunks = [keep[i:i + shard_size] for i in range(0, len(keep), shard_size)]
+    return chunks, no_captions
+
+
+def _as_dict(r):
+    return {"image_id": int(r.image_id), "file_name": r.file_name, "path": r.path,
+            "split": r.split, "captions": list(r.captions)}
+
+
+def _check(out, opts, num_jobs, job_index):
+    if not 0 <= job_index < num_jobs:
+        raise CapgenError(f"{out}: --job-index must be in [0, {num_jobs}), got {job_index}")
+    if opts.resize_mode not in imaging.RESIZE_MODES:
+        raise CapgenError(f"{out}: unknown resize mode {opts.resize_mode!r}")
+    if opts.image_size < 8 or opts.shard_size < 1 or not 1 <= opts.quality <= 100:
+        raise CapgenError(f"{out}: need image size >= 8, shard size >= 1, quality in 1..100")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", opts.name):
+        raise CapgenError(f"{out}: shard set name {opts.name!r} must be letters, digits, '_', '.', '-'")
+
+
+def build(source, out, opts, build_args, workers=None, num_jobs=1, job_index=0,
+          vocab=None, preset="seed", min_freq=5, captions_per_image=5, index=True, progress=True):
+    """Build this job's shards into out; a single job also finalizes the set
+    (manifest.json, skipped.txt, vocab.json, tokens.npz). Returns a summary dict.
+    The build holds out's lock (a job of a --num-jobs build: its own slot's), so a
+    second build into the same folder stops at once."""
+    _check(out, opts, num_jobs, job_index)
+    vocab_obj = Vocabulary.load(vocab) if vocab else None
+    chunks, no_captions = plan(source.records, opts.shard_size)
+    if not chunks:
+        raise CapgenError(f"{source.annotation_path}: no images with captions to build "
+                          f"({len(source.records)} images listed, {len(source.skipped)} left out, "
+                          f"{source.bad_captions} bad captions)")
+    lock = out if num_jobs == 1 else os.path.join(out, PARTS, f"job-{job_index:04d}-of-{num_jobs:04d}")
+    start = time.perf_counter()
+    with folder_lock(lock):
+        with writing(os.path.join(out, PARTS)):
+            os.makedirs(os.path.join(out, PARTS), exist_ok=True)
+        fingerprint = opts.fingerprint(file_sha256(source.annotation_path))
+        tasks = [Task(out, k, [_as_dict(r) for r in chunks[k]], opts, fingerprint, index)
+                 for k in range(len(chunks)) if k % num_jobs == job_index]
+        parts = _run(tasks, sum(len(t.records) for t in tasks), workers or available_cores(), progress)
+        text = {"preset": preset, "min_freq": min_freq, "captions_per_image": captions_per_image,
+                "vocab_from": os.path.abspath(vocab) if vocab else None}
+        job = _job_manifest(source, fingerprint, build_args, job_index, num_jobs, len(chunks), parts,
+                            no_captions, text)
+        if vocab_obj is not None:
+            with writing(os.path.join(out, "vocab.json")):
+                vocab_obj.save(os.path.join(out, "vocab.json"))
+        write_job_manifest(out, job)
+        summary = {"job": job, "elapsed": time.perf_counter() - start,
+                   "reused": sum(p["reused"] for p in parts), "built": sum(not p["reused"] for p in parts)}
+        if num_jobs == 1:
+            written = {r.image_id: list(r.captions) for r in source.records if r.captions}
+            for s in job["skipped"]:
+                written.pop(s[0], None)
+            summary["manifest"] = finalize(out, [job], written)
+    return summary
+
+
+def _job_manifest(source, fingerprint, build_args, job_index, num_jobs, num_shards, parts, no_captions, text):
+    """What this job built and skipped, and how: what merge and finalize join."""
+    skipped = [s for p in parts for s in p["skipped"]]
+    if job_index == 0:  # what no shard holds: job 0 reports it
+        skipped += [[r.image_id, r.path, "no_captions"] for r in no_captions] + list(source.skipped)
+    return {
+        "format": FORMAT, "fingerprint": fingerprint, "build_args": build_args,
+        "annotation": source.annotation_path, "annotation_sha256": fingerprint["annotation_sha256"],
+        "job": {"index": job_index, "count": num_jobs}, "num_shards": num_shards,
+        "records": len(source.records) + len(source.skipped), "orphan_captions": source.orphan_captions,
+        "bad_captions": source.bad_captions,
+        "shards": [{k: p[k] for k in ("name", "samples", "captions", "bytes", "sha256")} for p in parts],
+        "skipped": sorted(skipped, key=lambda s: s[0]),
+        "text": text,
+    }

@@ -1,0 +1,192 @@
+"""COCO captions json and Karpathy's dataset_coco.json -> image records.
+
+Both readers return every image of the asked split, sorted by image id, with
+its raw captions exactly as the file has them (trailing spaces, newlines,
+upper case, non-ASCII included): cleaning is the text module's job. Images
+without captions are kept (the shard builder counts them as skipped);
+captions whose image is not listed are counted, not lost silently.
+
+Malformed entries are either left out and counted, or a one-line error:
+- an image without a usable file name, and every image of an id listed more
+  than once (its captions could belong to any of them), go to Source.skipped
+  with reason missing_file_name / duplicate_id;
+- a caption that is not a non-empty string (null, a number, missing), or an
+  annotation that names no integer image id, is counted in bad_captions;
+- a file whose image list is not a list of objects with integer ids, or a
+  Karpathy entry without a split, is refused (CapgenError).
+"""
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from pipeline.errors import CapgenError
+
+COCO_SPLITS = ("train2014", "val2014")
+KARPATHY_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageRecord:
+    image_id: int
+    file_name: str
+    path: str
+    split: str
+    captions: list = field(default_factory=list)
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class Source:
+    records: list
+    annotation_path: str
+    orphan_captions: int = 0
+    # Keyword-only, so that subclasses' positional fields come first (pipeline/sources/caption_table.py's).
+    bad_captions: int = field(default=0, kw_only=True)
+    skipped: list = field(default_factory=list, kw_only=True)  # [image id, path, reason] of entries left out
+
+
+def _load_json(path):
+    if not os.path.isfile(path):
+        raise CapgenError(f"{path}: file not found")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise CapgenError(f"{path}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise CapgenError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def _as_id(value):
+    """An image id as an int (ints, or strings of digits), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        return int(value)
+    return None
+
+
+def _entry_id(path, k, entry, *keys):
+    """The id of images[k] under the first of keys it has; CapgenError when it has no usable one."""
+    if not isinstance(entry, dict):
+        raise CapgenError(f"{path}: images[{k}] is not an object")
+    value = next((entry[key] for key in keys if key in entry), None)
+    image_id = _as_id(value)
+    if image_id is None:
+        raise CapgenError(f"{path}: images[{k}]: image id {value!r} is not an integer")
+    return image_id
+
+
+def _good_caption(caption):
+    return isinstance(caption, str) and caption.strip() != ""
+
+
+def _good_name(name):
+    return isinstance(name, str) and name.strip() != ""
+
+
+def _without_duplicates(records, skipped):
+    """Records and skips of image entries, less every entry whose id is listed more than once:
+    those are all skipped as duplicate_id (each entry once)."""
+    counts = Counter([r.image_id for r in records] + [s[0] for s in skipped])
+    kept = [r for r in records if counts[r.image_id] == 1]
+    skipped = [s if counts[s[0]] == 1 else [s[0], s[1], "duplicate_id"] for s in skipped]
+    skipped += [[r.image_id, r.path, "duplicate_id"] for r in records if counts[r.image_id] > 1]
+    return kept, sorted(skipped, key=lambda s: s[0])
+
+
+def _coco_captions(data, image_ids):
+    """image id -> captions (in annotation id order), orphans, bad captions."""
+    annotations = data["annotations"]
+    good, bad = [], 0
+    for ann in annotations:
+        if isinstance(ann, dict) and _as_id(ann.get("image_id")) is not None and _good_caption(ann.get("caption")):
+            good.append(ann)
+        else:
+            bad += 1
+    captions, orphans = defaultdict(list), 0
+    for ann in sorted(good, key=lambda a: _as_id(a.get("id")) or 0):
+        image_id = _as_id(ann["image_id"])
+        if image_id in image_ids:
+            captions[image_id].append(ann["caption"])
+        else:
+            orphans += 1
+    return captions, orphans, bad
+
+
+def read_coco(root, split):
+    """root/annotations/captions_{split}.json with images in root/{split}/."""
+    if split not in COCO_SPLITS:
+        raise CapgenError(f"{root}: unknown COCO split {split!r} (expected one of {', '.join(COCO_SPLITS)})")
+    path = os.path.join(root, "annotations", f"captions_{split}.json")
+    data = _load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise CapgenError(f"{path}: not a COCO captions file (needs lists 'images' and 'annotations')")
+    records, skipped = [], []
+    for k, img in enumerate(data["images"]):
+        image_id = _entry_id(path, k, img, "id")
+        name = img.get("file_name")
+        if not _good_name(name):
+            skipped.append([image_id, "", "missing_file_name"])
+            continue
+        records.append(ImageRecord(image_id=image_id, file_name=name, path=os.path.join(root, split, name),
+                                   split=split, width=img.get("width"), height=img.get("height")))
+    records, skipped = _without_duplicates(records, skipped)
+    listed = {r.image_id for r in records} | {s[0] for s in skipped}  # a skipped image's captions are no orphans
+    captions, orphans, bad = _coco_captions(data, listed)
+    for r in records:
+        r.captions = captions.get(r.image_id, [])
+    records.sort(key=lambda r: r.image_id)
+    return Source(records, path, orphans, bad_captions=bad, skipped=skipped)
+
+
+def _karpathy_record(path, k, img, image_root):
+    """(image id, ImageRecord or None when the file name is missing, bad captions) of images[k]."""
+    image_id = _entry_id(path, k, img, "cocoid", "imgid")
+    sentences = img.get("sentences", [])
+    if not isinstance(sentences, list):
+        raise CapgenError(f"{path}: images[{k}]: 'sentences' is not a list")
+    raws = [s.get("raw") if isinstance(s, dict) else None for s in sentences]
+    captions = [c for c in raws if _good_caption(c)]
+    name, folder = img.get("filename"), img.get("filepath", "")
+    if not _good_name(name) or not isinstance(folder, str):
+        return image_id, None, len(raws) - len(captions)
+    return image_id, ImageRecord(image_id=image_id, file_name=name, path=os.path.join(image_root, folder, name),
+                                 split=img["split"], captions=captions), len(raws) - len(captions)
+
+
+def read_karpathy(path, split, image_root=None, train_includes_restval=True):
+    """Karpathy's dataset_coco.json; image paths are image_root/filepath/filename.
+
+    The 'train' split takes 'restval' too, as the common recipe does (113K images).
+    """
+    if split not in KARPATHY_SPLITS:
+        raise CapgenError(f"{path}: unknown Karpathy split {split!r} (expected one of {', '.join(KARPATHY_SPLITS)})")
+    data = _load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise CapgenError(f"{path}: not a Karpathy split file (needs a list 'images')")
+    image_root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
+    wanted = {split, "restval"} if split == "train" and train_includes_restval else {split}
+    records, skipped, bad = [], [], 0
+    for k, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or not isinstance(img.get("split"), str):
+            raise CapgenError(f"{path}: images[{k}] is not an object with a 'split'")
+        if img["split"] not in wanted:
+            continue
+        image_id, record, bad_here = _karpathy_record(path, k, img, image_root)
+        bad += bad_here
+        if record is None:
+            skipped.append([image_id, "", "missing_file_name"])
+        else:
+            records.append(record)
+    records, skipped = _without_duplicates(records, skipped)
+    records.sort(key=lambda r: r.image_id)
+    return Source(records, path, 0, bad_captions=bad, skipped=skipped)
+
+
+def caption_references(source):
+    """image id -> raw captions, the references scores are computed against."""
+    return {r.image_id: list(r.captions) for r in source.records if r.captions}

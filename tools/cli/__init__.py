@@ -1,0 +1,1 @@
+"""The capgen command line: one click group, its commands by kind."""

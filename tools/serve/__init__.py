@@ -1,0 +1,1 @@
+"""The web page and JSON API: the FastAPI app, the micro-batcher, the search box, the static page."""

@@ -1,0 +1,82 @@
+"""The page's search box: `GET /api/search?q=...&k=...` and thumbnails by image id; queries
+arriving together are scored in one pass over the indexed images (tools/serve/batcher.py).
+
+`mount_search(app, search)` adds the routes to the app of tools/serve/app.py.
+"""
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from model.retrieval.index import encode_query
+from model.retrieval.source import load_index
+from pipeline.errors import CapgenError
+from tools.serve.batcher import Batcher
+
+WINDOW_S = 0.005     # how long the first query of a batch waits for others
+MAX_BATCH = 32       # queries scored in one pass
+MAX_TOP = 100
+
+
+def _scorer(index):
+    """Batcher's run for search items (query, top): every query against the index in one pass."""
+    def run(items):
+        answers = index.search([query for query, _ in items], max(top for _, top in items))
+        return [{**answer, "results": answer["results"][:top]} for (_, top), answer in zip(items, answers)]
+    return run
+
+
+class Search:
+    """What the routes need: the vocabulary, the batched index, and the shard set's images."""
+
+    def __init__(self, index, vocab, members=None, name=""):
+        self.index, self.vocab, self.members, self.name = index, vocab, members, name
+        self.batcher = Batcher(_scorer(index), window=WINDOW_S, max_batch=MAX_BATCH, name="search-batcher")
+
+    def query(self, text, top):
+        """The JSON answer for one query; CapgenError for a bad query or k."""
+        if top < 1 or top > MAX_TOP:
+            raise CapgenError(f"k: must be 1 to {MAX_TOP} (got {top})")
+        result, _, _ = self.batcher.submit((encode_query(text, self.vocab), top)).result()
+        return result
+
+    def jpeg(self, image_id):
+        if self.members is None:
+            raise CapgenError(f"{self.name}: no shard set to read images from")
+        return self.members.read(image_id, "jpg")
+
+
+def _bad(message, status=400):
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def mount_search(app, search):
+    """Add /api/search, /api/search/info and /api/image/{id} to the app."""
+
+    @app.get("/api/search/info")
+    def info():
+        return {"images": len(search.index), "index": search.name, "thumbnails": search.members is not None,
+                "max_k": MAX_TOP}
+
+    @app.get("/api/search")
+    async def find(q: str = "", k: str = "10"):
+        if not k.strip().lstrip("-").isdigit():
+            return _bad(f"k: not a whole number ({k!r})")
+        try:
+            return JSONResponse(await run_in_threadpool(search.query, q, int(k)))
+        except CapgenError as err:
+            return _bad(str(err))
+
+    @app.get("/api/image/{image_id}")
+    def image(image_id: str):
+        if not image_id.isdigit():
+            return _bad(f"image id: not a number ({image_id!r})")
+        try:
+            data = search.jpeg(int(image_id))
+        except CapgenError as err:
+            return _bad(str(err), 404)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+def load_search(checkpoint, data, captioner, progress=True):
+    """The Search over `data` (.h5 cache or shard set) for the server's loaded captioner."""
+    index, _, members = load_index(checkpoint, data, captioner.device, progress=progress, captioner=captioner)
+    return Search(index, captioner.vocab, members, name=data)
