@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test format clean
 
 $(VENV_STAMP): setup.cfg setup.py constraints.txt pipeline/imaging/_resample.c
 	test -x $(PY) || python3 -m venv .venv
@@ -13,8 +13,14 @@ demo: $(VENV_STAMP)
 	.venv/bin/capgen demo --out demo
 
 test: $(VENV_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	bash tests/browser_setup.sh
 	$(PY) -m pytest -q
 
 clean:
 	rm -rf .venv demo
+
+format: $(VENV_STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .

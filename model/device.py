@@ -1,4 +1,5 @@
 """The device a run uses when none is named."""
+
 import torch
 
 

@@ -1,4 +1,5 @@
 """Atomic file writes: a temp file beside the target, fsync, rename (and whole folders)."""
+
 import contextlib
 import os
 import shutil

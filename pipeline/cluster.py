@@ -5,6 +5,7 @@ array task as one job of a --num-jobs build.
 own SLURM_ARRAY_TASK_ID (offset by SLURM_ARRAY_TASK_MIN, spaced by
 SLURM_ARRAY_TASK_STEP when the range has them), which become (num_jobs, job_index).
 """
+
 import os
 
 from pipeline.errors import CapgenError
@@ -45,6 +46,8 @@ def array_job(num_jobs=None, job_index=None, env=None):
         step = _env_int(env, "SLURM_ARRAY_TASK_STEP") or 1
         job_index, rest = divmod(task_id - first, step)
         if rest or not 0 <= job_index < num_jobs:
-            raise CapgenError(f"SLURM_ARRAY_TASK_ID={task_id}: not task 0..{num_jobs - 1} of an evenly spaced "
-                              "array (use --array=0-N, or pass --job-index)")
+            raise CapgenError(
+                f"SLURM_ARRAY_TASK_ID={task_id}: not task 0..{num_jobs - 1} of an evenly spaced "
+                "array (use --array=0-N, or pass --job-index)"
+            )
     return num_jobs, job_index

@@ -1,5 +1,6 @@
 """The one error type for bad input (its message names the file and the cause), and the
 ways an OS error or any exception becomes such a line."""
+
 import contextlib
 
 

@@ -3,6 +3,7 @@
 The kernel drops a flock when its process dies, so a lock left by a killed writer
 never blocks the next one; the pid in the file is only there for the message.
 """
+
 import contextlib
 import fcntl
 import os

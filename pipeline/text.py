@@ -4,6 +4,7 @@ Two presets. `seed`: lower-case, strip punctuation, drop one-letter words,
 cut/pad to 20 words, add <start>/<end>. `coco`: the same but one-letter words
 ("a") are kept, as published COCO scores assume.
 """
+
 import json
 import os
 import re
@@ -99,11 +100,19 @@ class Vocabulary:
             raise CapgenError(f"{path}: vocabulary file not found") from None
         except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON or UTF-8
             raise CapgenError(f"{path}: not a capgen vocabulary ({err})") from None
-        if not isinstance(d, dict) or not isinstance(d.get("itos"), list) \
-                or not all(isinstance(w, str) for w in d["itos"]) or len(set(d["itos"])) != len(d["itos"]) \
-                or d.get("preset") not in PRESETS or not isinstance(d.get("max_len"), int) or d["max_len"] < 1 \
-                or not isinstance(d.get("min_freq"), int):
-            raise CapgenError(f"{path}: not a capgen vocabulary (needs itos: distinct words, preset, max_len, min_freq)")
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("itos"), list)
+            or not all(isinstance(w, str) for w in d["itos"])
+            or len(set(d["itos"])) != len(d["itos"])
+            or d.get("preset") not in PRESETS
+            or not isinstance(d.get("max_len"), int)
+            or d["max_len"] < 1
+            or not isinstance(d.get("min_freq"), int)
+        ):
+            raise CapgenError(
+                f"{path}: not a capgen vocabulary (needs itos: distinct words, preset, max_len, min_freq)"
+            )
         try:
             return cls.from_dict(d)
         except ValueError as err:

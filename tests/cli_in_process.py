@@ -1,4 +1,5 @@
 """Run `capgen ARGS` in this process, through tools.cli.main (the console script's entry)."""
+
 import sys
 
 import pytest

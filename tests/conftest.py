@@ -35,25 +35,41 @@ def tiny_shards(tmp_path_factory):
     these folders and write elsewhere."""
     datasets, sets = {}, {}
 
-    def make(*, images, seed, width, height, image_size, shard_size, preset, val_fraction=0.0,
-             split="train2014"):
+    def make(*, images, seed, width, height, image_size, shard_size, preset, val_fraction=0.0, split="train2014"):
         data = (images, seed, width, height, val_fraction)
         if data not in datasets:
             datasets[data] = root = tmp_path_factory.mktemp("tiny_shards")
-            synthesize(str(root / "data"), images, seed=seed, val_fraction=val_fraction, width=width,
-                       height=height, workers=1)
+            synthesize(
+                str(root / "data"), images, seed=seed, val_fraction=val_fraction, width=width, height=height, workers=1
+            )
         key = data + (image_size, shard_size, preset, split)
         if key not in sets:
             root = datasets[data]
             vocab = None
             if split == "val2014":
-                train = make(images=images, seed=seed, width=width, height=height, image_size=image_size,
-                             shard_size=shard_size, preset=preset, val_fraction=val_fraction)
+                train = make(
+                    images=images,
+                    seed=seed,
+                    width=width,
+                    height=height,
+                    image_size=image_size,
+                    shard_size=shard_size,
+                    preset=preset,
+                    val_fraction=val_fraction,
+                )
                 vocab = os.path.join(train, "vocab.json")
             out = str(root / f"{split}-{image_size}px-{shard_size}-{preset}")
-            shards.build(read_coco(str(root / "data"), split), out,
-                         shards.Options(name=split, image_size=image_size, shard_size=shard_size), {},
-                         workers=1, vocab=vocab, preset=preset, min_freq=1, progress=False)
+            shards.build(
+                read_coco(str(root / "data"), split),
+                out,
+                shards.Options(name=split, image_size=image_size, shard_size=shard_size),
+                {},
+                workers=1,
+                vocab=vocab,
+                preset=preset,
+                min_freq=1,
+                progress=False,
+            )
             sets[key] = out
         return sets[key]
 
@@ -70,10 +86,27 @@ def train_val(tiny_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("train_val")
     out = {}
     for split, name in (("train2014", "train"), ("val2014", "val")):
-        out[name] = tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32,
-                                shard_size=6, preset="coco", split=split)
+        out[name] = tiny_shards(
+            images=30,
+            seed=11,
+            width=48,
+            height=40,
+            val_fraction=0.2,
+            image_size=32,
+            shard_size=6,
+            preset="coco",
+            split=split,
+        )
         with pytest.warns(UserWarning, match="random init"):
-            extract(out[name], str(root / f"{name}.h5"), "resnet18", "layer3", "none", batch_size=8,
-                    workers=0, progress=False)
+            extract(
+                out[name],
+                str(root / f"{name}.h5"),
+                "resnet18",
+                "layer3",
+                "none",
+                batch_size=8,
+                workers=0,
+                progress=False,
+            )
         out[name + "_h5"] = str(root / f"{name}.h5")
     return out

@@ -1,12 +1,13 @@
 """A tiny random-init checkpoint for the server tests: real model code, real files, no training."""
+
 import warnings
 
 import torch
 
-from model.runs import checkpoint
-from model.runs.checkpoint_config import model_config, model_state
 from model.nets.decoder import Decoder
 from model.nets.encoder import Encoder
+from model.runs import checkpoint
+from model.runs.checkpoint_config import model_config, model_state
 from pipeline.synth.scenes import COLOURS, SHAPES
 from pipeline.text import SPECIALS, Vocabulary
 

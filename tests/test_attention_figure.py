@@ -12,8 +12,12 @@ def one_hot(grid, cell):
 
 
 def result_for(words, grid, cells):
-    return {"captions": [{"text": " ".join(words), "score": -3.25}, {"text": "other", "score": -4.0}],
-            "words": words, "attention": [one_hot(grid, c) for c in cells], "grid": list(grid)}
+    return {
+        "captions": [{"text": " ".join(words), "score": -3.25}, {"text": "other", "score": -4.0}],
+        "words": words,
+        "attention": [one_hot(grid, c) for c in cells],
+        "grid": list(grid),
+    }
 
 
 def test_upsample_is_smooth_and_peaks_on_the_attended_cell():
@@ -95,8 +99,8 @@ def test_caption_cli_writes_figures_and_json_with_attention(tmp_path):
 
     import torch
     from click.testing import CliRunner
-
     from serve_checkpoint import GRID, make_checkpoint
+
     from tools.cli.main import cli
 
     ckpt = make_checkpoint(tmp_path / "run")
@@ -108,8 +112,9 @@ def test_caption_cli_writes_figures_and_json_with_attention(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = CliRunner().invoke(cli, ["caption", "--checkpoint", str(ckpt), *images, "--json",
-                                          "--attention", str(tmp_path / "att.png")])
+        result = CliRunner().invoke(
+            cli, ["caption", "--checkpoint", str(ckpt), *images, "--json", "--attention", str(tmp_path / "att.png")]
+        )
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output

@@ -3,6 +3,7 @@
 Run in process through tools.cli.main (the console script's entry), so a traceback would
 fail the test; option values are refused before any file is read.
 """
+
 import sys
 
 import pytest
@@ -52,22 +53,38 @@ def test_train_option_values(extra, message, monkeypatch, capsys):
 
 USAGE_CASES = [
     (TRAIN + ["--batch-size", "abc"], "Invalid value for '--batch-size': 'abc' is not a valid integer."),
-    (["eval", "--checkpoint", "run", "--data", "d", "--out", "r.json", "--beam", "0"],
-     "Invalid value for '--beam': 0 is not in the range x>=1."),
-    (["eval", "--checkpoint", "run", "--data", "d", "--out", "r.json", "--limit", "0"],
-     "Invalid value for '--limit': 0 is not in the range x>=1."),
-    (["eval", "--checkpoint", "run", "--data", "d", "--out", "r.json", "--batch-size", "-2"],
-     "Invalid value for '--batch-size': -2 is not in the range x>=1."),
-    (["caption", "--checkpoint", "run", "--beam", "0", "a.jpg"],
-     "Invalid value for '--beam': 0 is not in the range x>=1."),
-    (["caption", "--checkpoint", "run", "--topk", "0", "a.jpg"],
-     "Invalid value for '--topk': 0 is not in the range x>=1."),
-    (["features", "extract", "--shards", ".", "--out", "f.h5", "--batch-size", "0"],
-     "Invalid value for '--batch-size': 0 is not in the range x>=1."),
-    (["features", "extract", "--shards", ".", "--out", "f.h5", "--workers", "-1"],
-     "Invalid value for '--workers': -1 is not in the range x>=0."),
-    (["features", "extract", "--shards", ".", "--out", "f.h5", "--max-lost", "1.5"],
-     "Invalid value for '--max-lost': 1.5 is not in the range 0<=x<=1."),
+    (
+        ["eval", "--checkpoint", "run", "--data", "d", "--out", "r.json", "--beam", "0"],
+        "Invalid value for '--beam': 0 is not in the range x>=1.",
+    ),
+    (
+        ["eval", "--checkpoint", "run", "--data", "d", "--out", "r.json", "--limit", "0"],
+        "Invalid value for '--limit': 0 is not in the range x>=1.",
+    ),
+    (
+        ["eval", "--checkpoint", "run", "--data", "d", "--out", "r.json", "--batch-size", "-2"],
+        "Invalid value for '--batch-size': -2 is not in the range x>=1.",
+    ),
+    (
+        ["caption", "--checkpoint", "run", "--beam", "0", "a.jpg"],
+        "Invalid value for '--beam': 0 is not in the range x>=1.",
+    ),
+    (
+        ["caption", "--checkpoint", "run", "--topk", "0", "a.jpg"],
+        "Invalid value for '--topk': 0 is not in the range x>=1.",
+    ),
+    (
+        ["features", "extract", "--shards", ".", "--out", "f.h5", "--batch-size", "0"],
+        "Invalid value for '--batch-size': 0 is not in the range x>=1.",
+    ),
+    (
+        ["features", "extract", "--shards", ".", "--out", "f.h5", "--workers", "-1"],
+        "Invalid value for '--workers': -1 is not in the range x>=0.",
+    ),
+    (
+        ["features", "extract", "--shards", ".", "--out", "f.h5", "--max-lost", "1.5"],
+        "Invalid value for '--max-lost': 1.5 is not in the range 0<=x<=1.",
+    ),
 ]
 
 
@@ -78,10 +95,13 @@ def test_usage_errors(args, message, monkeypatch, capsys):
     assert err.splitlines()[-1] == f"Error: {message}" and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", [
-    ["eval", "--data", "d", "--out", "r.json"],
-    ["caption", "a.jpg"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "--data", "d", "--out", "r.json"],
+        ["caption", "a.jpg"],
+    ],
+)
 def test_missing_checkpoint_is_one_line(command, tmp_path, monkeypatch, capsys):
     missing = str(tmp_path / "run" / "best")
     args = command[:1] + ["--checkpoint", missing] + command[1:]

@@ -1,5 +1,6 @@
 """`capgen bench gpu --quick` on a CPU: every code path (loaders, the three training modes,
 the report, the JSON) on tiny shapes, labelled a smoke run; GPU busy % from pynvml or nvidia-smi."""
+
 import json
 import os
 import sys
@@ -31,8 +32,11 @@ def data(tiny_shards, tmp_path_factory):
 def test_quick_runs_on_cpu_and_says_it_is_a_smoke_run(data, tmp_path):
     shards, features = data
     out = tmp_path / "r.json"
-    res = CliRunner().invoke(cli, ["bench", "gpu", "--shards", shards, "--features", features, "--quick",
-                                   "--json", str(out)], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        ["bench", "gpu", "--shards", shards, "--features", features, "--quick", "--json", str(out)],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0
     text = res.stdout
     assert text.startswith("SMOKE RUN") and text.rstrip().endswith(f"{out}: written")
@@ -71,18 +75,22 @@ def test_without_a_gpu_only_quick_runs(data, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 1
-    assert capsys.readouterr().err == ("capgen: error: bench gpu: no CUDA device here; "
-                                       "--quick runs a CPU smoke test (no figures)\n")
+    assert capsys.readouterr().err == (
+        "capgen: error: bench gpu: no CUDA device here; --quick runs a CPU smoke test (no figures)\n"
+    )
 
 
 def test_busy_from_pynvml(monkeypatch):
     readings = iter(range(10, 100_000, 10))
     fake = types.SimpleNamespace(
-        nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: ("handle", i),
-        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=next(readings)))
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: ("handle", i),
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=next(readings)),
+    )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     with GpuBusy(torch.device("cuda", 0), period=0.01) as busy:
         import time
+
         time.sleep(0.2)
     n = len(busy.samples)
     assert busy.source == "nvml" and n >= 3
@@ -92,12 +100,12 @@ def test_busy_from_pynvml(monkeypatch):
 def test_busy_from_nvidia_smi(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/args\"\n"
-                   "while true; do echo 40; echo 60; sleep 0.02; done\n")
+    smi.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\nwhile true; do echo 40; echo 60; sleep 0.02; done\n')
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     with GpuBusy(torch.device("cuda", 0), period=0.1) as busy:
         import time
+
         time.sleep(0.3)
     assert busy.source == "nvidia-smi" and len(busy.samples) >= 2 and set(busy.samples) <= {40, 60}
     assert 40 <= busy.mean <= 60
@@ -114,8 +122,9 @@ def test_no_busy_on_cpu():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run")
 def test_json_without_a_file_is_the_last_stdout_line(data):
     shards, features = data
-    res = CliRunner().invoke(cli, ["bench", "gpu", "--shards", shards, "--features", features, "--quick", "--json"],
-                             catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli, ["bench", "gpu", "--shards", shards, "--features", features, "--quick", "--json"], catch_exceptions=False
+    )
     assert res.exit_code == 0
     head, last = res.stdout.rstrip("\n").rsplit("\n", 1)
     r = json.loads(last)

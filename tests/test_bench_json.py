@@ -1,5 +1,6 @@
 """`capgen bench train --json` and `capgen bench loaders --json`: the quick runs' figures as
 one JSON object on the last stdout line."""
+
 import json
 
 import pytest

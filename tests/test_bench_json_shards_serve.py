@@ -1,4 +1,5 @@
 """`capgen bench shards --json` and `capgen bench serve --json`: the last stdout line is one JSON object."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,14 @@ CAPGEN = [sys.executable, "-c", "import sys; sys.argv[0] = 'capgen'; from tools.
 
 
 def last_json(args):
-    run = subprocess.run(CAPGEN + args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, PYTHONPATH=ROOT, OMP_WAIT_POLICY="PASSIVE"))
+    run = subprocess.run(
+        CAPGEN + args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=ROOT, OMP_WAIT_POLICY="PASSIVE"),
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 

@@ -1,4 +1,5 @@
 """Your own captions (pipeline/sources/caption_table.py): metadata.jsonl, CSV, TSV with their quirks, to shards."""
+
 import hashlib
 import json
 import os
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.sources.caption_table import read_caption_table
 from pipeline.errors import CapgenError
 from pipeline.shards.shardset import read_manifest
+from pipeline.sources.caption_table import read_caption_table
 from pipeline.text import TokenTable
 
 CAPGEN = [sys.executable, "-c", "from tools.cli.main import main; main()"]
@@ -37,18 +38,18 @@ def write_images(folder, names):
 def jsonl(tmp_path):
     """An imagefolder: metadata.jsonl beside the images, every quirk once."""
     folder = tmp_path / "photos"
-    write_images(folder, ["a.jpg", "b.jpg", "sub/c.jpg", "d.jpg", "e.jpg"])   # missing.jpg is not there
+    write_images(folder, ["a.jpg", "b.jpg", "sub/c.jpg", "d.jpg", "e.jpg"])  # missing.jpg is not there
     lines = [
         json.dumps({"file_name": "a.jpg", "text": "A dog on the grass. ", "split": "train"}),
         json.dumps({"file_name": "a.jpg", "text": "A dog on the grass. ", "split": "train"}),  # duplicate
         json.dumps({"file_name": "b.jpg", "text": ["a red ball", "", "Ein Ball, café"], "split": "train"}),
         json.dumps({"file_name": "./sub/c.jpg", "text": "a cat", "split": "validation"}),
-        json.dumps({"file_name": "d.jpg", "text": "", "split": "train"}),          # no captions left
+        json.dumps({"file_name": "d.jpg", "text": "", "split": "train"}),  # no captions left
         json.dumps({"file_name": "missing.jpg", "text": "gone", "split": "train"}),
         json.dumps({"file_name": "e.jpg", "text": "a test image", "split": "test"}),
-        json.dumps({"file_name": "e.jpg", "text": "moved?", "split": "train"}),      # split conflict
+        json.dumps({"file_name": "e.jpg", "text": "moved?", "split": "train"}),  # split conflict
         json.dumps({"text": "no file"}),
-        json.dumps({"file_name": "a.jpg", "text": 7, "split": "train"}),            # not a string
+        json.dumps({"file_name": "a.jpg", "text": 7, "split": "train"}),  # not a string
         json.dumps({"file_name": "a.jpg", "text": "x", "split": "holdout"}),
         "{not json",
         "",
@@ -67,38 +68,56 @@ def test_jsonl_records_and_quirks(jsonl):
     assert by_name["d.jpg"].captions == []
     assert by_name["b.jpg"].path == str(jsonl / "b.jpg") and by_name["b.jpg"].split == "train"
     assert [r.image_id for r in src.records] == sorted(expected_id(n) for n in by_name)
-    assert all(by_name[n].image_id == expected_id(n) < 2 ** 53 for n in by_name)
-    assert src.dropped == {"bad_caption": 1, "bad_json": 1, "duplicate_caption": 1, "empty_caption": 2,
-                           "no_file_name": 1, "split_conflict": 1, "undecodable": 1, "unknown_split": 1}
+    assert all(by_name[n].image_id == expected_id(n) < 2**53 for n in by_name)
+    assert src.dropped == {
+        "bad_caption": 1,
+        "bad_json": 1,
+        "duplicate_caption": 1,
+        "empty_caption": 2,
+        "no_file_name": 1,
+        "split_conflict": 1,
+        "undecodable": 1,
+        "unknown_split": 1,
+    }
     assert src.rows == 11 and src.annotation_path == str(jsonl / "metadata.jsonl")
     val = read_caption_table(jsonl / "metadata.jsonl", "val")
-    assert [(r.file_name, r.image_id, r.captions) for r in val.records] == [("sub/c.jpg", expected_id("sub/c.jpg"),
-                                                                             ["a cat"])]
+    assert [(r.file_name, r.image_id, r.captions) for r in val.records] == [
+        ("sub/c.jpg", expected_id("sub/c.jpg"), ["a cat"])
+    ]
     test = read_caption_table(jsonl / "metadata.jsonl", "test", images="/elsewhere")
     assert [(r.path, r.captions) for r in test.records] == [("/elsewhere/e.jpg", ["a test image"])]
 
 
-CSV_TEXT = ('image,description,fold\r\n'
-            'x1.jpg,"a man, on a horse",train\r\n'
-            'x2.jpg,"two lines\nin one caption",val\r\n'
-            'x1.jpg,a horse,train\r\n'
-            'x3.jpg,a boat,train\r\n'
-            'x3.jpg,,train\r\n')
+CSV_TEXT = (
+    "image,description,fold\r\n"
+    'x1.jpg,"a man, on a horse",train\r\n'
+    'x2.jpg,"two lines\nin one caption",val\r\n'
+    "x1.jpg,a horse,train\r\n"
+    "x3.jpg,a boat,train\r\n"
+    "x3.jpg,,train\r\n"
+)
 
 
 def test_csv_and_tsv_with_chosen_columns(tmp_path):
     (tmp_path / "caps.csv").write_text(CSV_TEXT, encoding="utf-8-sig", newline="")
     tsv = CSV_TEXT.replace(",", "\t").replace('"a man\t on a horse"', "a man, on a horse")
     (tmp_path / "caps.tsv").write_text(tsv, encoding="utf-8", newline="")
-    reads = [read_caption_table(tmp_path / f, "train", file_column="image", caption_column="description",
-                                split_column="fold") for f in ("caps.csv", "caps.tsv")]
+    reads = [
+        read_caption_table(
+            tmp_path / f, "train", file_column="image", caption_column="description", split_column="fold"
+        )
+        for f in ("caps.csv", "caps.tsv")
+    ]
     for src in reads:
-        assert {r.file_name: r.captions for r in src.records} == {"x1.jpg": ["a man, on a horse", "a horse"],
-                                                                  "x3.jpg": ["a boat"]}
+        assert {r.file_name: r.captions for r in src.records} == {
+            "x1.jpg": ["a man, on a horse", "a horse"],
+            "x3.jpg": ["a boat"],
+        }
         assert src.dropped == {"empty_caption": 1} and src.rows == 5
     assert [r.image_id for r in reads[0].records] == [r.image_id for r in reads[1].records]
-    val = read_caption_table(tmp_path / "caps.csv", "val", file_column="image", caption_column="description",
-                             split_column="fold")
+    val = read_caption_table(
+        tmp_path / "caps.csv", "val", file_column="image", caption_column="description", split_column="fold"
+    )
     assert val.records[0].captions == ["two lines\nin one caption"]
 
 
@@ -110,8 +129,9 @@ def test_val_fraction_is_deterministic_disjoint_and_keeps_ids(tmp_path):
     val = read_caption_table(path, "val", val_fraction=0.25)
     assert len(train.records) + len(val.records) == 200 and 30 <= len(val.records) <= 70
     assert not {r.file_name for r in train.records} & {r.file_name for r in val.records}
-    assert [r.file_name for r in read_caption_table(path, "val", val_fraction=0.25).records] == \
-        [r.file_name for r in val.records]
+    assert [r.file_name for r in read_caption_table(path, "val", val_fraction=0.25).records] == [
+        r.file_name for r in val.records
+    ]
     everything = {r.file_name: r.image_id for r in read_caption_table(path, "train").records}
     assert all(everything[r.file_name] == r.image_id for r in train.records + val.records)
     # a larger fraction only moves images into val
@@ -122,8 +142,11 @@ def test_val_fraction_is_deterministic_disjoint_and_keeps_ids(tmp_path):
 def test_errors_name_the_file_and_the_column(tmp_path):
     path = tmp_path / "caps.csv"
     path.write_text("path,caption\na.jpg,a dog\n")
-    with pytest.raises(CapgenError, match=r"caps.csv: no column 'file_name' \(columns: path, caption; "
-                                          r"choose one with --file-column\)"):
+    with pytest.raises(
+        CapgenError,
+        match=r"caps.csv: no column 'file_name' \(columns: path, caption; "
+        r"choose one with --file-column\)",
+    ):
         read_caption_table(path)
     with pytest.raises(CapgenError, match="no column 'caption' or 'text'"):
         read_caption_table(_write(tmp_path / "t.tsv", "file_name\tlabel\na.jpg\tdog\n"))
@@ -137,11 +160,16 @@ def test_errors_name_the_file_and_the_column(tmp_path):
         read_caption_table(_write(tmp_path / "caps.txt", "x"))
     with pytest.raises(CapgenError, match="empty file"):
         read_caption_table(_write(tmp_path / "empty.csv", ""))
-    run = subprocess.run(CAPGEN + ["shards", "build", "--captions", str(path), "--out", str(tmp_path / "o")],
-                         cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        CAPGEN + ["shards", "build", "--captions", str(path), "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines() == [f"capgen: error: {path}: no column 'file_name' (columns: path, "
-                                               "caption; choose one with --file-column)"]
+    assert run.stderr.strip().splitlines() == [
+        f"capgen: error: {path}: no column 'file_name' (columns: path, caption; choose one with --file-column)"
+    ]
 
 
 def _write(path, text):
@@ -162,9 +190,28 @@ def _samples(shard_dir):
 def test_cli_builds_train_and_val_shards(jsonl, tmp_path):
     captions = str(jsonl / "metadata.jsonl")
     train, val = tmp_path / "train", tmp_path / "val"
-    run = subprocess.run(CAPGEN + ["shards", "build", "--captions", captions, "--out", str(train), "--shard-size", "4",
-                                   "--min-freq", "1", "--workers", "1", "--quiet"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        CAPGEN
+        + [
+            "shards",
+            "build",
+            "--captions",
+            captions,
+            "--out",
+            str(train),
+            "--shard-size",
+            "4",
+            "--min-freq",
+            "1",
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert f"{captions}: 11 rows, 4 train images; set aside: bad_caption 1, bad_json 1" in run.stderr
     m = read_manifest(str(train))
@@ -173,15 +220,48 @@ def test_cli_builds_train_and_val_shards(jsonl, tmp_path):
     assert m["counts"]["skipped"] == {"missing": 1, "no_captions": 1}
     assert m["build_args"]["rows_set_aside"]["duplicate_caption"] == 1
     samples = _samples(train)
-    assert samples == {str(expected_id("a.jpg")): {
-        "image_id": expected_id("a.jpg"), "file_name": "a.jpg", "split": "train", "width": 64, "height": 48,
-        "captions": ["A dog on the grass. "]}, str(expected_id("b.jpg")): {
-        "image_id": expected_id("b.jpg"), "file_name": "b.jpg", "split": "train", "width": 64, "height": 48,
-        "captions": ["a red ball", "Ein Ball, café"]}}
-    run = subprocess.run(CAPGEN + ["shards", "build", "--captions", captions, "--images", str(jsonl),
-                                   "--captions-split", "val", "--vocab", str(train / "vocab.json"),
-                                   "--out", str(val), "--workers", "1", "--quiet"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert samples == {
+        str(expected_id("a.jpg")): {
+            "image_id": expected_id("a.jpg"),
+            "file_name": "a.jpg",
+            "split": "train",
+            "width": 64,
+            "height": 48,
+            "captions": ["A dog on the grass. "],
+        },
+        str(expected_id("b.jpg")): {
+            "image_id": expected_id("b.jpg"),
+            "file_name": "b.jpg",
+            "split": "train",
+            "width": 64,
+            "height": 48,
+            "captions": ["a red ball", "Ein Ball, café"],
+        },
+    }
+    run = subprocess.run(
+        CAPGEN
+        + [
+            "shards",
+            "build",
+            "--captions",
+            captions,
+            "--images",
+            str(jsonl),
+            "--captions-split",
+            "val",
+            "--vocab",
+            str(train / "vocab.json"),
+            "--out",
+            str(val),
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert read_manifest(str(val))["counts"]["images"] == 1
     assert (val / "vocab.json").read_bytes() == (train / "vocab.json").read_bytes()

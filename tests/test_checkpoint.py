@@ -1,4 +1,5 @@
 """Checkpoint folder (safetensors + JSON + weights-only trainer state) and the Captioner built from it."""
+
 import dataclasses
 import io
 import json
@@ -11,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from model.runs import checkpoint
 from model.infer.captioner import Captioner, preprocess
-from model.runs.checkpoint_config import model_config, model_state
 from model.nets.decoder import Decoder
 from model.nets.encoder import Encoder
 from model.nets.search import beam_search
-from pipeline.imaging import convert as imaging
+from model.runs import checkpoint
+from model.runs.checkpoint_config import model_config, model_state
 from pipeline.errors import CapgenError
+from pipeline.imaging import convert as imaging
 from pipeline.text import Vocabulary
 
 CAPTIONS = ["a red circle left of a blue square", "a green triangle above a red circle", "two blue squares"]
@@ -42,8 +43,17 @@ def trainer_state(decoder):
     decoder.fc.bias.sum().backward()
     opt.step()
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3)
-    return checkpoint.TrainState(seed=5, epoch=3, step=1200, best=0.25, bad_epochs=1, scores={"Bleu_4": 0.25},
-                                 optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=checkpoint.rng_state())
+    return checkpoint.TrainState(
+        seed=5,
+        epoch=3,
+        step=1200,
+        best=0.25,
+        bad_epochs=1,
+        scores={"Bleu_4": 0.25},
+        optimizer=opt.state_dict(),
+        scheduler=sched.state_dict(),
+        rng=checkpoint.rng_state(),
+    )
 
 
 def assert_same(a, b):
@@ -107,8 +117,13 @@ def test_save_replaces_the_folder_whole(tmp_path, parts):
     first = {"w": torch.ones(3)}
     checkpoint.save(tmp_path / "ckpt", first, {"n": 1}, vocab)
     with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda cannot be saved
-        checkpoint.save(tmp_path / "ckpt", {"w": torch.zeros(3)}, {"n": 2}, vocab,
-                        checkpoint.TrainState(seed=0, scores={"bad": lambda: 0}))
+        checkpoint.save(
+            tmp_path / "ckpt",
+            {"w": torch.zeros(3)},
+            {"n": 2},
+            vocab,
+            checkpoint.TrainState(seed=0, scores={"bad": lambda: 0}),
+        )
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
     assert checkpoint.load(tmp_path / "ckpt")[1] == {"n": 1}
     # Killed between the two renames: the previous checkpoint is still read.
@@ -141,14 +156,23 @@ def jpeg_with_orientation(img, orientation):
 
 def test_captioner(tmp_path, parts):
     encoder, decoder, vocab = parts
-    checkpoint.save(tmp_path / "ckpt", model_state(encoder, decoder),
-                    model_config(encoder, decoder, image_size=64, resize_mode="squash"), vocab)
+    checkpoint.save(
+        tmp_path / "ckpt",
+        model_state(encoder, decoder),
+        model_config(encoder, decoder, image_size=64, resize_mode="squash"),
+        vocab,
+    )
     cap = Captioner.load(tmp_path / "ckpt")
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 256, (50, 80, 3), dtype=np.uint8))
-    images = [rgb, rgb.convert("RGBA"), rgb.convert("P"), rgb.convert("L"),
-              Image.fromarray(rng.integers(0, 65536, (40, 40), dtype=np.uint16)),
-              Image.open(io.BytesIO(jpeg_with_orientation(rgb, 6)))]
+    images = [
+        rgb,
+        rgb.convert("RGBA"),
+        rgb.convert("P"),
+        rgb.convert("L"),
+        Image.fromarray(rng.integers(0, 65536, (40, 40), dtype=np.uint16)),
+        Image.open(io.BytesIO(jpeg_with_orientation(rgb, 6))),
+    ]
     out = cap.caption(images, beam=3, topk=2)
     assert len(out) == len(images)
     for r in out:

@@ -1,4 +1,5 @@
 """capgen's CIDEr-D on token ids: equal to pycocoevalcap's scorer, and a case checked by hand."""
+
 import math
 
 import numpy as np
@@ -27,12 +28,12 @@ def test_equals_pycocoevalcap_on_random_captions():
     refs = [[sentence() for _ in range(rng.integers(1, 6))] for _ in range(images)]
     cands = [sentence() for _ in range(images)]
     cands[0], cands[1] = [], refs[1][0]  # an empty caption and one equal to a reference
-    mean, each = CocoCider().compute_score({i: [text(r) for r in refs[i]] for i in range(images)},
-                                           {i: [text(cands[i])] for i in range(images)})
+    mean, each = CocoCider().compute_score(
+        {i: [text(r) for r in refs[i]] for i in range(images)}, {i: [text(cands[i])] for i in range(images)}
+    )
     ref_rows = np.array([row(r) for rs in refs for r in rs])
     group = np.repeat(np.arange(images), [len(rs) for rs in refs])
-    mine = Cider.from_refs(ref_rows, group).score(np.array([row(c) for c in cands]), np.arange(images),
-                                                  ref_rows, group)
+    mine = Cider.from_refs(ref_rows, group).score(np.array([row(c) for c in cands]), np.arange(images), ref_rows, group)
     assert np.abs(mine - each).max() < 1e-6
     assert abs(mine.mean() - mean) < 1e-6
     assert each[1] > 0 and mine[0] == 0.0

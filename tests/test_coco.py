@@ -1,24 +1,42 @@
 """Readers for COCO captions json and Karpathy's split file, with real COCO quirks."""
+
 import json
 
 import pytest
 
-from pipeline.sources.coco import caption_references, read_coco, read_karpathy
 from pipeline.errors import CapgenError
+from pipeline.sources.coco import caption_references, read_coco, read_karpathy
 
 
 def _image(i, name):
-    return {"id": i, "file_name": name, "height": 480, "width": 640, "license": 1,
-            "coco_url": "", "flickr_url": "", "date_captured": "2013-11-14 11:18:45"}
+    return {
+        "id": i,
+        "file_name": name,
+        "height": 480,
+        "width": 640,
+        "license": 1,
+        "coco_url": "",
+        "flickr_url": "",
+        "date_captured": "2013-11-14 11:18:45",
+    }
 
 
 @pytest.fixture
 def coco_root(tmp_path):
-    images = [_image(9, "COCO_val2014_000000000009.jpg"),
-              _image(3, "COCO_val2014_000000000003.jpg"),
-              _image(5, "COCO_val2014_000000000005.jpg")]  # 5 has no captions
-    captions = ["A man riding a Horse. \n", "a MAN on a horse", "Ein Café am Straßenrand",
-                "man rides horse ", "the horse runs", "a rider", "horse and man"]  # 7 for image 9
+    images = [
+        _image(9, "COCO_val2014_000000000009.jpg"),
+        _image(3, "COCO_val2014_000000000003.jpg"),
+        _image(5, "COCO_val2014_000000000005.jpg"),
+    ]  # 5 has no captions
+    captions = [
+        "A man riding a Horse. \n",
+        "a MAN on a horse",
+        "Ein Café am Straßenrand",
+        "man rides horse ",
+        "the horse runs",
+        "a rider",
+        "horse and man",
+    ]  # 7 for image 9
     anns = [{"id": 100 + k, "image_id": 9, "caption": c} for k, c in enumerate(captions)]
     anns += [{"id": 200 + k, "image_id": 3, "caption": f"caption {k}"} for k in range(5)]
     anns += [{"id": 300, "image_id": 777, "caption": "image 777 is not listed"}]
@@ -56,10 +74,20 @@ def test_read_coco_errors_name_the_file(tmp_path, coco_root):
 
 def test_read_karpathy_splits(tmp_path):
     def entry(cocoid, split, n):
-        return {"filepath": "val2014", "filename": f"COCO_val2014_{cocoid:012d}.jpg", "imgid": cocoid,
-                "cocoid": cocoid, "split": split, "sentids": list(range(n)),
-                "sentences": [{"tokens": ["x"], "raw": f"Raw {k} ", "imgid": cocoid, "sentid": k} for k in range(n)]}
-    data = {"dataset": "coco", "images": [entry(4, "train", 5), entry(2, "restval", 6), entry(8, "val", 5), entry(1, "test", 5)]}
+        return {
+            "filepath": "val2014",
+            "filename": f"COCO_val2014_{cocoid:012d}.jpg",
+            "imgid": cocoid,
+            "cocoid": cocoid,
+            "split": split,
+            "sentids": list(range(n)),
+            "sentences": [{"tokens": ["x"], "raw": f"Raw {k} ", "imgid": cocoid, "sentid": k} for k in range(n)],
+        }
+
+    data = {
+        "dataset": "coco",
+        "images": [entry(4, "train", 5), entry(2, "restval", 6), entry(8, "val", 5), entry(1, "test", 5)],
+    }
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps(data))
     train = read_karpathy(path, "train")
@@ -68,7 +96,9 @@ def test_read_karpathy_splits(tmp_path):
     assert train.records[0].path == str(tmp_path / "val2014" / "COCO_val2014_000000000002.jpg")
     assert [r.image_id for r in read_karpathy(path, "train", train_includes_restval=False).records] == [4]
     assert [r.image_id for r in read_karpathy(path, "test", image_root="/data").records] == [1]
-    assert read_karpathy(path, "test", image_root="/data").records[0].path == "/data/val2014/COCO_val2014_000000000001.jpg"
+    assert (
+        read_karpathy(path, "test", image_root="/data").records[0].path == "/data/val2014/COCO_val2014_000000000001.jpg"
+    )
     with pytest.raises(CapgenError, match="dataset_coco.json: unknown Karpathy split"):
         read_karpathy(path, "restval")
 
@@ -81,21 +111,41 @@ def _write_coco(root, images, annotations, split="val2014"):
 
 
 def test_malformed_coco_entries_are_skipped_and_counted(tmp_path):
-    images = [_image(1, "one.jpg"), _image(2, "two.jpg"), _image(2, "other_two.jpg"),  # id 2 twice
-              {"id": 3, "width": 10}, _image(4, ""), _image(5, "five.jpg")]  # 3, 4: no file name
-    anns = [{"id": 1, "image_id": 1, "caption": "one"}, {"id": 2, "image_id": 1, "caption": None},
-            {"id": 3, "image_id": 1, "caption": 7}, {"id": 4, "image_id": 1}, {"id": 5, "image_id": 1, "caption": " "},
-            {"id": 6, "caption": "no image id"}, {"id": 7, "image_id": None, "caption": "null id"}, "not an object",
-            {"id": 8, "image_id": 2, "caption": "whose two?"}, {"id": 9, "image_id": 3, "caption": "three"},
-            {"id": 10, "image_id": 5, "caption": "five"}, {"id": 11, "image_id": "5", "caption": "five again"},
-            {"id": 12, "image_id": 6, "caption": "no image 6"}]
+    images = [
+        _image(1, "one.jpg"),
+        _image(2, "two.jpg"),
+        _image(2, "other_two.jpg"),  # id 2 twice
+        {"id": 3, "width": 10},
+        _image(4, ""),
+        _image(5, "five.jpg"),
+    ]  # 3, 4: no file name
+    anns = [
+        {"id": 1, "image_id": 1, "caption": "one"},
+        {"id": 2, "image_id": 1, "caption": None},
+        {"id": 3, "image_id": 1, "caption": 7},
+        {"id": 4, "image_id": 1},
+        {"id": 5, "image_id": 1, "caption": " "},
+        {"id": 6, "caption": "no image id"},
+        {"id": 7, "image_id": None, "caption": "null id"},
+        "not an object",
+        {"id": 8, "image_id": 2, "caption": "whose two?"},
+        {"id": 9, "image_id": 3, "caption": "three"},
+        {"id": 10, "image_id": 5, "caption": "five"},
+        {"id": 11, "image_id": "5", "caption": "five again"},
+        {"id": 12, "image_id": 6, "caption": "no image 6"},
+    ]
     path = _write_coco(tmp_path, images, anns)
     src = read_coco(tmp_path, "val2014")
     assert [(r.image_id, r.file_name, r.captions) for r in src.records] == [
-        (1, "one.jpg", ["one"]), (5, "five.jpg", ["five", "five again"])]
-    assert src.skipped == [[2, str(tmp_path / "val2014" / "two.jpg"), "duplicate_id"],
-                           [2, str(tmp_path / "val2014" / "other_two.jpg"), "duplicate_id"],
-                           [3, "", "missing_file_name"], [4, "", "missing_file_name"]]
+        (1, "one.jpg", ["one"]),
+        (5, "five.jpg", ["five", "five again"]),
+    ]
+    assert src.skipped == [
+        [2, str(tmp_path / "val2014" / "two.jpg"), "duplicate_id"],
+        [2, str(tmp_path / "val2014" / "other_two.jpg"), "duplicate_id"],
+        [3, "", "missing_file_name"],
+        [4, "", "missing_file_name"],
+    ]
     assert (src.bad_captions, src.orphan_captions, src.annotation_path) == (7, 1, str(path))
 
 
@@ -105,15 +155,18 @@ def test_a_duplicate_id_without_a_file_name_still_takes_the_other_entry_out(tmp_
     assert src.records == [] and [s[2] for s in src.skipped] == ["duplicate_id", "duplicate_id"]
 
 
-@pytest.mark.parametrize("data, words", [
-    ({"images": {}, "annotations": []}, "needs lists 'images' and 'annotations'"),
-    ({"images": [], "annotations": None}, "needs lists 'images' and 'annotations'"),
-    ([], "needs lists 'images' and 'annotations'"),
-    ({"images": [_image(1, "a.jpg"), 5], "annotations": []}, "images[1] is not an object"),
-    ({"images": [{"file_name": "a.jpg"}], "annotations": []}, "images[0]: image id None is not an integer"),
-    ({"images": [{"id": 1.5, "file_name": "a.jpg"}], "annotations": []}, "image id 1.5 is not an integer"),
-    ({"images": [{"id": True, "file_name": "a.jpg"}], "annotations": []}, "image id True is not an integer"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"images": {}, "annotations": []}, "needs lists 'images' and 'annotations'"),
+        ({"images": [], "annotations": None}, "needs lists 'images' and 'annotations'"),
+        ([], "needs lists 'images' and 'annotations'"),
+        ({"images": [_image(1, "a.jpg"), 5], "annotations": []}, "images[1] is not an object"),
+        ({"images": [{"file_name": "a.jpg"}], "annotations": []}, "images[0]: image id None is not an integer"),
+        ({"images": [{"id": 1.5, "file_name": "a.jpg"}], "annotations": []}, "image id 1.5 is not an integer"),
+        ({"images": [{"id": True, "file_name": "a.jpg"}], "annotations": []}, "image id True is not an integer"),
+    ],
+)
 def test_malformed_coco_structure_is_a_one_line_error(tmp_path, data, words):
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "captions_val2014.json").write_text(json.dumps(data))
@@ -124,31 +177,51 @@ def test_malformed_coco_structure_is_a_one_line_error(tmp_path, data, words):
 
 
 def _karpathy_entry(cocoid, split="test", raws=("a dog",), **extra):
-    return dict({"filepath": "val2014", "filename": f"{cocoid}.jpg", "cocoid": cocoid, "split": split,
-                 "sentences": [{"raw": r} for r in raws]}, **extra)
+    return dict(
+        {
+            "filepath": "val2014",
+            "filename": f"{cocoid}.jpg",
+            "cocoid": cocoid,
+            "split": split,
+            "sentences": [{"raw": r} for r in raws],
+        },
+        **extra,
+    )
 
 
 def test_malformed_karpathy_entries_are_skipped_and_counted(tmp_path):
-    entries = [_karpathy_entry(1, raws=("ok", None, 3)), _karpathy_entry(2), _karpathy_entry(2),
-               _karpathy_entry(3, filename=None), _karpathy_entry(4, filepath=None),
-               dict(_karpathy_entry(5), sentences=[{"tokens": []}, "x", {"raw": "five"}]),
-               _karpathy_entry(2, split="train")]  # another split's id 2 is not this set's duplicate
+    entries = [
+        _karpathy_entry(1, raws=("ok", None, 3)),
+        _karpathy_entry(2),
+        _karpathy_entry(2),
+        _karpathy_entry(3, filename=None),
+        _karpathy_entry(4, filepath=None),
+        dict(_karpathy_entry(5), sentences=[{"tokens": []}, "x", {"raw": "five"}]),
+        _karpathy_entry(2, split="train"),
+    ]  # another split's id 2 is not this set's duplicate
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps({"images": entries}))
     src = read_karpathy(path, "test")
     assert [(r.image_id, r.captions) for r in src.records] == [(1, ["ok"]), (5, ["five"])]
-    assert [(s[0], s[2]) for s in src.skipped] == [(2, "duplicate_id"), (2, "duplicate_id"),
-                                                  (3, "missing_file_name"), (4, "missing_file_name")]
+    assert [(s[0], s[2]) for s in src.skipped] == [
+        (2, "duplicate_id"),
+        (2, "duplicate_id"),
+        (3, "missing_file_name"),
+        (4, "missing_file_name"),
+    ]
     assert src.bad_captions == 4
 
 
-@pytest.mark.parametrize("data, words", [
-    ({"images": None}, "needs a list 'images'"),
-    ({"images": ["x"]}, "images[0] is not an object with a 'split'"),
-    ({"images": [{"cocoid": 1, "filename": "a.jpg"}]}, "images[0] is not an object with a 'split'"),
-    ({"images": [_karpathy_entry("x1")]}, "images[0]: image id 'x1' is not an integer"),
-    ({"images": [dict(_karpathy_entry(1), sentences="a dog")]}, "images[0]: 'sentences' is not a list"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"images": None}, "needs a list 'images'"),
+        ({"images": ["x"]}, "images[0] is not an object with a 'split'"),
+        ({"images": [{"cocoid": 1, "filename": "a.jpg"}]}, "images[0] is not an object with a 'split'"),
+        ({"images": [_karpathy_entry("x1")]}, "images[0]: image id 'x1' is not an integer"),
+        ({"images": [dict(_karpathy_entry(1), sentences="a dog")]}, "images[0]: 'sentences' is not a list"),
+    ],
+)
 def test_malformed_karpathy_structure_is_a_one_line_error(tmp_path, data, words):
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps(data))

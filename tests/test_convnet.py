@@ -1,16 +1,17 @@
 """The small CNN trained from scratch (model/nets/convnet.py): its grid, its stages, its
 BatchNorm, and its way through the trainer into a checkpoint and back."""
+
 import json
 
 import pytest
 import torch
 
+from model.eval.evaluate import evaluate
 from model.infer.captioner import Captioner
 from model.nets.convnet import ConvNet
 from model.nets.encoder import build_encoder
-from model.eval.evaluate import evaluate
-from model.train.loop import train
 from model.train.args import TrainArgs
+from model.train.loop import train
 from pipeline.errors import CapgenError
 
 
@@ -40,7 +41,11 @@ def test_frozen_until_fine_tuned_then_every_stage_and_its_batchnorm_train():
 
     net.set_fine_tune().train()
     assert {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad} == {
-        "conv1", "layer1", "layer2", "layer3"}
+        "conv1",
+        "layer1",
+        "layer2",
+        "layer3",
+    }
     net(torch.rand(4, 3, 32, 32))
     assert not torch.equal(net.conv1[1].running_mean, before)
 
@@ -53,17 +58,38 @@ def test_the_same_seed_gives_the_same_net_and_pretrained_weights_are_refused():
 
 
 def test_training_it_frozen_is_refused_with_the_flag_to_add(train_val, tmp_path):
-    args = TrainArgs(train=train_val["train"], val=train_val["val"], out=str(tmp_path / "run"), epochs=1,
-                     encoder="convnet", encoder_stop="layer3", workers=0, progress=False)
+    args = TrainArgs(
+        train=train_val["train"],
+        val=train_val["val"],
+        out=str(tmp_path / "run"),
+        epochs=1,
+        encoder="convnet",
+        encoder_stop="layer3",
+        workers=0,
+        progress=False,
+    )
     with pytest.raises(CapgenError, match="--encoder convnet: .*add --fine-tune-encoder"):
         train(args)
 
 
 def test_trained_from_shards_on_a_cosine_schedule_its_checkpoint_evaluates(train_val, tmp_path):
-    args = TrainArgs(train=train_val["train"], val=train_val["val"], out=str(tmp_path / "run"), epochs=2,
-                     batch_size=4, encoder="convnet", encoder_stop="layer2", fine_tune_encoder=True,
-                     encoder_lr=1e-3, embed_dim=16, attention_dim=16, hidden_dim=16, lr_schedule="cosine",
-                     workers=0, progress=False)
+    args = TrainArgs(
+        train=train_val["train"],
+        val=train_val["val"],
+        out=str(tmp_path / "run"),
+        epochs=2,
+        batch_size=4,
+        encoder="convnet",
+        encoder_stop="layer2",
+        fine_tune_encoder=True,
+        encoder_lr=1e-3,
+        embed_dim=16,
+        attention_dim=16,
+        hidden_dim=16,
+        lr_schedule="cosine",
+        workers=0,
+        progress=False,
+    )
     result = train(args)
     lrs = [r["lr"] for r in map(json.loads, open(tmp_path / "run" / "log.jsonl")) if r["type"] == "val"]
     assert lrs == pytest.approx([4e-4 * 0.5, 0.0], abs=1e-12)  # cos(pi/2), cos(pi): set after each epoch
@@ -72,7 +98,8 @@ def test_trained_from_shards_on_a_cosine_schedule_its_checkpoint_evaluates(train
     start = build_encoder("convnet", "none", "layer2")
     assert not torch.equal(cap.encoder.layer1[0][0].weight, start.layer1[0][0].weight)  # it trained
     # no channel statistics of the random start: its last BatchNorm sets the features' scale
-    assert torch.equal(cap.decoder.feature_mean, torch.zeros(128)) and torch.equal(cap.decoder.feature_std,
-                                                                                    torch.ones(128))
+    assert torch.equal(cap.decoder.feature_mean, torch.zeros(128)) and torch.equal(
+        cap.decoder.feature_std, torch.ones(128)
+    )
     ev = evaluate(result["best_dir"], train_val["val"], str(tmp_path / "results.json"), beam=2)
     assert ev["images"] == 6 and all(ev["captions"].values())

@@ -1,4 +1,5 @@
 """Corrupt shards caught where they are read (loader, training, features extract), and disk full."""
+
 import io
 import os
 import resource
@@ -18,8 +19,9 @@ SHARD = "train2014-000001.tar"  # the second of 4 shards of 6 samples
 
 @pytest.fixture(scope="module")
 def shard_set(tiny_shards):
-    return tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32, shard_size=6,
-                       preset="coco")
+    return tiny_shards(
+        images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32, shard_size=6, preset="coco"
+    )
 
 
 def members_from(path, sample):
@@ -95,24 +97,63 @@ def capgen(args, cwd, fsize=None):
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, preexec_fn=limit if fsize else None)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit if fsize else None,
+    )
 
 
-TRAIN = ["--epochs", "1", "--batch-size", "4", "--embed-dim", "8", "--attention-dim", "8", "--hidden-dim", "8",
-         "--encoder", "resnet18", "--encoder-stop", "layer3", "--encoder-weights", "none", "--workers", "1",
-         "--loader", "cpu", "--log-every", "2"]
+TRAIN = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--embed-dim",
+    "8",
+    "--attention-dim",
+    "8",
+    "--hidden-dim",
+    "8",
+    "--encoder",
+    "resnet18",
+    "--encoder-stop",
+    "layer3",
+    "--encoder-weights",
+    "none",
+    "--workers",
+    "1",
+    "--loader",
+    "cpu",
+    "--log-every",
+    "2",
+]
 
 
 def test_training_on_a_corrupt_shard(shard_set, tiny_shards, tmp_path):
-    val = tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32, shard_size=6,
-                      preset="coco", split="val2014")
+    val = tiny_shards(
+        images=30,
+        seed=11,
+        width=48,
+        height=40,
+        val_fraction=0.2,
+        image_size=32,
+        shard_size=6,
+        preset="coco",
+        split="val2014",
+    )
     folder = corrupt_copy(shard_set, tmp_path, "flipped header byte")
     base = ["train", "--train", folder, "--val", val, *TRAIN]
     p = capgen([*base, "--out", str(tmp_path / "run")], tmp_path)
     assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert p.stderr.splitlines()[-1] == (f"capgen: error: {folder}: 6 of 24 samples could not be read this epoch "
-                                         "(more than --max-lost 0.01); see the warnings above")
+    assert p.stderr.splitlines()[-1] == (
+        f"capgen: error: {folder}: 6 of 24 samples could not be read this epoch "
+        "(more than --max-lost 0.01); see the warnings above"
+    )
     p = capgen([*base, "--out", str(tmp_path / "run2"), "--max-lost", "0.3"], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"capgen: warning: {folder}/{SHARD}: 6 of 6 samples lost" in p.stderr
@@ -121,12 +162,30 @@ def test_training_on_a_corrupt_shard(shard_set, tiny_shards, tmp_path):
 def test_features_extract_on_a_corrupt_shard_and_a_full_disk(shard_set, tmp_path):
     folder = corrupt_copy(shard_set, tmp_path, "truncated at a member boundary")
     out = tmp_path / "f.h5"
-    extract = ["features", "extract", "--shards", folder, "--out", str(out), "--encoder", "resnet18",
-               "--encoder-stop", "layer3", "--encoder-weights", "none", "--batch-size", "8", "--workers", "0"]
+    extract = [
+        "features",
+        "extract",
+        "--shards",
+        folder,
+        "--out",
+        str(out),
+        "--encoder",
+        "resnet18",
+        "--encoder-stop",
+        "layer3",
+        "--encoder-weights",
+        "none",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+    ]
     p = capgen(extract, tmp_path)
     assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert p.stderr.splitlines()[-1] == (f"capgen: error: {folder}: 3 of 24 samples could not be read "
-                                         "(more than --max-lost 0.01); see the warnings above")
+    assert p.stderr.splitlines()[-1] == (
+        f"capgen: error: {folder}: 3 of 24 samples could not be read "
+        "(more than --max-lost 0.01); see the warnings above"
+    )
     assert os.listdir(tmp_path).count("f.h5") == 0 and not os.path.exists(f"{out}.tmp")
     # Disk full (a 1 MB file size limit): one line naming the file, no temp file left.
     p = capgen([*extract, "--max-lost", "0.2"], tmp_path, fsize=1 << 20)
@@ -138,8 +197,17 @@ def test_features_extract_on_a_corrupt_shard_and_a_full_disk(shard_set, tmp_path
 
 
 def test_checkpoint_on_a_full_disk(shard_set, tiny_shards, tmp_path):
-    val = tiny_shards(images=30, seed=11, width=48, height=40, val_fraction=0.2, image_size=32, shard_size=6,
-                      preset="coco", split="val2014")
+    val = tiny_shards(
+        images=30,
+        seed=11,
+        width=48,
+        height=40,
+        val_fraction=0.2,
+        image_size=32,
+        shard_size=6,
+        preset="coco",
+        split="val2014",
+    )
     run = tmp_path / "run"
     base = ["train", "--train", shard_set, "--val", val, *TRAIN, "--out", str(run)]
     p = capgen(base, tmp_path, fsize=200_000)  # the log fits, the encoder's weights do not

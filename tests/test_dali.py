@@ -1,5 +1,6 @@
 """DALI pipeline in CPU mode: same ids, captions and pixels as a plain webdataset read;
 each sample once per epoch across ranks; flips swap left/right in the captions; index files used."""
+
 import io
 import json
 import os
@@ -15,20 +16,24 @@ wds = pytest.importorskip("webdataset")
 
 from pipeline.errors import CapgenError  # noqa: E402
 from pipeline.loading.mirror import mirror_ids  # noqa: E402
-from pipeline.text import TokenTable, Vocabulary  # noqa: E402
 from pipeline.shards.wds_index import index_path, index_shards, read_samples  # noqa: E402
+from pipeline.text import TokenTable, Vocabulary  # noqa: E402
 
 SIZE = 64
 SHARDS = (7, 4)  # uneven, and 11 samples: no batch size below divides it
 CONTRACT = {"image_ids", "tokens", "lengths", "images"}  # pipeline/loading/batches.py's batch fields
-CAPTIONS = ["a red circle on the left", "the square is right of the circle",
-            "a blue square on the right side", "shapes from left to right"]
+CAPTIONS = [
+    "a red circle on the left",
+    "the square is right of the circle",
+    "a blue square on the right side",
+    "shapes from left to right",
+]
 
 
 def image(rng):
     """Dark left half, bright right half, plus texture: a flip is visible."""
     x = rng.integers(0, 60, (SIZE, SIZE, 3))
-    x[:, SIZE // 2:] += 150
+    x[:, SIZE // 2 :] += 150
     return x.astype(np.uint8)
 
 
@@ -45,8 +50,14 @@ def shard_set(tmp_path_factory):
                 buf = io.BytesIO()
                 Image.fromarray(image(rng)).save(buf, "JPEG", quality=90)
                 caps[image_id] = [CAPTIONS[(image_id + k) % len(CAPTIONS)] for k in range(5)]
-                meta = {"image_id": image_id, "file_name": f"{image_id}.jpg", "split": "train",
-                        "width": SIZE, "height": SIZE, "captions": caps[image_id]}
+                meta = {
+                    "image_id": image_id,
+                    "file_name": f"{image_id}.jpg",
+                    "split": "train",
+                    "width": SIZE,
+                    "height": SIZE,
+                    "captions": caps[image_id],
+                }
                 sink.write({"__key__": str(image_id), "jpg": buf.getvalue(), "json": json.dumps(meta).encode()})
     vocab = Vocabulary.build([c for cs in caps.values() for c in cs], preset="seed", min_freq=1)
     vocab.save(out / "vocab.json")
@@ -57,8 +68,10 @@ def shard_set(tmp_path_factory):
 def reference(shard_dir):
     """[(image_id, jpg bytes, captions)] in tar order, via webdataset."""
     urls = sorted(str(p) for p in shard_dir.glob("*.tar"))
-    return [(int(s["__key__"]), s["jpg"], json.loads(s["json"])["captions"])
-            for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    return [
+        (int(s["__key__"]), s["jpg"], json.loads(s["json"])["captions"])
+        for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    ]
 
 
 def epoch(loader):
@@ -73,7 +86,7 @@ def hwc(images):
 def left_brighter(images):
     """Which images were mirrored: image() makes the right half the bright one."""
     px = hwc(images.cpu())
-    return (px[:, :, : SIZE // 3].mean(axis=(1, 2, 3)) > px[:, :, -SIZE // 3:].mean(axis=(1, 2, 3))).tolist()
+    return (px[:, :, : SIZE // 3].mean(axis=(1, 2, 3)) > px[:, :, -SIZE // 3 :].mean(axis=(1, 2, 3))).tolist()
 
 
 def assert_mirrored_captions(b, flips, vocab, table):
@@ -98,7 +111,7 @@ def test_eval_matches_webdataset_read(shard_set):
     assert set(batches[0]) == CONTRACT
     assert b["images"].dtype == torch.uint8 and b["images"].shape == (11, 3, SIZE, SIZE)
     assert b["tokens"].dtype == b["lengths"].dtype == torch.int64
-    for i, (_, jpg, caps) in enumerate(ref):
+    for i, (_, _jpg, caps) in enumerate(ref):
         assert b["tokens"][i].tolist() == [vocab.encode(c) for c in caps]
         assert b["lengths"][i].tolist() == [len(vocab.words(vocab.encode(c))) + 2 for c in caps]
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(r[1])).convert("RGB")) for r in ref])
@@ -109,9 +122,20 @@ def test_eval_matches_webdataset_read(shard_set):
 def test_each_sample_once_per_epoch_across_ranks(shard_set, batch_size):
     # 11 samples over 2 ranks: 5 + 6. With batch 5 one rank takes a step fewer.
     ids = {r[0] for r in reference(shard_set)}
-    ranks = [dali.make_dali_loader(shard_set, batch_size=batch_size, image_size=SIZE, train=True, seed=3,
-                                   num_threads=1, shard_id=r, num_shards=2, shuffle_buffer=4)  # < N
-             for r in range(2)]
+    ranks = [
+        dali.make_dali_loader(
+            shard_set,
+            batch_size=batch_size,
+            image_size=SIZE,
+            train=True,
+            seed=3,
+            num_threads=1,
+            shard_id=r,
+            num_shards=2,
+            shuffle_buffer=4,
+        )  # < N
+        for r in range(2)
+    ]
     orders = []
     for _ in range(3):
         seen = Counter()
@@ -133,8 +157,12 @@ def test_each_sample_once_per_epoch_across_ranks(shard_set, batch_size):
 
 
 def test_eval_ranks_take_turns_and_count_their_samples(shard_set):
-    ranks = [dali.make_dali_loader(shard_set, batch_size=4, image_size=SIZE, train=False, num_threads=1,
-                                   shard_id=r, num_shards=2) for r in range(2)]
+    ranks = [
+        dali.make_dali_loader(
+            shard_set, batch_size=4, image_size=SIZE, train=False, num_threads=1, shard_id=r, num_shards=2
+        )
+        for r in range(2)
+    ]
     ref = [r[0] for r in reference(shard_set)]
     for e in range(3):
         for r, loader in enumerate(ranks):
@@ -144,8 +172,20 @@ def test_eval_ranks_take_turns_and_count_their_samples(shard_set):
 
 
 def test_drop_last_gives_full_batches_only(shard_set):
-    ranks = [dali.make_dali_loader(shard_set, batch_size=5, image_size=SIZE, train=True, seed=3,
-                                   num_threads=1, shard_id=r, num_shards=2, drop_last=True) for r in range(2)]
+    ranks = [
+        dali.make_dali_loader(
+            shard_set,
+            batch_size=5,
+            image_size=SIZE,
+            train=True,
+            seed=3,
+            num_threads=1,
+            shard_id=r,
+            num_shards=2,
+            drop_last=True,
+        )
+        for r in range(2)
+    ]
     for _ in range(2):
         sizes = [[len(b["image_ids"]) for b in loader] for loader in ranks]
         assert sizes == [[5], [5]] and [len(r) for r in ranks] == [1, 1] and ranks[0].num_samples() == 5
@@ -176,6 +216,7 @@ def test_mirror_ids_is_an_involution_swapping_left_right():
 
 def test_reader_goes_by_the_index(shard_set, tmp_path):
     import shutil
+
     for p in shard_set.glob("*.tar"):
         shutil.copy(p, tmp_path / p.name)
     for name in ("tokens.npz", "vocab.json"):
@@ -195,7 +236,7 @@ def test_reader_goes_by_the_index(shard_set, tmp_path):
 def test_bad_keys_and_unknown_ids_are_errors(shard_set, tmp_path):
     tail = np.zeros((1, dali.KEY_BYTES), np.uint8)
     name = b"x.tar:1536:abc.jpg"
-    tail[0, -len(name):] = np.frombuffer(name, np.uint8)
+    tail[0, -len(name) :] = np.frombuffer(name, np.uint8)
     with pytest.raises(CapgenError, match="'abc' is not an image id"):
         dali.key_ids(tail)
     loader = dali.make_dali_loader(shard_set, batch_size=4, image_size=SIZE, train=False, num_threads=1)
@@ -216,8 +257,12 @@ def test_gpu_decode_matches_cpu_and_stays_on_device(shard_set):
         assert diff.mean() < 1.0 and diff.max() < 16  # nvJPEG vs libjpeg-turbo IDCT/upsampling
     (b,) = epoch(dali.make_dali_loader(shard_set, batch_size=11, image_size=SIZE, train=True, device_id=0, seed=1))
     assert b["tokens"].is_cuda
-    assert_mirrored_captions(b, left_brighter(b["images"]), Vocabulary.load(shard_set / "vocab.json"),
-                             TokenTable.load(shard_set / "tokens.npz"))
+    assert_mirrored_captions(
+        b,
+        left_brighter(b["images"]),
+        Vocabulary.load(shard_set / "vocab.json"),
+        TokenTable.load(shard_set / "tokens.npz"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +295,8 @@ def test_make_loader_dali_runs_on_the_gpu_or_the_cpu_graph(built_set):
     loader = make_loader(built_set, 4, shuffle=True, loader="dali")
     batches = epoch(loader)
     assert sorted(i for b in batches for i in b["image_ids"].tolist()) == sorted(
-        TokenTable.load(os.path.join(built_set, "tokens.npz")).image_ids.tolist())
+        TokenTable.load(os.path.join(built_set, "tokens.npz")).image_ids.tolist()
+    )
     assert len(batches) == len(loader) and loader.num_samples() == 10
     gpu = torch.cuda.is_available()
     assert all(b["images"].is_cuda == gpu for b in batches)
@@ -267,11 +313,13 @@ def test_make_loader_dali_counts_per_rank(built_set):
     ids = [[i for b in loader for i in b["image_ids"].tolist()] for loader in ranks]
     assert [loader.num_samples() for loader in ranks] == [len(i) for i in ids] == [5, 5]
     assert [len(loader) for loader in ranks] == [2, 2] and sorted(ids[0] + ids[1]) == sorted(
-        TokenTable.load(os.path.join(built_set, "tokens.npz")).image_ids.tolist())
+        TokenTable.load(os.path.join(built_set, "tokens.npz")).image_ids.tolist()
+    )
 
 
 def test_loader_benchmark_quick_runs_on_cpu(shard_set):
     from tools.bench.loaders import report, run
+
     r = run(str(shard_set), image_size=SIZE, device="cpu", quick=True)
     assert all(r[k] > 0 for k in ("dali", "torchvision", "cpu")) and r["batch_size"] == 16
     text = report(r)

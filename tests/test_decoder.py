@@ -1,12 +1,12 @@
 """Soft-attention decoder: shapes, masks, grouping, the loss, overfitting, the benchmark's baseline."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model.nets.decoder import Decoder, caption_loss, caption_mask, decode_steps, train_plan, trim_steps
-from model.nets.decoder import top5_accuracy
+from model.nets.decoder import Decoder, caption_loss, caption_mask, decode_steps, top5_accuracy, train_plan, trim_steps
 from model.nets.search import greedy
 from pipeline.text import END, PAD, START
 from tools.bench.train import baseline_loss, bench_train, synthetic_batch
@@ -40,7 +40,7 @@ def test_captions_of_an_image_share_its_features_but_not_their_state():
     features, tokens, _ = batch()
     logits, alphas = dec(features, tokens)
     for k in range(tokens.shape[1]):
-        one, a = dec(features, tokens[:, k:k + 1])
+        one, a = dec(features, tokens[:, k : k + 1])
         torch.testing.assert_close(one[:, 0], logits[:, k])
         torch.testing.assert_close(a[:, 0], alphas[:, k])
 
@@ -77,7 +77,7 @@ def test_loss_counts_only_valid_steps():
     for b in range(3):
         for k in range(4):
             steps = int(lengths[b, k]) - 1  # words + <end>
-            ce = ce + F.cross_entropy(logits[b, k, :steps], tokens[b, k, 1:steps + 1], reduction="sum")
+            ce = ce + F.cross_entropy(logits[b, k, :steps], tokens[b, k, 1 : steps + 1], reduction="sum")
             n += steps
             att = att + ((1 - alphas[b, k, :steps].sum(0)) ** 2).sum()
     torch.testing.assert_close(stats["ce"], ce.detach() / n)
@@ -103,7 +103,7 @@ def test_trimmed_steps_give_the_padded_loss_and_every_gradient():
     features = features.double()
     trimmed = trim_steps(tokens, lengths.max())
     assert trimmed.shape[2] - 1 == decode_steps(int(lengths.max()), 21) < 21
-    assert (tokens[:, :, trimmed.shape[2]:] == PAD).all()
+    assert (tokens[:, :, trimmed.shape[2] :] == PAD).all()
 
     def loss_and_grads(toks):
         dec.zero_grad()
@@ -140,8 +140,10 @@ def test_train_plan_sorts_images_and_shrinks_in_multiples():
 def padded_and_shrunk(dec, features, tokens, lengths, alpha_c=0.7):
     """(loss, stats, grads) of the fully padded forward + caption_loss, and of train_loss."""
     out = []
-    for fn in (lambda: caption_loss(*dec(features, tokens), tokens, lengths, alpha_c),
-               lambda: dec.train_loss(features, tokens, train_plan(lengths, multiple=2), alpha_c)):
+    for fn in (
+        lambda: caption_loss(*dec(features, tokens), tokens, lengths, alpha_c),
+        lambda: dec.train_loss(features, tokens, train_plan(lengths, multiple=2), alpha_c),
+    ):
         dec.zero_grad()
         loss, stats = fn()
         loss.backward()
@@ -185,7 +187,7 @@ def test_a_tiny_model_learns_its_captions_by_heart():
     T = 8
     tokens = torch.full((4, 1, T), PAD)
     for i, w in enumerate(words):
-        tokens[i, 0, :len(w) + 2] = torch.tensor([START] + w + [END])
+        tokens[i, 0, : len(w) + 2] = torch.tensor([START] + w + [END])
     lengths = (tokens != PAD).sum(-1)
     dec = small(seed=0)
     opt = torch.optim.Adam(dec.parameters(), lr=0.02)
@@ -195,7 +197,7 @@ def test_a_tiny_model_learns_its_captions_by_heart():
         loss.backward()
         opt.step()
     out, _ = greedy(dec, features, max_len=T - 2)
-    assert [row[:row.index(END)] for row in out.tolist()] == words
+    assert [row[: row.index(END)] for row in out.tolist()] == words
 
 
 def test_baseline_port_computes_the_same_loss_and_gradients():

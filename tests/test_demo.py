@@ -1,6 +1,7 @@
 """`capgen demo --data COCO_ROOT`: the demo's recipe on a COCO 2014 layout folder that it did not
 draw: one made by `capgen synth` with another seed and size, and one written by hand (other
 sizes, other words, no scene truth). Toy scale: a few images, one epoch."""
+
 import json
 import os
 import subprocess
@@ -65,8 +66,9 @@ def test_demo_on_a_synth_folder_of_another_seed_and_size(tmp_path):
 
 def test_demo_trains_its_convnet_from_the_shards(tmp_path):
     out = str(tmp_path / "out")
-    summary = run_demo(out, images=20, epochs=1, echo=lambda m: None, val_fraction=0.25, synth_size=(48, 40),
-                       encoder_lr=3e-4, **TOY)
+    summary = run_demo(
+        out, images=20, epochs=1, echo=lambda m: None, val_fraction=0.25, synth_size=(48, 40), encoder_lr=3e-4, **TOY
+    )
     assert summary["encoder"] == "convnet layer3 32px random init, trained (lr 0.0003)"
     assert not os.path.exists(os.path.join(out, "features"))  # no cache of an encoder that changes
     assert len(results(out)) == summary["images"]["val"] == 5
@@ -77,8 +79,17 @@ def test_demo_trains_its_convnet_from_the_shards(tmp_path):
 
 def test_demo_on_a_frozen_resnets_cached_features(tmp_path):
     out = str(tmp_path / "out")
-    summary = run_demo(out, images=20, epochs=1, echo=lambda m: None, val_fraction=0.25, synth_size=(48, 40),
-                       encoder="resnet18", fine_tune=False, **TOY)
+    summary = run_demo(
+        out,
+        images=20,
+        epochs=1,
+        echo=lambda m: None,
+        val_fraction=0.25,
+        synth_size=(48, 40),
+        encoder="resnet18",
+        fine_tune=False,
+        **TOY,
+    )
     assert summary["encoder"] == "resnet18 layer3 32px random init, frozen"
     assert sorted(os.listdir(os.path.join(out, "features"))) == ["train.h5", "val.h5"]
     assert len(results(out)) == summary["images"]["val"] == 5
@@ -86,18 +97,27 @@ def test_demo_on_a_frozen_resnets_cached_features(tmp_path):
 
 def test_cli_demo_on_a_hand_made_folder_with_other_sizes_and_words(tmp_path):
     data = str(tmp_path / "mine")
-    sizes = {"train2014": [(200, 150), (64, 128), (333, 97), (120, 120), (48, 36), (256, 80)],
-             "val2014": [(150, 200), (90, 60)]}
+    sizes = {
+        "train2014": [(200, 150), (64, 128), (333, 97), (120, 120), (48, 36), (256, 80)],
+        "val2014": [(150, 200), (90, 60)],
+    }
     write_coco_folder(data, sizes, ["cat", "mat", "dog", "sofa", "bird"])
     out = str(tmp_path / "out")
-    p = subprocess.run([CAPGEN, "demo", "--data", data, "--out", out, "--epochs", "1", "--json"],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    p = subprocess.run(
+        [CAPGEN, "demo", "--data", data, "--out", out, "--epochs", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert sorted(r["image_id"] for r in results(out)) == [101, 102]
     assert summary["images"] == {"train": 6, "val": 2}
     assert "attribute_accuracy" not in summary and "attribute accuracy" not in p.stdout
-    assert "Bleu_4" in summary and summary["encoder"].startswith(f"{DEMO['encoder']} {DEMO['stop']} {DEMO['image_size']}px")
+    assert "Bleu_4" in summary and summary["encoder"].startswith(
+        f"{DEMO['encoder']} {DEMO['stop']} {DEMO['image_size']}px"
+    )
     with open(os.path.join(out, "shards", "train", "vocab.json")) as f:
         vocab = json.load(f)
     assert vocab["min_freq"] == 1 and {"cat", "mat", "dog", "sofa", "bird", "sits"} <= set(vocab["itos"])
@@ -107,7 +127,11 @@ def test_cli_demo_data_without_images_folder_is_a_one_line_error(tmp_path):
     data = tmp_path / "broken"
     write_coco_folder(str(data), {"train2014": [(40, 30)], "val2014": [(40, 30)]}, ["cat"])
     os.rename(data / "val2014", data / "elsewhere")
-    p = subprocess.run([CAPGEN, "demo", "--data", str(data), "--out", str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [CAPGEN, "demo", "--data", str(data), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode != 0
     assert p.stderr.strip().splitlines()[-1].startswith(f"capgen: error: {data / 'val2014'}: image folder not found")

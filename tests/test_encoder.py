@@ -1,4 +1,5 @@
 """ResNet trunk: shapes, grids, freezing, weight sources."""
+
 import os
 import pickle
 
@@ -20,9 +21,17 @@ def test_resnet50_grid_at_256():
     assert out.shape == (1, 64, 2048)
 
 
-@pytest.mark.parametrize("stop,size,grid,channels", [
-    ("layer4", 64, (2, 2), 512), ("layer3", 64, (4, 4), 256), ("layer4", (100, 70), (4, 3), 512),
-    ("layer3", 33, (3, 3), 256), ("layer2", 128, (16, 16), 128), ("layer2", (100, 70), (13, 9), 128)])
+@pytest.mark.parametrize(
+    "stop,size,grid,channels",
+    [
+        ("layer4", 64, (2, 2), 512),
+        ("layer3", 64, (4, 4), 256),
+        ("layer4", (100, 70), (4, 3), 512),
+        ("layer3", 33, (3, 3), 256),
+        ("layer2", 128, (16, 16), 128),
+        ("layer2", (100, 70), (13, 9), 128),
+    ],
+)
 def test_shapes_and_grid(stop, size, grid, channels):
     enc = Encoder("resnet18", stop=stop).eval()
     h, w = (size, size) if isinstance(size, int) else size

@@ -1,4 +1,5 @@
 """The HDF5 feature store: contract, statistics, atomic writes, and extraction from shards."""
+
 import os
 import tarfile
 
@@ -8,17 +9,24 @@ import pytest
 import torch
 
 from pipeline.errors import CapgenError
-from pipeline.loading.features import FORMAT, FeatureFile, FeatureWriter
 from pipeline.loading.batches import decode_jpeg
+from pipeline.loading.features import FORMAT, FeatureFile, FeatureWriter
 
-ATTRS = {"encoder": "resnet18", "weights": "none", "stop": "layer3", "image_size": 32,
-         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "shard_set": "../set"}
+ATTRS = {
+    "encoder": "resnet18",
+    "weights": "none",
+    "stop": "layer3",
+    "image_size": 32,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "shard_set": "../set",
+}
 
 
 def write(path, feats, ids, state=None, batch=5):
     w = FeatureWriter(path, len(ids), feats.shape[1], feats.shape[2], ATTRS, state)
     for s in range(0, len(ids), batch):
-        w.write(ids[s:s + batch], feats[s:s + batch])
+        w.write(ids[s : s + batch], feats[s : s + batch])
     w.close()
 
 
@@ -72,8 +80,8 @@ def test_not_a_cache_is_a_one_line_error(tmp_path):
 
 
 def test_extract_stores_the_encoder_features_of_every_image(tiny_shards, tmp_path):
-    from model.nets.encoder import build_encoder, normalise
     from model.infer.extract import extract
+    from model.nets.encoder import build_encoder, normalise
 
     set_dir = tiny_shards(images=12, seed=4, width=48, height=40, image_size=32, shard_size=5, preset="coco")
     out = str(tmp_path / "feat" / "train.h5")
@@ -83,7 +91,12 @@ def test_extract_stores_the_encoder_features_of_every_image(tiny_shards, tmp_pat
     assert n == len(cache) == 12
     assert cache.shape == (12, 4, 256)  # 32 px through layer3: a 2x2 grid of 256 channels
     assert {k: cache.attrs[k] for k in ("encoder", "weights", "stop", "image_size", "resize_mode")} == {
-        "encoder": "resnet18", "weights": "none", "stop": "layer3", "image_size": 32, "resize_mode": "stretch"}
+        "encoder": "resnet18",
+        "weights": "none",
+        "stop": "layer3",
+        "image_size": 32,
+        "resize_mode": "stretch",
+    }
     assert cache.attrs["grid"] == [2, 2]
     assert os.path.samefile(cache.shard_set(), set_dir)
     assert sorted(cache.image_ids.tolist()) == sorted(shard_set_ids(set_dir))
@@ -105,13 +118,14 @@ def test_extract_stores_the_encoder_features_of_every_image(tiny_shards, tmp_pat
 
 def shard_set_ids(set_dir):
     from pipeline.text import TokenTable
+
     return TokenTable.load(os.path.join(set_dir, "tokens.npz")).image_ids.tolist()
 
 
 def test_extract_at_layer2_names_its_stop_and_finer_grid(tiny_shards, tmp_path):
     from model.infer.extract import extract
-    from model.train.build import encoder_for
     from model.train.args import TrainArgs
+    from model.train.build import encoder_for
     from pipeline.loading.source import DataSource
 
     set_dir = tiny_shards(images=12, seed=4, width=48, height=40, image_size=32, shard_size=5, preset="coco")

@@ -7,8 +7,10 @@ import pytest
 from pipeline.errors import CapgenError
 from pipeline.folder_lock import folder_lock
 
-HOLD = "import sys, time; from pipeline.folder_lock import folder_lock\n" \
-       "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n"
+HOLD = (
+    "import sys, time; from pipeline.folder_lock import folder_lock\n"
+    "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n"
+)
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):

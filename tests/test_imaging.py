@@ -1,4 +1,5 @@
 """One image file -> one square RGB JPEG: modes, orientation, scaling, the failure reasons."""
+
 import io
 
 import numpy as np
@@ -6,9 +7,8 @@ import pytest
 import simplejpeg
 from PIL import Image, ImageOps
 
-from pipeline.imaging import decode as imaging_decode
-
 from pipeline.imaging import convert as imaging
+from pipeline.imaging import decode as imaging_decode
 
 
 def photo(w=640, h=480, seed=0):
@@ -30,7 +30,7 @@ def halves(w=64, h=48):
     """Left half red, right half blue."""
     a = np.zeros((h, w, 3), np.uint8)
     a[:, : w // 2] = (255, 0, 0)
-    a[:, w // 2:] = (0, 0, 255)
+    a[:, w // 2 :] = (0, 0, 255)
     return Image.fromarray(a)
 
 
@@ -57,8 +57,8 @@ def test_rotated_photo_is_upright_and_reports_display_size():
     jpg, w, h = imaging.convert(data, 256)
     assert (w, h) == (48, 64)
     out = decoded(jpg)
-    assert out[:100, :, 0].mean() > 200 and out[:100, :, 2].mean() < 60      # top: red
-    assert out[-100:, :, 2].mean() > 200 and out[-100:, :, 0].mean() < 60    # bottom: blue
+    assert out[:100, :, 0].mean() > 200 and out[:100, :, 2].mean() < 60  # top: red
+    assert out[-100:, :, 2].mean() > 200 and out[-100:, :, 0].mean() < 60  # bottom: blue
 
 
 def test_no_exif_or_garbage_exif_means_upright():
@@ -67,19 +67,27 @@ def test_no_exif_or_garbage_exif_means_upright():
     assert imaging_decode.jpeg_orientation(bad) == 1
 
 
-@pytest.mark.parametrize("h, w, mode, f", [(480, 640, "stretch", 1), (600, 1000, "stretch", 2),
-                                           (1024, 2048, "center-crop", 4), (4000, 3000, "stretch", 8),
-                                           (300, 600, "pad", 2), (511, 1024, "stretch", 1)])
+@pytest.mark.parametrize(
+    "h, w, mode, f",
+    [
+        (480, 640, "stretch", 1),
+        (600, 1000, "stretch", 2),
+        (1024, 2048, "center-crop", 4),
+        (4000, 3000, "stretch", 8),
+        (300, 600, "pad", 2),
+        (511, 1024, "stretch", 1),
+    ],
+)
 def test_dct_scale_only_when_source_covers_target_twice(h, w, mode, f):
     assert imaging_decode.scale_factor(h, w, 256, mode) == f
 
 
 def test_large_jpeg_decodes_scaled_but_never_below_target():
     data = encode(photo(1100, 900), quality=90)
-    assert imaging_decode.decode(data, 256)[0].shape == (450, 550, 3)   # 1/2, both sides >= 256
+    assert imaging_decode.decode(data, 256)[0].shape == (450, 550, 3)  # 1/2, both sides >= 256
     assert imaging_decode.decode(data)[0].shape == (900, 1100, 3)
     jpg, w, h = imaging.convert(data, 256)
-    assert (w, h) == (1100, 900)   # the source's size, not the decoded one
+    assert (w, h) == (1100, 900)  # the source's size, not the decoded one
     decoded(jpg)
 
 
@@ -96,8 +104,8 @@ def test_modes_geometry_and_determinism():
     crop = decoded(imaging.convert(data, 256, "center-crop")[0])
     pad = decoded(imaging.convert(data, 256, "pad")[0])
     assert stretch[:, :100, 0].mean() > 240 and stretch[:, -100:, 2].mean() > 240
-    assert crop[:, :100, 0].mean() > 240 and crop[:, -100:, 2].mean() > 240   # centre of a 2:1 image
-    assert pad[:50].max() < 30 and pad[-50:].max() < 30          # black bars above and below
+    assert crop[:, :100, 0].mean() > 240 and crop[:, -100:, 2].mean() > 240  # centre of a 2:1 image
+    assert pad[:50].max() < 30 and pad[-50:].max() < 30  # black bars above and below
     assert pad[100:156, :100, 0].mean() > 240
     assert imaging.convert(data, 256)[0] == imaging.convert(data, 256)[0]
 
@@ -116,7 +124,7 @@ def test_every_mode_becomes_rgb(kind):
     elif kind == "P-png":
         data = encode(base.convert("P"), "PNG")
     elif kind == "I16-png":
-        data = encode(Image.fromarray((np.asarray(base.convert("L")).astype(np.uint16) * 257)), "PNG")
+        data = encode(Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257), "PNG")
     elif kind == "1-png":
         data = encode(base.convert("1"), "PNG")
     else:
@@ -125,11 +133,11 @@ def test_every_mode_becomes_rgb(kind):
     if kind == "CMYK":
         assert out[:, :100, 0].mean() > 200 and out[:, :100, 2].mean() < 60
     if kind == "RGBA-png":
-        assert out[:100].min() > 230                     # transparent top: white
+        assert out[:100].min() > 230  # transparent top: white
         assert out[-100:, :100, 0].mean() > 200 and out[-100:, :100, 1].mean() < 60
     if kind in ("L", "I16-png", "LA-png"):
-        assert np.abs(out[..., 0] - out[..., 2]).max() <= 3   # grey stays grey
-        assert out[:, :100].mean() > out[:, -100:].mean()     # red is lighter than blue in L
+        assert np.abs(out[..., 0] - out[..., 2]).max() <= 3  # grey stays grey
+        assert out[:, :100].mean() > out[:, -100:].mean()  # red is lighter than blue in L
 
 
 def test_failures_have_reasons(tmp_path):

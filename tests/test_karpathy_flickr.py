@@ -1,16 +1,17 @@
 """Flickr8k / Flickr30k through Karpathy's dataset_flickr8k.json / dataset_flickr30k.json:
 no filepath (one image folder), imgid as the id (no cocoid)."""
+
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-
-from pipeline.sources.coco import read_karpathy
-from pipeline.shards.shardset import read_manifest
-from pipeline.text import TokenTable
 from test_caption_table import _samples, write_images
+
+from pipeline.shards.shardset import read_manifest
+from pipeline.sources.coco import read_karpathy
+from pipeline.text import TokenTable
 
 CAPGEN = [sys.executable, "-c", "from tools.cli.main import main; main()"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,10 +23,18 @@ def flickr_file(path, dataset):
     images = []
     for imgid, split in enumerate(SPLITS):
         raws = [f"A child number {imgid} in a pink dress .", f"A girl {imgid} climbing stairs"]
-        images.append({"sentids": [2 * imgid, 2 * imgid + 1], "imgid": imgid, "split": split,
-                       "filename": f"{1000268201 + imgid}_693b08cb0e.jpg",
-                       "sentences": [{"tokens": r.lower().split(), "raw": r, "imgid": imgid, "sentid": 2 * imgid + k}
-                                     for k, r in enumerate(raws)]})
+        images.append(
+            {
+                "sentids": [2 * imgid, 2 * imgid + 1],
+                "imgid": imgid,
+                "split": split,
+                "filename": f"{1000268201 + imgid}_693b08cb0e.jpg",
+                "sentences": [
+                    {"tokens": r.lower().split(), "raw": r, "imgid": imgid, "sentid": 2 * imgid + k}
+                    for k, r in enumerate(raws)
+                ],
+            }
+        )
     path.write_text(json.dumps({"images": images, "dataset": dataset}))
     return [img["filename"] for img in images]
 
@@ -48,11 +57,33 @@ def test_cli_builds_flickr_shards(tmp_path):
     images = tmp_path / "Flicker8k_Dataset"
     write_images(images, names)
     train, test = tmp_path / "train", tmp_path / "test"
-    for split, out, extra in (("train", train, ["--min-freq", "1"]),
-                              ("test", test, ["--vocab", str(train / "vocab.json")])):
-        run = subprocess.run(CAPGEN + ["shards", "build", "--karpathy", str(path), "--karpathy-split", split,
-                                       "--images", str(images), "--out", str(out), "--workers", "1", "--quiet"] + extra,
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    for split, out, extra in (
+        ("train", train, ["--min-freq", "1"]),
+        ("test", test, ["--vocab", str(train / "vocab.json")]),
+    ):
+        run = subprocess.run(
+            CAPGEN
+            + [
+                "shards",
+                "build",
+                "--karpathy",
+                str(path),
+                "--karpathy-split",
+                split,
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+                "--quiet",
+            ]
+            + extra,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
     assert read_manifest(str(train))["counts"]["images"] == 3 and read_manifest(str(test))["counts"]["images"] == 2
     assert read_manifest(str(test))["build_args"]["images"] == str(images)

@@ -1,4 +1,5 @@
 """Loaders: exact tokens for each image id, every sample once per epoch, any rank/worker split."""
+
 import json
 import os
 import tarfile
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.loading.features import FeatureWriter
-from pipeline.loading.source import DataSource
 from pipeline.loading.loader import make_loader
+from pipeline.loading.source import DataSource
 from pipeline.text import TokenTable, Vocabulary
 
 SIZE = 32
@@ -18,8 +19,9 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def shard_set(tiny_shards):
     """40 synthetic train images in 5 shards of 8, 32 px, coco preset."""
-    return tiny_shards(images=50, seed=3, width=64, height=48, val_fraction=0.2, image_size=SIZE, shard_size=8,
-                       preset="coco")
+    return tiny_shards(
+        images=50, seed=3, width=64, height=48, val_fraction=0.2, image_size=SIZE, shard_size=8, preset="coco"
+    )
 
 
 def shard_captions(folder):
@@ -92,10 +94,15 @@ def feature_cache(shard_set, tmp_path_factory):
     table = TokenTable.load(os.path.join(shard_set, "tokens.npz"))
     ids = table.image_ids[::-1].copy()  # not sorted: the cache keeps its own order
     path = str(tmp_path_factory.mktemp("feat") / "f.h5")
-    w = FeatureWriter(path, len(ids), 4, 3, {"encoder": "resnet18", "stop": "layer3", "image_size": SIZE,
-                                             "shard_set": os.path.abspath(shard_set)})
+    w = FeatureWriter(
+        path,
+        len(ids),
+        4,
+        3,
+        {"encoder": "resnet18", "stop": "layer3", "image_size": SIZE, "shard_set": os.path.abspath(shard_set)},
+    )
     for s in range(0, len(ids), 7):
-        part = ids[s:s + 7]
+        part = ids[s : s + 7]
         w.write(part, np.broadcast_to((part % 1000)[:, None, None], (len(part), 4, 3)).astype(np.float32))
     w.close()
     return path

@@ -1,4 +1,5 @@
 """`capgen eval --html` and the demo's report page, opened in Debian's Chromium through Playwright."""
+
 import json
 import os
 
@@ -9,8 +10,14 @@ from pipeline.shards.shardset import read_captions
 from tools.cli.main import cli
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DECODED = "() => Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
 
 
@@ -35,9 +42,22 @@ def demo(tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("demo") / "demo")
     lines = []
-    summary = run_demo(out, images=30, epochs=1, echo=lines.append, val_fraction=0.2, synth_size=(48, 40),
-                       image_size=32, batch_size=4, dims=16, shard_size=8, min_freq=1, beam=2,
-                       encoder="resnet18", fine_tune=False)
+    summary = run_demo(
+        out,
+        images=30,
+        epochs=1,
+        echo=lines.append,
+        val_fraction=0.2,
+        synth_size=(48, 40),
+        image_size=32,
+        batch_size=4,
+        dims=16,
+        shard_size=8,
+        min_freq=1,
+        beam=2,
+        encoder="resnet18",
+        fine_tune=False,
+    )
     return out, summary, lines
 
 
@@ -76,9 +96,26 @@ def test_eval_html_from_a_feature_cache_and_a_shard_set(demo, browser, tmp_path)
     out, summary, _ = demo
     for data in (os.path.join(out, "features", "val.h5"), os.path.join(out, "shards", "val")):
         page_path = str(tmp_path / "page.html")
-        r = CliRunner().invoke(cli, ["eval", "--checkpoint", summary["checkpoint"], "--data", data, "--out",
-                                     str(tmp_path / "results.json"), "--beam", 1, "--html", page_path,
-                                     "--html-images", 4, "--quiet"], catch_exceptions=False)
+        r = CliRunner().invoke(
+            cli,
+            [
+                "eval",
+                "--checkpoint",
+                summary["checkpoint"],
+                "--data",
+                data,
+                "--out",
+                str(tmp_path / "results.json"),
+                "--beam",
+                1,
+                "--html",
+                page_path,
+                "--html-images",
+                4,
+                "--quiet",
+            ],
+            catch_exceptions=False,
+        )
         assert r.exit_code == 0, r.output
         assert r.output.splitlines()[-1] == f"{page_path}: 4 images, 4 thumbnails"
         with open(tmp_path / "results.json") as f:

@@ -1,4 +1,5 @@
 """pipeline.imaging.resample: Pillow's antialiased bicubic in C, checked against Pillow itself."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,14 +22,17 @@ def test_builder_shape_is_pil_bicubic_bit_for_bit():
     assert np.array_equal(resample.resize(a, 256, 256), pil_bicubic(a, 256, 256))
 
 
-@pytest.mark.parametrize("shape, target", [
-    ((480, 640), (480, 256)),   # horizontal only, reducing
-    ((480, 640), (256, 640)),   # vertical only, reducing
-    ((37, 50), (37, 131)),      # horizontal only, enlarging
-    ((37, 50), (200, 50)),      # vertical only, enlarging
-    ((1, 4000), (1, 3)),        # a reduction by 1333: 2,667 taps
-    ((5, 7), (1, 1)),
-])
+@pytest.mark.parametrize(
+    "shape, target",
+    [
+        ((480, 640), (480, 256)),  # horizontal only, reducing
+        ((480, 640), (256, 640)),  # vertical only, reducing
+        ((37, 50), (37, 131)),  # horizontal only, enlarging
+        ((37, 50), (200, 50)),  # vertical only, enlarging
+        ((1, 4000), (1, 3)),  # a reduction by 1333: 2,667 taps
+        ((5, 7), (1, 1)),
+    ],
+)
 def test_one_axis_is_pil_bicubic_bit_for_bit(shape, target):
     a = noisy(*shape, seed=1)
     assert np.array_equal(resample.resize(a, *target), pil_bicubic(a, *target))
@@ -36,17 +40,17 @@ def test_one_axis_is_pil_bicubic_bit_for_bit(shape, target):
 
 def test_both_axes_and_views():
     a = noisy(300, 500, seed=2)
-    view = a[10:290:1, 20:480]                    # not contiguous: rows are strided
+    view = a[10:290:1, 20:480]  # not contiguous: rows are strided
     out = resample.resize(view, 120, 200)
     assert out.shape == (120, 200, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
     assert np.array_equal(out, resample.resize(np.ascontiguousarray(view), 120, 200))
-    assert np.array_equal(out, resample.resize(view, 120, 200))     # deterministic
+    assert np.array_equal(out, resample.resize(view, 120, 200))  # deterministic
 
 
 def test_weights_of_a_row_sum_to_one_in_fixed_point():
     starts, counts, weights = resample.coefficients(640, 256)
     sums = weights.sum(axis=1)
-    assert np.abs(sums - (1 << resample.PRECISION_BITS)).max() <= counts.max()   # one rounding per tap
+    assert np.abs(sums - (1 << resample.PRECISION_BITS)).max() <= counts.max()  # one rounding per tap
     assert starts[0] == 0 and starts[-1] + counts[-1] == 640
 
 
@@ -79,8 +83,18 @@ def test_the_kernel_refuses_taps_outside_the_image():
     src, dst = np.zeros((10, 6), np.uint8), np.zeros((2, 6), np.uint8)
     starts, counts, weights = resample.coefficients(10, 2)
     with pytest.raises(ValueError, match="reach outside src"):
-        horizontal(np.zeros((10, 3, 2), np.uint8), 10, 3, 2, starts, counts, weights, weights.shape[1],
-                   np.zeros((10, 2, 2), np.uint8), 2)
+        horizontal(
+            np.zeros((10, 3, 2), np.uint8),
+            10,
+            3,
+            2,
+            starts,
+            counts,
+            weights,
+            weights.shape[1],
+            np.zeros((10, 2, 2), np.uint8),
+            2,
+        )
     with pytest.raises(ValueError, match="reach outside src"):
         reduce_rows(src[:5], 6, starts, counts, weights, weights.shape[1], dst)
     with pytest.raises(ValueError, match="a row per output"):
@@ -100,8 +114,18 @@ def test_transpose_vector_and_plain(h, w, channels):
         assert np.array_equal(out, a.transpose(1, 0, 2))
 
 
-@pytest.mark.parametrize("h, w, width, channels", [(480, 640, 256, 3), (130, 640, 256, 3), (64, 50, 131, 3),
-                                                  (65, 7, 1, 3), (7, 9, 5, 3), (70, 90, 40, 1), (70, 90, 40, 4)])
+@pytest.mark.parametrize(
+    "h, w, width, channels",
+    [
+        (480, 640, 256, 3),
+        (130, 640, 256, 3),
+        (64, 50, 131, 3),
+        (65, 7, 1, 3),
+        (7, 9, 5, 3),
+        (70, 90, 40, 1),
+        (70, 90, 40, 4),
+    ],
+)
 def test_horizontal_pass_vector_plain_and_numpy(h, w, width, channels):
     """Strips of 64 rows and a shorter last one; the same bytes each way, and PIL's for RGB."""
     a = np.random.default_rng(7).integers(0, 256, (h, w, channels), dtype=np.uint8)

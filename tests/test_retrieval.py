@@ -1,6 +1,7 @@
 """Text to image: scores equal the decoder's own teacher forcing, `capgen search` on a shard set
 and on a cache, its bad inputs, the retrieval metrics, and `capgen eval --retrieval` on a
 small trained model."""
+
 import json
 import os
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_in_process import capgen
+from serve_checkpoint import make_checkpoint
 
 from model.infer.captioner import Captioner
 from model.retrieval.index import ImageIndex, encode_query
@@ -16,8 +19,6 @@ from model.retrieval.source import load_index
 from pipeline.errors import CapgenError
 from pipeline.loading.features import FeatureFile
 from pipeline.shards.shardset import read_captions
-from cli_in_process import capgen
-from serve_checkpoint import make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +61,33 @@ def test_queries_are_cleaned_with_the_checkpoints_preset(checkpoint):
     q = encode_query("A RED zorg, and a Blip!", vocab)
     assert q.unknown == ["zorg", "and", "blip"]
     assert vocab.words(q.tokens) == ["a", "red", "<unk>", "<unk>", "a", "<unk>"]
-    for text, cause in (("", "no words after cleaning"), ("?!", "no words after cleaning"),
-                        ("zorg blip", "every word is unknown to the checkpoint's vocabulary (zorg, blip)")):
+    for text, cause in (
+        ("", "no words after cleaning"),
+        ("?!", "no words after cleaning"),
+        ("zorg blip", "every word is unknown to the checkpoint's vocabulary (zorg, blip)"),
+    ):
         with pytest.raises(CapgenError, match=cause.replace("(", r"\(").replace(")", r"\)")):
             encode_query(text, vocab)
 
 
 def test_search_a_shard_set_and_its_cache(checkpoint, shards, cache, tmp_path, capsys, monkeypatch):
-    status, out, _ = capgen(["search", "--checkpoint", checkpoint, "--data", cache, "--top", "3", "--json", "--quiet",
-                             "a red circle", "blue zorg"], capsys, monkeypatch)
+    status, out, _ = capgen(
+        [
+            "search",
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            cache,
+            "--top",
+            "3",
+            "--json",
+            "--quiet",
+            "a red circle",
+            "blue zorg",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert status == 0
     first, second = map(json.loads, out.splitlines())
     assert first["query"] == "a red circle" and first["unknown_words"] == [] and second["unknown_words"] == ["zorg"]
@@ -77,11 +96,29 @@ def test_search_a_shard_set_and_its_cache(checkpoint, shards, cache, tmp_path, c
     assert all(r["file_name"] == f"COCO_train2014_{r['image_id']:012d}.jpg" for r in first["results"])
     assert [r["score"] for r in first["results"]] == sorted((r["score"] for r in first["results"]), reverse=True)
     # The shard set itself (its features made in memory) ranks the same.
-    status, again, _ = capgen(["search", "--checkpoint", checkpoint, "--data", shards, "--top", "3", "--json",
-                               "--quiet", "a red circle", "blue zorg"], capsys, monkeypatch)
+    status, again, _ = capgen(
+        [
+            "search",
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            shards,
+            "--top",
+            "3",
+            "--json",
+            "--quiet",
+            "a red circle",
+            "blue zorg",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert status == 0 and again == out
-    status, text, _ = capgen(["search", "--checkpoint", checkpoint, "--data", cache, "--top", "2", "--quiet",
-                              "a red circle"], capsys, monkeypatch)
+    status, text, _ = capgen(
+        ["search", "--checkpoint", checkpoint, "--data", cache, "--top", "2", "--quiet", "a red circle"],
+        capsys,
+        monkeypatch,
+    )
     lines = text.splitlines()
     assert lines[0] == "a red circle  (12 images)" and len(lines) == 3
     top = first["results"][0]
@@ -90,29 +127,36 @@ def test_search_a_shard_set_and_its_cache(checkpoint, shards, cache, tmp_path, c
 
 def test_search_bad_inputs(checkpoint, shards, cache, tmp_path, capsys, monkeypatch):
     from model.infer.extract import extract
+
     other = str(make_checkpoint(tmp_path / "other", seed=1))  # another random encoder
     layer4 = str(tmp_path / "layer4.h5")
     with pytest.warns(UserWarning, match="random init"):
         extract(shards, layer4, "resnet18", "layer4", "none", batch_size=8, workers=0, progress=False)
     base = ["search", "--checkpoint", checkpoint, "--data", cache, "--quiet"]
-    cases = [(base + [""], "query '': no words after cleaning (text preset coco)"),
-             (base + ["zorg"], "query 'zorg': every word is unknown to the checkpoint's vocabulary (zorg)"),
-             (base + ["--top", "0", "red"], "--top: must be at least 1 (got 0)"),
-             (["search", "--checkpoint", other, "--data", cache, "red"],
-              f"{cache}: features come from other resnet18 weights than the checkpoint's encoder"),
-             (["search", "--checkpoint", checkpoint, "--data", layer4, "red"],
-              f"{layer4}: features from stop 'layer4', the checkpoint's encoder has 'layer3'"),
-             (["search", "--checkpoint", checkpoint, "--data", cache, "--cache", str(tmp_path / "x.h5"), "red"],
-              f"--cache: {cache} is a feature cache already")]
+    cases = [
+        (base + [""], "query '': no words after cleaning (text preset coco)"),
+        (base + ["zorg"], "query 'zorg': every word is unknown to the checkpoint's vocabulary (zorg)"),
+        (base + ["--top", "0", "red"], "--top: must be at least 1 (got 0)"),
+        (
+            ["search", "--checkpoint", other, "--data", cache, "red"],
+            f"{cache}: features come from other resnet18 weights than the checkpoint's encoder",
+        ),
+        (
+            ["search", "--checkpoint", checkpoint, "--data", layer4, "red"],
+            f"{layer4}: features from stop 'layer4', the checkpoint's encoder has 'layer3'",
+        ),
+        (
+            ["search", "--checkpoint", checkpoint, "--data", cache, "--cache", str(tmp_path / "x.h5"), "red"],
+            f"--cache: {cache} is a feature cache already",
+        ),
+    ]
     for args, message in cases:
         status, out, err = capgen(args, capsys, monkeypatch)
         assert (status, out, err) == (1, "", f"capgen: error: {message}\n"), args
 
 
 def test_retrieval_metrics():
-    scores = np.array([[0.9, 0.1, 0.5],
-                       [0.2, 0.8, 0.5],
-                       [0.1, 0.9, 0.4]])  # [images, queries]
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.1, 0.9, 0.4]])  # [images, queries]
     ranks = source_ranks(scores, [0, 1, 2])
     assert ranks.tolist() == [0, 1, 2]
     assert recall_at(ranks, (1, 2, 3)) == {"R@1": 1 / 3, "R@2": 2 / 3, "R@3": 1.0}
@@ -126,19 +170,43 @@ def test_retrieval_metrics():
 def trained(tiny_shards, tmp_path_factory):
     """A tiny model trained 2 epochs on cached features, and the val cache and scenes."""
     from model.infer.extract import extract
-    from model.train.loop import train
     from model.train.args import TrainArgs
+    from model.train.loop import train
+
     root = tmp_path_factory.mktemp("retrieval_train")
     caches = {}
     for split in ("train2014", "val2014"):
-        sh = tiny_shards(images=40, seed=12, width=48, height=40, val_fraction=0.25, image_size=32, shard_size=10,
-                         preset="coco", split=split)
+        sh = tiny_shards(
+            images=40,
+            seed=12,
+            width=48,
+            height=40,
+            val_fraction=0.25,
+            image_size=32,
+            shard_size=10,
+            preset="coco",
+            split=split,
+        )
         caches[split] = str(root / f"{split}.h5")
         with pytest.warns(UserWarning, match="random init"):
             extract(sh, caches[split], "resnet18", "layer3", "none", batch_size=8, workers=0, progress=False)
     run = str(root / "run")
-    train(TrainArgs(train=caches["train2014"], val=caches["val2014"], out=run, epochs=2, batch_size=4,
-                    embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, progress=False, seed=3, beam=1))
+    train(
+        TrainArgs(
+            train=caches["train2014"],
+            val=caches["val2014"],
+            out=run,
+            epochs=2,
+            batch_size=4,
+            embed_dim=16,
+            attention_dim=16,
+            hidden_dim=16,
+            workers=0,
+            progress=False,
+            seed=3,
+            beam=1,
+        )
+    )
     scenes = os.path.join(os.path.dirname(sh), "data", "annotations", "scenes_val2014.json")
     return run, caches["val2014"], sh, scenes
 
@@ -146,18 +214,26 @@ def trained(tiny_shards, tmp_path_factory):
 def test_eval_retrieval(trained, capsys, monkeypatch, one_thread):
     run, val, val_shards, scenes = trained
     captions = read_captions(val_shards)
-    status, out, _ = capgen(["eval", "--checkpoint", run, "--data", val, "--retrieval", "--scenes", scenes,
-                             "--json", "--quiet"], capsys, monkeypatch)
+    status, out, _ = capgen(
+        ["eval", "--checkpoint", run, "--data", val, "--retrieval", "--scenes", scenes, "--json", "--quiet"],
+        capsys,
+        monkeypatch,
+    )
     assert status == 0
     r = json.loads(out.splitlines()[-1])
     assert r["images"] == len(captions) == 10
     assert r["queries"] == sum(map(len, captions.values())) and r["skipped_queries"] == 0
     assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] == 1.0  # 10 images: the source is always in the top 10
     assert r["scene_queries"] == r["queries"] and 0 <= r["P@1_scene"] <= 1 and r["queries_per_s"] > 0
-    assert out.splitlines()[0].startswith(f"{val}: text-to-image retrieval over 10 images, {r['queries']} caption "
-                                          "queries (0 skipped: no known word), text preset coco; ")
-    status, out, _ = capgen(["eval", "--checkpoint", run, "--data", val, "--retrieval", "--retrieval-images", "4",
-                             "--json", "--quiet"], capsys, monkeypatch)
+    assert out.splitlines()[0].startswith(
+        f"{val}: text-to-image retrieval over 10 images, {r['queries']} caption "
+        "queries (0 skipped: no known word), text preset coco; "
+    )
+    status, out, _ = capgen(
+        ["eval", "--checkpoint", run, "--data", val, "--retrieval", "--retrieval-images", "4", "--json", "--quiet"],
+        capsys,
+        monkeypatch,
+    )
     r4 = json.loads(out.splitlines()[-1])
     ids = sorted(captions)[:4]  # the cache holds the images in shard order: by id
     assert r4["images"] == 4 and r4["queries"] == sum(len(captions[i]) for i in ids)

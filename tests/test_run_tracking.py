@@ -1,4 +1,5 @@
 """A run's records beyond log.jsonl: TensorBoard events, RUN/args.json, `train --config`, `capgen runs`."""
+
 import json
 import os
 
@@ -9,8 +10,22 @@ from click.testing import CliRunner
 from model.runs.log import read_log
 from tools.cli.main import cli
 
-TINY = ["--batch-size", 4, "--embed-dim", 16, "--attention-dim", 16, "--hidden-dim", 16, "--workers", 0,
-        "--log-every", 1, "--seed", 3]
+TINY = [
+    "--batch-size",
+    4,
+    "--embed-dim",
+    16,
+    "--attention-dim",
+    16,
+    "--hidden-dim",
+    16,
+    "--workers",
+    0,
+    "--log-every",
+    1,
+    "--seed",
+    3,
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +64,22 @@ def test_tensorboard_events_equal_the_log(first):
     expected = {}
     for r in read_log(os.path.join(first, "log.jsonl")):
         for key, value in r.items():
-            if key not in ("type", "epoch", "step", "world", "end_of_epoch") and isinstance(value, (int, float)) \
-                    and not isinstance(value, bool):
+            if (
+                key not in ("type", "epoch", "step", "world", "end_of_epoch")
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
                 expected.setdefault(f"{r['type']}/{key}", []).append((r["step"], np.float32(value)))
-    assert {"train/loss", "train/top5", "train/lr", "train/samples_per_s", "val/Bleu_4", "val/lr",
-            "val/seconds", "epoch/samples"} <= set(expected)
+    assert {
+        "train/loss",
+        "train/top5",
+        "train/lr",
+        "train/samples_per_s",
+        "val/Bleu_4",
+        "val/lr",
+        "val/seconds",
+        "epoch/samples",
+    } <= set(expected)
     assert sorted(board.Tags()["scalars"]) == sorted(expected)
     for tag, points in expected.items():
         assert [(e.step, np.float32(e.value)) for e in board.Scalars(tag)] == points, tag
@@ -88,8 +114,7 @@ def test_config_reruns_the_run_and_flags_given_win(first, tmp_path):
     assert losses(again) == losses(first) and len(losses(first)) == 12
 
     other = str(tmp_path / "other")
-    capgen("train", "--config", os.path.join(first, "args.json"), "--out", other, "--epochs", 1,
-           "--decoder-lr", 1e-3)
+    capgen("train", "--config", os.path.join(first, "args.json"), "--out", other, "--epochs", 1, "--decoder-lr", 1e-3)
     c = args_json(other)["args"]
     changed = {k for k in c if c[k] != args_json(first)["args"][k]}
     assert changed == {"out", "epochs", "decoder_lr"} and (c["epochs"], c["decoder_lr"]) == (1, 1e-3)
@@ -99,8 +124,10 @@ def test_config_refuses_a_file_that_is_not_args_json(first, tmp_path):
     bad = tmp_path / "args.json"
     bad.write_text('{"format": "capgen-run-args/1", "args": {"epochs": 1, "learning_rate": 2}}')
     r = CliRunner().invoke(cli, ["train", "--config", str(bad)])
-    assert r.exit_code != 0 and str(r.exception) == f"{bad}: unknown option 'learning_rate' (written by another " \
-                                                   "capgen version?)"
+    assert (
+        r.exit_code != 0
+        and str(r.exception) == f"{bad}: unknown option 'learning_rate' (written by another capgen version?)"
+    )
     r = CliRunner().invoke(cli, ["train", "--epochs", "1"])
     assert r.exit_code == 2 and "Missing option '--train' (or --config RUN/args.json)." in r.output
 
@@ -116,9 +143,24 @@ def test_runs_table_and_json(first, tmp_path):
     assert rows[0]["seconds"] == round(sum(r["seconds"] for r in val), 1) > 0
     assert rows[0]["options"] == rows[1]["options"] and rows[0]["options"]["batch_size"] == 4
     table = capgen("runs", first, other).splitlines()
-    assert [line.split()[0] for line in table] == ["run", "best", "best", "epochs", "steps", "seconds", "early",
-                                                   "train", "batch_size", "encoder", "fine_tune_encoder",
-                                                   "embed_dim", "hidden_dim", "dropout", "decoder_lr", "beam",
-                                                   "seed"]
+    assert [line.split()[0] for line in table] == [
+        "run",
+        "best",
+        "best",
+        "epochs",
+        "steps",
+        "seconds",
+        "early",
+        "train",
+        "batch_size",
+        "encoder",
+        "fine_tune_encoder",
+        "embed_dim",
+        "hidden_dim",
+        "dropout",
+        "decoder_lr",
+        "beam",
+        "seed",
+    ]
     assert table[0].split() == ["run", "run", "short"]
     assert table[3].split() == ["epochs", "2", "1"] and table[8].split() == ["batch_size", "4", "4"]

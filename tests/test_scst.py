@@ -1,4 +1,5 @@
 """Self-critical training: batched sampling, the reward rises, train --scst --init end to end and resumed."""
+
 import dataclasses
 import json
 import os
@@ -8,19 +9,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from model.nets.decoder import Decoder
-from model.runs.log import read_log
-from model.train.scst import ScstModel, ScstStep, bad_endings, init_model, reward_scorer
-from model.nets.search import sample
 from model.nets.caption_model import CaptionModel
-from model.train.loop import train
+from model.nets.decoder import Decoder
+from model.nets.search import sample
+from model.runs.log import read_log
 from model.train.args import TrainArgs
-from pipeline.loading.source import DataSource
+from model.train.loop import train
+from model.train.scst import ScstModel, ScstStep, bad_endings, init_model, reward_scorer
 from pipeline.loading.loader import make_loader
+from pipeline.loading.source import DataSource
 from pipeline.text import END, PAD
 
-TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=1,
-            progress=False, seed=3)
+TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=1, progress=False, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,14 @@ def _mean_reward(step, batch, seed):
 
 
 def test_a_few_scst_steps_raise_the_mean_reward(data):
-    args = TrainArgs(train=data["train_h5"], val=data["val_h5"], out="unused", scst=True,
-                     init=os.path.join(data["ce"], "best"), **TINY)
+    args = TrainArgs(
+        train=data["train_h5"],
+        val=data["val_h5"],
+        out="unused",
+        scst=True,
+        init=os.path.join(data["ce"], "best"),
+        **TINY,
+    )
     source = DataSource(args.train)
     device = torch.device("cpu")
     encoder, decoder, _, _ = init_model(args, source, source.vocab(), device)
@@ -87,8 +93,15 @@ def test_a_few_scst_steps_raise_the_mean_reward(data):
 
 
 def scst_args(data, out, **kw):
-    return TrainArgs(train=data["train_h5"], val=data["val_h5"], out=out, scst=True,
-                     init=os.path.join(data["ce"], "best"), scst_samples=3, **{**TINY, **kw})
+    return TrainArgs(
+        train=data["train_h5"],
+        val=data["val_h5"],
+        out=out,
+        scst=True,
+        init=os.path.join(data["ce"], "best"),
+        scst_samples=3,
+        **{**TINY, **kw},
+    )
 
 
 def test_train_scst_from_features_resumes_exactly(data, tmp_path):
@@ -116,10 +129,33 @@ def test_cli_scst_from_shards_with_greedy_baseline(data, tmp_path):
     from tools.cli.main import cli
 
     run = str(tmp_path / "shards")
-    args = ["train", "--train", data["train"], "--val", data["val"], "--out", run, "--epochs", "1",
-            "--batch-size", "8", "--workers", "0", "--scst", "--init", os.path.join(data["ce"], "best"),
-            "--scst-baseline", "greedy", "--scst-samples", "2", "--scst-bad-ending-penalty", "0.5",
-            "--fine-tune-encoder", "--log-every", "1"]
+    args = [
+        "train",
+        "--train",
+        data["train"],
+        "--val",
+        data["val"],
+        "--out",
+        run,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--scst",
+        "--init",
+        os.path.join(data["ce"], "best"),
+        "--scst-baseline",
+        "greedy",
+        "--scst-samples",
+        "2",
+        "--scst-bad-ending-penalty",
+        "0.5",
+        "--fine-tune-encoder",
+        "--log-every",
+        "1",
+    ]
     r = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "best val CIDEr" in r.output

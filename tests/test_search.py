@@ -1,4 +1,5 @@
 """Batched greedy and beam search."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """GET /api/search and /api/image/{id} through FastAPI's TestClient, on a tiny real checkpoint
 and a shard set indexed through its encoder; concurrent queries are scored together."""
+
 import io
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -7,14 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from PIL import Image
+from serve_checkpoint import make_checkpoint
 
 from model.infer.captioner import Captioner
 from model.retrieval.index import encode_query
 from pipeline.shards.members import ShardMembers
 from pipeline.shards.shardset import read_jpegs
-from serve_checkpoint import make_checkpoint
-from tools.serve.search_box import load_search, mount_search
 from tools.serve.app import create_app
+from tools.serve.search_box import load_search, mount_search
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette prefers httpx2; httpx is what we have
@@ -57,13 +58,16 @@ def test_search_answers_the_cli_json(client, search, shards):
     assert client.get("/api/search/info").json() == {"images": 12, "index": shards, "thumbnails": True, "max_k": 100}
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"q": ""}, "query '': no words after cleaning (text preset coco)"),
-    ({"q": "zorg blip"}, "query 'zorg blip': every word is unknown to the checkpoint's vocabulary (zorg, blip)"),
-    ({"q": "red", "k": "0"}, "k: must be 1 to 100 (got 0)"),
-    ({"q": "red", "k": "101"}, "k: must be 1 to 100 (got 101)"),
-    ({"q": "red", "k": "ten"}, "k: not a whole number ('ten')"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"q": ""}, "query '': no words after cleaning (text preset coco)"),
+        ({"q": "zorg blip"}, "query 'zorg blip': every word is unknown to the checkpoint's vocabulary (zorg, blip)"),
+        ({"q": "red", "k": "0"}, "k: must be 1 to 100 (got 0)"),
+        ({"q": "red", "k": "101"}, "k: must be 1 to 100 (got 101)"),
+        ({"q": "red", "k": "ten"}, "k: not a whole number ('ten')"),
+    ],
+)
 def test_bad_queries_get_400_with_one_line(client, params, message):
     r = client.get("/api/search", params=params)
     assert (r.status_code, r.json()) == (400, {"error": message})

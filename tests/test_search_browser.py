@@ -1,10 +1,11 @@
 """The search box in Debian's Chromium (Playwright): `capgen serve --index SHARDS` as a real process;
 type a sentence, see the result cards with their decoded thumbnails, click one to caption it."""
+
 import httpx
 import pytest
-
 from serve_checkpoint import make_checkpoint
 from test_serve_browser import browser  # noqa: F401 -- the Chromium fixture, shared
+
 from tools.serve.process import running_server
 
 
@@ -30,11 +31,16 @@ def test_search_cards_then_caption_a_result(server, browser):  # noqa: F811 -- p
     cards = page.locator("#search-results .card")
     cards.nth(11).wait_for(timeout=30_000)
     assert cards.count() == 12
-    assert [int(i) for i in page.eval_on_selector_all("#search-results .card", "cs => cs.map(c => c.dataset.imageId)")] \
-        == [h["image_id"] for h in expected["results"]]
-    assert page.locator("#search-results .score").all_inner_texts() == [f"{h['score']:.3f}" for h in expected["results"]]
-    page.wait_for_function("[...document.querySelectorAll('#search-results img')]"
-                           ".every(i => i.complete && i.naturalWidth === 128)", timeout=30_000)
+    assert [
+        int(i) for i in page.eval_on_selector_all("#search-results .card", "cs => cs.map(c => c.dataset.imageId)")
+    ] == [h["image_id"] for h in expected["results"]]
+    assert page.locator("#search-results .score").all_inner_texts() == [
+        f"{h['score']:.3f}" for h in expected["results"]
+    ]
+    page.wait_for_function(
+        "[...document.querySelectorAll('#search-results img')].every(i => i.complete && i.naturalWidth === 128)",
+        timeout=30_000,
+    )
 
     first = expected["results"][0]
     jpeg = httpx.get(f"{server}/api/image/{first['image_id']}").content
@@ -51,4 +57,3 @@ def test_search_cards_then_caption_a_result(server, browser):  # noqa: F811 -- p
     assert "every word is unknown" in page.inner_text("#search-status") and "400" in page.inner_text("#search-status")
     assert cards.count() == 0 and errors == []
     page.close()
-

@@ -1,4 +1,5 @@
 """POST /api/caption through FastAPI's TestClient, on a tiny real checkpoint (random init)."""
+
 import io
 import threading
 import time
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageOps
+from serve_checkpoint import GRID, make_checkpoint
 
 from model.infer.captioner import Captioner
-from serve_checkpoint import GRID, make_checkpoint
 from tools.serve.app import create_app
 
 with warnings.catch_warnings():
@@ -75,8 +76,10 @@ def gray16_png():
 
 def png_bomb(width, height):
     """A 1-bit PNG of width x height zeros: some kilobytes on the wire, huge once decoded."""
+
     def chunk(kind, data):
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
     z = zlib.compressobj(9)
     row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
     idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
@@ -157,12 +160,20 @@ BAD = {  # name -> (file name, bytes, status, words the error must contain)
     "oversize": ("big.jpg", lambda: b"\xff\xd8\xff" + bytes(LIMIT), 413, "larger than the limit"),
     "text_file": ("notes.txt", lambda: b"hello, this is not a picture\n" * 10, 415, "not an image"),
     "text_named_jpg": ("fake.jpg", lambda: b"<html>nope</html>", 415, "not an image"),
-    "truncated_jpeg": ("cut.jpg", lambda: (lambda d: d[: len(d) // 2])(encode(picture(seed=12), "JPEG")), 400,
-                       "corrupt JPEG"),
+    "truncated_jpeg": (
+        "cut.jpg",
+        lambda: (lambda d: d[: len(d) // 2])(encode(picture(seed=12), "JPEG")),
+        400,
+        "corrupt JPEG",
+    ),
     "jpeg_header_only": ("head.jpg", lambda: encode(picture(seed=12), "JPEG")[:40], 400, "corrupt"),
     "empty": ("empty.jpg", lambda: b"", 400, "empty"),
-    "bomb_over_limit": ("bomb.png", lambda: png_bomb(8000, 8000), 413,
-                        "image too large: 8000x8000 = 64000000 pixels; the limit is 50000000"),
+    "bomb_over_limit": (
+        "bomb.png",
+        lambda: png_bomb(8000, 8000),
+        413,
+        "image too large: 8000x8000 = 64000000 pixels; the limit is 50000000",
+    ),
     "bomb_400_megapixels": ("giga.png", lambda: png_bomb(20000, 20000), 413, "image too large"),
 }
 
@@ -178,7 +189,7 @@ def test_bad_upload_gets_its_status_and_the_server_keeps_serving(client, kind):
 
 
 def test_oversize_without_content_length_is_cut_off(client):
-    body = b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n"
+    body = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
 
     def chunks():  # no Content-Length: the server must count what it reads
         yield body
@@ -186,19 +197,24 @@ def test_oversize_without_content_length_is_cut_off(client):
             yield bytes(1024 * 1024)
         yield b"\r\n--xyz--\r\n"
 
-    reply = client.post("/api/caption", content=chunks(),
-                        headers={"content-type": "multipart/form-data; boundary=xyz"})
+    reply = client.post("/api/caption", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})
     assert reply.status_code == 413 and "larger than the limit" in reply.json()["error"]
 
 
-@pytest.mark.parametrize("request_kwargs, status, words", [
-    ({"data": {"image": "x"}}, 415, "multipart/form-data"),  # urlencoded form
-    ({"data": {"image": "x"}, "files": {"other": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")}}, 400,
-     "no file in form field 'image'"),
-    ({"files": {"picture": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")}}, 400, "no file in form field 'image'"),
-    ({"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}}, 415, "multipart/form-data"),
-    ({"content": b"junk", "headers": {"content-type": "multipart/form-data"}}, 400, "bad multipart form"),
-])
+@pytest.mark.parametrize(
+    "request_kwargs, status, words",
+    [
+        ({"data": {"image": "x"}}, 415, "multipart/form-data"),  # urlencoded form
+        (
+            {"data": {"image": "x"}, "files": {"other": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")}},
+            400,
+            "no file in form field 'image'",
+        ),
+        ({"files": {"picture": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")}}, 400, "no file in form field 'image'"),
+        ({"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}}, 415, "multipart/form-data"),
+        ({"content": b"junk", "headers": {"content-type": "multipart/form-data"}}, 400, "bad multipart form"),
+    ],
+)
 def test_malformed_requests(client, request_kwargs, status, words):
     reply = client.post("/api/caption", **request_kwargs)
     assert reply.status_code == status and words in reply.json()["error"]
@@ -237,8 +253,9 @@ def assert_same_answer(got, alone):
     """A batched answer is the unbatched one: the same captions in the same order, the same words;
     scores and attention as float32 sums in another order give them (conv and matmul over a batch)."""
     assert [c["text"] for c in got["captions"]] == [c["text"] for c in alone["captions"]]
-    assert {k: v for k, v in got.items() if k not in ("captions", "attention")} == \
-        {k: v for k, v in alone.items() if k not in ("captions", "attention")}
+    assert {k: v for k, v in got.items() if k not in ("captions", "attention")} == {
+        k: v for k, v in alone.items() if k not in ("captions", "attention")
+    }
     assert [c["score"] for c in got["captions"]] == pytest.approx([c["score"] for c in alone["captions"]], abs=1e-4)
     np.testing.assert_allclose(got["attention"], alone["attention"], atol=1e-5)
 
@@ -251,8 +268,10 @@ class SlowCaptioner:
 
     def caption(self, images, beam=3, topk=3):
         time.sleep(self.seconds)
-        return [{"captions": [{"text": "x", "score": -1.0}], "words": ["x"], "attention": [[1.0]], "grid": [1, 1]}
-                for _ in images]
+        return [
+            {"captions": [{"text": "x", "score": -1.0}], "words": ["x"], "attention": [[1.0]], "grid": [1, 1]}
+            for _ in images
+        ]
 
 
 def test_health_answers_while_the_model_is_busy():
@@ -285,12 +304,13 @@ def test_region_is_the_centre_square_when_the_model_crops():
         assert client.get("/healthz").json()["resize_mode"] == "crop"
 
 
-
 # ---------------------------------------------------------------- a real server: clients, aborted uploads, the port
+
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     from tools.serve.process import running_server
+
     checkpoint = make_checkpoint(tmp_path_factory.mktemp("live") / "run")
     log = tmp_path_factory.mktemp("log") / "serve.log"
     with running_server(checkpoint, ["--max-upload-mb", "1", "--threads", "1"], log_path=log) as url:
@@ -298,8 +318,10 @@ def live_server(tmp_path_factory):
 
 
 def multipart(data, boundary="capgenboundary"):
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
-            "Content-Type: image/jpeg\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -308,6 +330,7 @@ def test_an_oversized_upload_gets_its_413_through_urllib(live_server, size):
     import json
     import urllib.error
     import urllib.request
+
     url, _, _ = live_server
     body, content_type = multipart(bytes(size))
     request = urllib.request.Request(url + "/api/caption", data=body, headers={"Content-Type": content_type})
@@ -316,8 +339,9 @@ def test_an_oversized_upload_gets_its_413_through_urllib(live_server, size):
     assert refused.value.code == 413
     assert json.loads(refused.value.read()) == {"error": "upload larger than the limit of 1048576 bytes"}
     body, content_type = multipart(encode(picture(seed=20), "JPEG"))
-    good = urllib.request.urlopen(urllib.request.Request(url + "/api/caption", data=body,
-                                                         headers={"Content-Type": content_type}), timeout=60)
+    good = urllib.request.urlopen(
+        urllib.request.Request(url + "/api/caption", data=body, headers={"Content-Type": content_type}), timeout=60
+    )
     assert good.status == 200 and len(json.loads(good.read())["captions"]) == 3
 
 
@@ -325,22 +349,26 @@ def test_an_aborted_upload_logs_one_line_and_the_server_keeps_serving(live_serve
     import socket
 
     import httpx
+
     url, log, _ = live_server
     host, port = url.removeprefix("http://").split(":")
     body, content_type = multipart(bytes(200_000))
     with socket.create_connection((host, int(port))) as conn:
-        conn.sendall(f"POST /api/caption HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:50_000])
+        conn.sendall(
+            f"POST /api/caption HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:50_000]
+        )
         time.sleep(0.2)
     deadline = time.monotonic() + 10
     while "upload aborted" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
-    reply = httpx.post(url + "/api/caption", files={"image": ("a.jpg", encode(picture(seed=21), "JPEG"))},
-                       timeout=60)
+    reply = httpx.post(url + "/api/caption", files={"image": ("a.jpg", encode(picture(seed=21), "JPEG"))}, timeout=60)
     assert reply.status_code == 200 and len(reply.json()["captions"]) == 3
     text = log.read_text()
-    assert [line for line in text.splitlines() if "aborted" in line] == \
-        [line for line in text.splitlines() if line.startswith("INFO:     upload aborted: 127.0.0.1:")]
+    assert [line for line in text.splitlines() if "aborted" in line] == [
+        line for line in text.splitlines() if line.startswith("INFO:     upload aborted: 127.0.0.1:")
+    ]
     assert text.count("upload aborted") == 1 and "Traceback" not in text
 
 
@@ -348,8 +376,13 @@ def test_a_port_in_use_is_a_one_line_error(live_server):
     import subprocess
 
     from tools.serve.process import capgen_command
+
     url, _, checkpoint = live_server
     port = url.rsplit(":", 1)[1]
-    run = subprocess.run(capgen_command() + ["serve", "--checkpoint", str(checkpoint), "--port", port],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        capgen_command() + ["serve", "--checkpoint", str(checkpoint), "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (run.returncode, run.stderr) == (1, f"capgen: error: 127.0.0.1:{port}: cannot listen (port in use)\n")

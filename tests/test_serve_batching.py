@@ -1,4 +1,5 @@
 """Micro-batching: tools/serve/batcher.py on plain functions, and the server's batched answers on a real tiny model."""
+
 import io
 import threading
 import time
@@ -8,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from PIL import Image
-
-from model.infer.captioner import Captioner
 from serve_checkpoint import make_checkpoint
 from test_serve_api import assert_same_answer, encode, picture, post, without_time
-from tools.serve.batcher import Batcher
+
+from model.infer.captioner import Captioner
 from tools.serve.app import create_app
+from tools.serve.batcher import Batcher
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

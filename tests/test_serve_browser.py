@@ -1,4 +1,5 @@
 """`capgen serve` as a real process, driven by Debian's Chromium through Playwright."""
+
 import os
 import socket
 import time
@@ -7,13 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from PIL import Image, ImageDraw
-
 from serve_checkpoint import make_checkpoint
+
 from tools.serve.process import running_server
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 UPLOAD_MB = 2
 
 COUNT_INK = """() => {
@@ -123,8 +130,10 @@ def test_bad_upload_shows_the_error_and_the_next_upload_works(server, browser, t
 
 def test_chunked_oversize_upload_is_cut_off_while_reading(server):
     host, port = server.removeprefix("http://").split(":")
-    head = (f"POST /api/caption HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
-            "Content-Type: multipart/form-data; boundary=xyz\r\n\r\n").encode()
+    head = (
+        f"POST /api/caption HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+        "Content-Type: multipart/form-data; boundary=xyz\r\n\r\n"
+    ).encode()
     part = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
     chunk = bytes(256 * 1024)
     sent = 0
@@ -159,8 +168,22 @@ def test_bench_serve_quick_runs_clean(checkpoint, server):
     # Against the running server (starting one is what the fixture tests), in a thread of its own:
     # this one has Playwright's event loop, and torch threads are set per thread.
     with ThreadPoolExecutor(1) as pool:
-        report = pool.submit(run, checkpoint, requests=12, concurrency=4, n_images=3, baseline_calls=6,
-                             threads=1, url=server, echo=lines.append).result()
+        report = pool.submit(
+            run,
+            checkpoint,
+            requests=12,
+            concurrency=4,
+            n_images=3,
+            baseline_calls=6,
+            threads=1,
+            url=server,
+            echo=lines.append,
+        ).result()
     assert report["errors"] == 0 and report["rate"] > 0 and report["model_rate"] > 0
     assert [line.split(" (")[0].split(":")[0] for line in lines] == [
-        "bench serve", "in process", "server", "server", "throughput server / in process"]
+        "bench serve",
+        "in process",
+        "server",
+        "server",
+        "throughput server / in process",
+    ]

@@ -1,4 +1,5 @@
 """The shard builder: contract, defects, determinism, resume, multi-job, verify, CLI."""
+
 import io
 import json
 import os
@@ -14,14 +15,14 @@ import pytest
 import simplejpeg
 from PIL import Image
 
+from pipeline.errors import CapgenError
 from pipeline.shards import build as sh
 from pipeline.shards import wds_index
-from pipeline.sources.coco import read_coco, read_karpathy
-from pipeline.errors import CapgenError
 from pipeline.shards.merge import merge
 from pipeline.shards.shardset import read_manifest, shard_paths, verify
-from pipeline.text import TokenTable, Vocabulary
 from pipeline.shards.text_files import rebuild_text
+from pipeline.sources.coco import read_coco, read_karpathy
+from pipeline.text import TokenTable, Vocabulary
 
 CAPGEN = [sys.executable, "-c", "from tools.cli.main import main; main()"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +78,7 @@ def make_coco(root, n=12, split="train2014", with_defects=True, seed=0):
             with open(os.path.join(root, split, name), "wb") as f:
                 f.write(data)
         if outcome != "no_captions":
-            for k in range(int(rng.integers(4, 7))):
+            for _ in range(int(rng.integers(4, 7))):
                 words = rng.choice(WORDS, size=int(rng.integers(3, 9)))
                 anns.append({"id": len(anns) + 1, "image_id": image_id, "caption": " ".join(words).capitalize() + "."})
     with open(os.path.join(root, "annotations", f"captions_{split}.json"), "w") as f:
@@ -86,11 +87,14 @@ def make_coco(root, n=12, split="train2014", with_defects=True, seed=0):
 
 
 def build(root, out, split="train2014", workers=1, shard_size=4, **kw):
-    opts = sh.Options(name=kw.pop("name", "set"), shard_size=shard_size, image_size=kw.pop("image_size", 256),
-                      resize_mode=kw.pop("resize_mode", "stretch"))
+    opts = sh.Options(
+        name=kw.pop("name", "set"),
+        shard_size=shard_size,
+        image_size=kw.pop("image_size", 256),
+        resize_mode=kw.pop("resize_mode", "stretch"),
+    )
     kw.setdefault("min_freq", 1)
-    return sh.build(read_coco(str(root), split), str(out), opts, {"test": True}, workers=workers,
-                    progress=False, **kw)
+    return sh.build(read_coco(str(root), split), str(out), opts, {"test": True}, workers=workers, progress=False, **kw)
 
 
 def hashes(out):
@@ -118,7 +122,7 @@ def test_round_trip_tarfile_and_webdataset(coco, built):
     paths = shard_paths(str(built))
     # 19 images with captions, 4 per shard in image-id order; failed images leave holes
     with_captions = sorted((i, outcome) for i, outcome in files.values() if outcome != "no_captions")
-    layout = [sum(o == "ok" for _, o in with_captions[k:k + 4]) for k in range(0, 19, 4)]
+    layout = [sum(o == "ok" for _, o in with_captions[k : k + 4]) for k in range(0, 19, 4)]
     assert [os.path.basename(p) for p in paths] == [f"set-{k:06d}.tar" for k in range(5)]
     assert [s["samples"] for s in read_manifest(str(built))["shards"]] == layout
     keys = []
@@ -136,21 +140,21 @@ def test_round_trip_tarfile_and_webdataset(coco, built):
                 assert set(meta) == {"image_id", "file_name", "split", "width", "height", "captions"}
                 assert str(meta["image_id"]) == m.name[:-4] and meta["split"] == "train2014"
                 keys.append(meta["image_id"])
-    assert keys == good   # image-id order, shard after shard
+    assert keys == good  # image-id order, shard after shard
     samples = list(wds.WebDataset(paths, shardshuffle=False))
     assert [int(s["__key__"]) for s in samples] == good
     assert all(set(s) >= {"jpg", "json"} for s in samples)
     table = TokenTable.load(str(built / "tokens.npz"))
     assert table.image_ids.tolist() == good and table.tokens.shape[1] == 5
     assert len(Vocabulary.load(str(built / "vocab.json"))) > 4
-    for path, n in zip(paths, layout):   # DALI index files beside the shards
+    for path, n in zip(paths, layout):  # DALI index files beside the shards
         assert open(path[:-4] + ".idx").readline().split() == ["v1.2", str(n)]
 
 
 def test_every_defect_counted_once(coco, built):
     files = coco[1]
     m = read_manifest(str(built))
-    assert m["counts"]["images"] == 12 + 4   # 12 plain + gray, cmyk, rgba png, rotated
+    assert m["counts"]["images"] == 12 + 4  # 12 plain + gray, cmyk, rgba png, rotated
     assert m["counts"]["skipped"] == {"corrupt": 1, "missing": 1, "no_captions": 1, "truncated": 1}
     assert m["counts"]["records"] == 20
     lines = open(built / "skipped.txt").read().splitlines()
@@ -176,7 +180,7 @@ def test_worker_count_and_rerun_give_same_bytes(coco, built, tmp_path):
     r = build(coco[0], out, workers=2)
     assert r["built"] == 5
     assert hashes(out) == hashes(built)
-    r = build(coco[0], out, workers=2)   # complete: every shard kept after its hash check
+    r = build(coco[0], out, workers=2)  # complete: every shard kept after its hash check
     assert (r["built"], r["reused"]) == (0, 5)
     assert hashes(out) == hashes(built)
 
@@ -202,8 +206,8 @@ def test_damaged_shard_is_rebuilt_identically(coco, built, tmp_path):
     data = bytearray(target.read_bytes())
     data[700] ^= 0xFF
     target.write_bytes(bytes(data))
-    os.remove(out / ".parts" / "set-000002.json")   # killed between the rename and the record
-    (out / "set-000003.tar.tmp").write_bytes(b"half a shard")   # killed mid-write
+    os.remove(out / ".parts" / "set-000002.json")  # killed between the rename and the record
+    (out / "set-000003.tar.tmp").write_bytes(b"half a shard")  # killed mid-write
     r = build(coco[0], out)
     assert (r["built"], r["reused"]) == (2, 3)
     assert hashes(out) == hashes(built)
@@ -216,8 +220,23 @@ def test_kill_and_resume_same_hashes(tmp_path):
     ref = tmp_path / "ref"
     build(root, ref, shard_size=2, min_freq=5)
     out = tmp_path / "out"
-    cmd = CAPGEN + ["shards", "build", "--coco-root", str(root), "--split", "train2014", "--out", str(out),
-                    "--name", "set", "--shard-size", "2", "--workers", "1", "--quiet"]
+    cmd = CAPGEN + [
+        "shards",
+        "build",
+        "--coco-root",
+        str(root),
+        "--split",
+        "train2014",
+        "--out",
+        str(out),
+        "--name",
+        "set",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not (out / "set-000000.tar").exists() and proc.poll() is None and time.time() < deadline:
@@ -290,7 +309,7 @@ def test_vocab_rebuilt_from_shards_and_reused_for_val(coco, built, tmp_path):
     build(val_root, val, split="val2014", vocab=str(built / "vocab.json"))
     assert (val / "vocab.json").read_text() == (built / "vocab.json").read_text()
     assert len(TokenTable.load(str(val / "tokens.npz"))) == 5
-    m = rebuild_text(str(val), captions_per_image=3)   # keeps the borrowed vocabulary
+    m = rebuild_text(str(val), captions_per_image=3)  # keeps the borrowed vocabulary
     assert (val / "vocab.json").read_text() == (built / "vocab.json").read_text()
     assert m["text"]["vocab_from"] == str(built / "vocab.json")
     assert TokenTable.load(str(val / "tokens.npz")).tokens.shape[1] == 3
@@ -298,15 +317,23 @@ def test_vocab_rebuilt_from_shards_and_reused_for_val(coco, built, tmp_path):
 
 def test_karpathy_split(coco, tmp_path):
     root, files = coco
-    listing = [{"filepath": "train2014", "filename": name, "cocoid": i, "split": "test" if k % 2 else "restval",
-                "sentences": [{"raw": "a dog on grass"}] if outcome != "no_captions" else []}
-               for k, (name, (i, outcome)) in enumerate(sorted(files.items()))]
+    listing = [
+        {
+            "filepath": "train2014",
+            "filename": name,
+            "cocoid": i,
+            "split": "test" if k % 2 else "restval",
+            "sentences": [{"raw": "a dog on grass"}] if outcome != "no_captions" else [],
+        }
+        for k, (name, (i, outcome)) in enumerate(sorted(files.items()))
+    ]
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps({"images": listing}))
     src = read_karpathy(str(path), "test", image_root=str(root))
     out = tmp_path / "k"
-    r = sh.build(src, str(out), sh.Options(name="karpathy-test", shard_size=100), {}, workers=1, min_freq=1,
-                 progress=False)
+    r = sh.build(
+        src, str(out), sh.Options(name="karpathy-test", shard_size=100), {}, workers=1, min_freq=1, progress=False
+    )
     tests = [(i, outcome) for k, (name, (i, outcome)) in enumerate(sorted(files.items())) if k % 2]
     m = r["manifest"]
     assert m["counts"]["images"] == sum(o == "ok" for _, o in tests)
@@ -314,15 +341,27 @@ def test_karpathy_split(coco, tmp_path):
 
 
 def test_cli_help_and_bad_input():
-    for args in (["shards", "--help"], ["shards", "build", "--help"], ["shards", "verify", "--help"],
-                 ["shards", "merge", "--help"], ["vocab", "--help"], ["bench", "shards", "--help"]):
+    for args in (
+        ["shards", "--help"],
+        ["shards", "build", "--help"],
+        ["shards", "verify", "--help"],
+        ["shards", "merge", "--help"],
+        ["vocab", "--help"],
+        ["bench", "shards", "--help"],
+    ):
         run = subprocess.run(CAPGEN + args, cwd=ROOT, capture_output=True, text=True)
         assert run.returncode == 0 and "Usage" in run.stdout, args
-    run = subprocess.run(CAPGEN + ["shards", "build", "--coco-root", "/nonexistent/coco", "--split", "train2014",
-                                   "--out", "/nonexistent/out"], cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        CAPGEN
+        + ["shards", "build", "--coco-root", "/nonexistent/coco", "--split", "train2014", "--out", "/nonexistent/out"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1
     assert run.stderr.strip().splitlines() == [
-        "capgen: error: /nonexistent/coco/annotations/captions_train2014.json: file not found"]
+        "capgen: error: /nonexistent/coco/annotations/captions_train2014.json: file not found"
+    ]
     run = subprocess.run(CAPGEN + ["shards", "verify", "/nonexistent/set"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 1 and run.stderr.startswith("capgen: error: /nonexistent/set/manifest.json: not found")
 
@@ -331,7 +370,7 @@ def test_rebuild_with_other_options_replaces_the_old_set(coco, built, tmp_path):
     out = tmp_path / "set"
     build(coco[0], out, shard_size=2)
     assert len(hashes(out)) == 10
-    build(coco[0], out)   # back to 4 per shard: 5 shards, the other 5 files go
+    build(coco[0], out)  # back to 4 per shard: 5 shards, the other 5 files go
     assert hashes(out) == hashes(built)
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(hashes(built))
     assert verify(str(out)) == []
@@ -342,8 +381,9 @@ def test_moved_images_are_rebuilt_not_trusted(coco, built, tmp_path):
     build(coco[0], out)
     moved = tmp_path / "moved"
     import shutil
+
     shutil.copytree(coco[0], moved)
-    r = build(moved, out)   # same annotations, other image paths: every shard is written again
+    r = build(moved, out)  # same annotations, other image paths: every shard is written again
     assert (r["built"], r["reused"]) == (5, 0)
     assert hashes(out) == hashes(built)
 
@@ -359,6 +399,7 @@ def test_bench_smoke():
 def test_malformed_annotations_are_counted_in_the_manifest(coco, tmp_path):
     root = tmp_path / "coco"
     import shutil
+
     shutil.copytree(coco[0], root)
     path = root / "annotations" / "captions_train2014.json"
     data = json.loads(path.read_text())
@@ -369,13 +410,21 @@ def test_malformed_annotations_are_counted_in_the_manifest(coco, tmp_path):
     data["annotations"][:3] = [dict(a, caption=c) for a, c in zip(data["annotations"][:3], (None, 42, ""))]
     path.write_text(json.dumps(data))
     m = build(root, tmp_path / "set")["manifest"]
-    assert m["counts"]["skipped"] == {"corrupt": 1, "duplicate_id": 2, "missing": 1, "missing_file_name": 1,
-                                      "no_captions": 1, "truncated": 1}
+    assert m["counts"]["skipped"] == {
+        "corrupt": 1,
+        "duplicate_id": 2,
+        "missing": 1,
+        "missing_file_name": 1,
+        "no_captions": 1,
+        "truncated": 1,
+    }
     assert m["counts"]["bad_captions"] == 3 and m["counts"]["records"] == 22
     assert m["counts"]["records"] == m["counts"]["images"] + sum(m["counts"]["skipped"].values())
     lines = (tmp_path / "set" / "skipped.txt").read_text().splitlines()
-    assert sorted(line.split("\t")[2] for line in lines if line.startswith(f"{second['id']}\t")) == \
-        ["duplicate_id", "duplicate_id"]
+    assert sorted(line.split("\t")[2] for line in lines if line.startswith(f"{second['id']}\t")) == [
+        "duplicate_id",
+        "duplicate_id",
+    ]
     assert f"{second['id']}" not in {str(i) for i in TokenTable.load(str(tmp_path / "set" / "tokens.npz")).image_ids}
     assert verify(str(tmp_path / "set")) == []
 
@@ -387,8 +436,11 @@ def test_an_empty_annotation_set_is_an_error_before_any_shard(tmp_path):
     data = json.loads(path.read_text())
     data["annotations"] = [dict(a, caption=None) for a in data["annotations"]]
     path.write_text(json.dumps(data))
-    with pytest.raises(CapgenError, match=f"^{path}: no images with captions to build "
-                                          r"\(3 images listed, 0 left out, \d+ bad captions\)$"):
+    with pytest.raises(
+        CapgenError,
+        match=f"^{path}: no images with captions to build "
+        r"\(3 images listed, 0 left out, \d+ bad captions\)$",
+    ):
         build(root, tmp_path / "set")
     assert not (tmp_path / "set").exists()
 
@@ -405,6 +457,7 @@ def test_a_set_whose_every_image_fails_is_an_error(tmp_path):
 
 def test_verify_checks_the_vocabulary_and_the_token_table(built, tmp_path):
     import shutil
+
     vocab = Vocabulary.load(str(built / "vocab.json"))
     table = TokenTable.load(str(built / "tokens.npz"))
 
@@ -421,33 +474,64 @@ def test_verify_checks_the_vocabulary_and_the_token_table(built, tmp_path):
     too_big[0, 0, 1] = len(vocab)
     cases = {
         "no_tokens": (lambda out: os.remove(out / "tokens.npz"), "tokens.npz: token table not found"),
-        "garbage_tokens": (lambda out: (out / "tokens.npz").write_bytes(b"PK\x03\x04junk"),
-                           "tokens.npz: not a capgen token table"),
+        "garbage_tokens": (
+            lambda out: (out / "tokens.npz").write_bytes(b"PK\x03\x04junk"),
+            "tokens.npz: not a capgen token table",
+        ),
         "no_vocab": (lambda out: os.remove(out / "vocab.json"), "vocab.json: vocabulary file not found"),
         "empty_vocab": (lambda out: (out / "vocab.json").write_text("{}"), "vocab.json: not a capgen vocabulary"),
-        "binary_vocab": (lambda out: (out / "vocab.json").write_bytes(b"\xff\xfe\x00"),
-                         "vocab.json: not a capgen vocabulary"),
-        "short_vocab": (lambda out: Vocabulary(vocab.itos[:-1], vocab.preset, vocab.max_len, vocab.min_freq).save(
-            str(out / "vocab.json")), f"vocab.json: {len(vocab) - 1} words, manifest.json says {len(vocab)}"),
-        "token_out_of_range": (lambda out: save_table(out, table.image_ids, too_big),
-                               f"tokens.npz: token ids from 0 to {len(vocab)}, outside the {len(vocab)} words"),
-        "row_missing": (lambda out: save_table(out, table.image_ids[1:], table.tokens[1:]),
-                        "tokens.npz: image ids differ from the shards' samples (15 rows, 16 samples"),
+        "binary_vocab": (
+            lambda out: (out / "vocab.json").write_bytes(b"\xff\xfe\x00"),
+            "vocab.json: not a capgen vocabulary",
+        ),
+        "short_vocab": (
+            lambda out: Vocabulary(vocab.itos[:-1], vocab.preset, vocab.max_len, vocab.min_freq).save(
+                str(out / "vocab.json")
+            ),
+            f"vocab.json: {len(vocab) - 1} words, manifest.json says {len(vocab)}",
+        ),
+        "token_out_of_range": (
+            lambda out: save_table(out, table.image_ids, too_big),
+            f"tokens.npz: token ids from 0 to {len(vocab)}, outside the {len(vocab)} words",
+        ),
+        "row_missing": (
+            lambda out: save_table(out, table.image_ids[1:], table.tokens[1:]),
+            "tokens.npz: image ids differ from the shards' samples (15 rows, 16 samples",
+        ),
     }
     for name, (action, words) in cases.items():
         out, problems = damaged(name, action)
         assert len(problems) == 1 and problems[0].startswith(str(out)) and words in problems[0], (name, problems)
-    run = subprocess.run(CAPGEN + ["shards", "verify", str(tmp_path / "no_tokens")], cwd=ROOT, capture_output=True,
-                         text=True)
-    assert run.returncode == 1 and run.stderr == (f"capgen: error: {tmp_path / 'no_tokens' / 'tokens.npz'}: token "
-                                                  f"table not found (run capgen vocab {tmp_path / 'no_tokens'})\n")
+    run = subprocess.run(
+        CAPGEN + ["shards", "verify", str(tmp_path / "no_tokens")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert run.returncode == 1 and run.stderr == (
+        f"capgen: error: {tmp_path / 'no_tokens' / 'tokens.npz'}: token "
+        f"table not found (run capgen vocab {tmp_path / 'no_tokens'})\n"
+    )
 
 
 def test_a_second_build_into_the_same_folder_is_refused_at_once(coco, built, tmp_path):
     from pipeline.folder_lock import folder_lock
+
     out = tmp_path / "set"
-    cmd = CAPGEN + ["shards", "build", "--coco-root", str(coco[0]), "--split", "train2014", "--out", str(out),
-                    "--name", "set", "--shard-size", "4", "--min-freq", "1", "--quiet"]
+    cmd = CAPGEN + [
+        "shards",
+        "build",
+        "--coco-root",
+        str(coco[0]),
+        "--split",
+        "train2014",
+        "--out",
+        str(out),
+        "--name",
+        "set",
+        "--shard-size",
+        "4",
+        "--min-freq",
+        "1",
+        "--quiet",
+    ]
     with folder_lock(out):  # as a running build holds it
         run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and run.stderr == f"capgen: error: {out}: in use by pid {os.getpid()}\n"
@@ -463,25 +547,47 @@ def test_a_second_build_into_the_same_folder_is_refused_at_once(coco, built, tmp
 
 def _limited(limit):
     """preexec_fn: files larger than limit bytes cannot be written (EFBIG, as a full disk gives ENOSPC)."""
+
     def apply():
         import resource
+
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
 def test_a_full_disk_is_one_line_and_the_rerun_completes(coco, built, tmp_path):
     out = tmp_path / "set"
-    cmd = CAPGEN + ["shards", "build", "--coco-root", str(coco[0]), "--split", "train2014", "--out", str(out),
-                    "--name", "set", "--shard-size", "4", "--min-freq", "1", "--quiet", "--workers", "2",
-                    "--captions-per-image", "100"]
+    cmd = CAPGEN + [
+        "shards",
+        "build",
+        "--coco-root",
+        str(coco[0]),
+        "--split",
+        "train2014",
+        "--out",
+        str(out),
+        "--name",
+        "set",
+        "--shard-size",
+        "4",
+        "--min-freq",
+        "1",
+        "--quiet",
+        "--workers",
+        "2",
+        "--captions-per-image",
+        "100",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=_limited(4096))
     assert run.returncode == 1
     assert re.fullmatch(rf"capgen: error: {out}/set-00000\d\.tar: cannot write \(File too large\)\n", run.stderr)
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     biggest = max(s["bytes"] for s in read_manifest(str(built))["shards"])
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         preexec_fn=_limited(biggest + 4096))  # the shards fit, the token table does not
+    run = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=_limited(biggest + 4096)
+    )  # the shards fit, the token table does not
     assert run.returncode == 1 and run.stderr == f"capgen: error: {out}/tokens.npz: cannot write (File too large)\n"
     assert not [p for p in out.rglob("*") if ".tmp" in p.name] and not (out / "manifest.json").exists()
     r = build(coco[0], out, captions_per_image=100)

@@ -1,13 +1,14 @@
 """Slurm arrays: job index and count from the environment, and tools/slurm_shards.sbatch end to end."""
+
 import os
 import subprocess
 import sys
 
 import pytest
-
-from pipeline.errors import CapgenError
-from pipeline.cluster import array_job
 from test_caption_table import write_images
+
+from pipeline.cluster import array_job
+from pipeline.errors import CapgenError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tools", "slurm_shards.sbatch")
@@ -19,10 +20,19 @@ def test_array_job_from_the_environment():
     env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
     assert array_job(None, None, env) == (4, 1)
     assert array_job(6, None, env) == (6, 1) and array_job(None, 3, env) == (4, 3)
-    assert array_job(None, None, {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "3",
-                                  "SLURM_ARRAY_TASK_MIN": "5"}) == (3, 2)
-    assert array_job(None, None, {"SLURM_ARRAY_TASK_ID": "14", "SLURM_ARRAY_TASK_COUNT": "3",
-                                  "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_STEP": "2"}) == (3, 2)
+    assert array_job(
+        None, None, {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "5"}
+    ) == (3, 2)
+    assert array_job(
+        None,
+        None,
+        {
+            "SLURM_ARRAY_TASK_ID": "14",
+            "SLURM_ARRAY_TASK_COUNT": "3",
+            "SLURM_ARRAY_TASK_MIN": "10",
+            "SLURM_ARRAY_TASK_STEP": "2",
+        },
+    ) == (3, 2)
     with pytest.raises(CapgenError, match="SLURM_ARRAY_TASK_COUNT is not: pass --num-jobs"):
         array_job(None, None, {"SLURM_ARRAY_TASK_ID": "0"})
     with pytest.raises(CapgenError, match="SLURM_ARRAY_TASK_ID='x': not an integer"):
@@ -41,9 +51,10 @@ def test_sbatch_array_build_and_merge_equal_the_single_build(tmp_path):
     names = [f"im{i}.jpg" for i in range(7)]
     write_images(images, names[:6])  # im6.jpg is missing: skipped and counted in both builds
     captions = tmp_path / "captions.csv"
-    captions.write_text("file_name,caption\n" + "".join(f"{n},a picture number {i}\n{n},picture {i}\n"
-                                                        for i, n in enumerate(names)))
-    shim = tmp_path / "bin" / "capgen"    # `capgen` as installed, running this checkout
+    captions.write_text(
+        "file_name,caption\n" + "".join(f"{n},a picture number {i}\n{n},picture {i}\n" for i, n in enumerate(names))
+    )
+    shim = tmp_path / "bin" / "capgen"  # `capgen` as installed, running this checkout
     shim.parent.mkdir()
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -c "from tools.cli.main import main; main()" "$@"\n')
     shim.chmod(0o755)
@@ -52,8 +63,7 @@ def test_sbatch_array_build_and_merge_equal_the_single_build(tmp_path):
     build = ["--captions", str(captions), "--images", str(images), "--shard-size", "2", "--min-freq", "1"]
 
     def run(cmd, extra=None):
-        p = subprocess.run(cmd, cwd=tmp_path, env={**env, **(extra or {})}, capture_output=True, text=True,
-                           timeout=180)
+        p = subprocess.run(cmd, cwd=tmp_path, env={**env, **(extra or {})}, capture_output=True, text=True, timeout=180)
         assert p.returncode == 0, p.stderr
         return p.stdout
 
@@ -61,8 +71,12 @@ def test_sbatch_array_build_and_merge_equal_the_single_build(tmp_path):
     run(["capgen", "shards", "build", "--out", str(single), "--workers", "1", "--quiet"] + build)
     out = tmp_path / "shards" / "set"
     for task in (3, 4):  # sbatch --array=3-4: two tasks, the first numbered 3
-        slurm = {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "3",
-                 "SLURM_CPUS_PER_TASK": "1"}
+        slurm = {
+            "SLURM_ARRAY_TASK_ID": str(task),
+            "SLURM_ARRAY_TASK_COUNT": "2",
+            "SLURM_ARRAY_TASK_MIN": "3",
+            "SLURM_CPUS_PER_TASK": "1",
+        }
         stdout = run(["bash", SCRIPT, str(out)] + build, slurm)
         assert f"job {task - 3} of 2: " in stdout
     assert sorted(p.name for p in (tmp_path / "shards" / "set-jobs").iterdir()) == ["3", "4"]

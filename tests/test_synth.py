@@ -9,9 +9,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from pipeline.errors import CapgenError
-from pipeline.synth.scenes import COLOURS, POSITIONS, SHAPES, SIZES, check_caption, read_scenes
-from pipeline.synth.generator import make_scene, synthesize
 from pipeline.synth.captions import captions
+from pipeline.synth.generator import make_scene, synthesize
+from pipeline.synth.scenes import COLOURS, POSITIONS, SHAPES, SIZES, check_caption, read_scenes
 from tools.cli.main import cli
 
 N, W, H = 20, 160, 120
@@ -56,14 +56,21 @@ def test_coco_layout(data):
         path = root / "a" / "annotations" / f"captions_{split}.json"
         raw = json.loads(path.read_text())
         assert list(raw) == ["info", "images", "licenses", "annotations"]
-        assert {"description", "url", "version", "year", "contributor",
-                "date_created"} == set(raw["info"])
+        assert {"description", "url", "version", "year", "contributor", "date_created"} == set(raw["info"])
         assert [lic["id"] for lic in raw["licenses"]] == list(range(1, 9))
         coco = COCO(str(path))
         assert len(coco.getImgIds()) == n
         for image in raw["images"]:
-            assert set(image) == {"license", "file_name", "coco_url", "height", "width",
-                                  "date_captured", "flickr_url", "id"}
+            assert set(image) == {
+                "license",
+                "file_name",
+                "coco_url",
+                "height",
+                "width",
+                "date_captured",
+                "flickr_url",
+                "id",
+            }
             assert image["file_name"] == f"COCO_{split}_{image['id']:012d}.jpg"
             assert re.fullmatch(r"2013-\d\d-\d\d \d\d:\d\d:\d\d", image["date_captured"])
             with Image.open(root / "a" / split / image["file_name"]) as img:
@@ -85,12 +92,10 @@ def test_karpathy_file(data):
     assert raw["dataset"] == "coco" and len(raw["images"]) == N
     coco = {}
     for split in ("train2014", "val2014"):
-        for ann in json.loads((root / "a" / "annotations" / f"captions_{split}.json")
-                              .read_text())["annotations"]:
+        for ann in json.loads((root / "a" / "annotations" / f"captions_{split}.json").read_text())["annotations"]:
             coco[ann["id"]] = (split, ann)
     for imgid, image in enumerate(raw["images"]):
-        assert list(image) == ["filepath", "sentids", "filename", "imgid", "split",
-                               "sentences", "cocoid"]
+        assert list(image) == ["filepath", "sentids", "filename", "imgid", "split", "sentences", "cocoid"]
         assert image["imgid"] == imgid
         assert image["filename"] == f"COCO_{image['filepath']}_{image['cocoid']:012d}.jpg"
         expected = {"train"} if image["filepath"] == "train2014" else {"val", "test", "restval"}
@@ -99,8 +104,7 @@ def test_karpathy_file(data):
         for s in image["sentences"]:
             assert list(s) == ["tokens", "raw", "imgid", "sentid"]
             split, ann = coco[s["sentid"]]
-            assert (split, ann["image_id"], ann["caption"]) == (
-                image["filepath"], image["cocoid"], s["raw"])
+            assert (split, ann["image_id"], ann["caption"]) == (image["filepath"], image["cocoid"], s["raw"])
             assert s["imgid"] == imgid
             assert s["tokens"] == re.findall(r"[a-z]+", s["raw"].lower())
     # Karpathy's file lists val2014 first.
@@ -111,32 +115,38 @@ def test_captions_true_to_scenes(data):
     root, _ = data
     for split in ("train2014", "val2014"):
         scenes = read_scenes(root / "a" / "annotations" / f"scenes_{split}.json")
-        anns = json.loads((root / "a" / "annotations" / f"captions_{split}.json")
-                          .read_text())["annotations"]
+        anns = json.loads((root / "a" / "annotations" / f"captions_{split}.json").read_text())["annotations"]
         assert {a["image_id"] for a in anns} == set(scenes)
         for ann in anns:
             scene = scenes[ann["image_id"]]
             assert check_caption(ann["caption"], scene)["all"], (ann["caption"], scene)
-            model_form = " ".join(w for w in re.findall(r"[a-z]+", ann["caption"].lower())
-                                  if len(w) > 1)
+            model_form = " ".join(w for w in re.findall(r"[a-z]+", ann["caption"].lower()) if len(w) > 1)
             assert check_caption(model_form, scene)["all"], (model_form, scene)
         for scene in scenes.values():
             assert 1 <= len(scene["objects"]) <= 3
             for o in scene["objects"]:
-                assert (o["colour"] in COLOURS and o["shape"] in SHAPES and o["size"] in SIZES
-                        and o["position"] in POSITIONS)
+                assert (
+                    o["colour"] in COLOURS
+                    and o["shape"] in SHAPES
+                    and o["size"] in SIZES
+                    and o["position"] in POSITIONS
+                )
                 x, y, w, h = o["bbox"]
                 assert 0 <= x and x + w <= W and 0 <= y and y + h <= H
 
 
 def test_cli(tmp_path):
-    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "d"), "--images", "3",
-                                      "--seed", "1", "--width", "64", "--height", "48"])
+    result = CliRunner().invoke(
+        cli, ["synth", str(tmp_path / "d"), "--images", "3", "--seed", "1", "--width", "64", "--height", "48"]
+    )
     assert result.exit_code == 0, result.output
     assert "3 images (train2014 2, val2014 1" in result.output
     assert sorted(os.listdir(tmp_path / "d" / "annotations")) == [
-        "captions_train2014.json", "captions_val2014.json",
-        "scenes_train2014.json", "scenes_val2014.json"]
+        "captions_train2014.json",
+        "captions_val2014.json",
+        "scenes_train2014.json",
+        "scenes_val2014.json",
+    ]
 
 
 def test_bad_arguments(tmp_path):

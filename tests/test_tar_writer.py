@@ -1,4 +1,5 @@
 """The shard tar writer: tarfile's USTAR bytes, its own hash, length and member offsets."""
+
 import hashlib
 import io
 import tarfile
@@ -31,8 +32,9 @@ def with_writer(members):
     return f.getvalue(), tar
 
 
-@pytest.mark.parametrize("sizes", [[], [0], [512], [513], [0, 1, 511, 512, 513, 20_000, 3],
-                                   [511] * 7, [100] * 9, [1000] * 40])
+@pytest.mark.parametrize(
+    "sizes", [[], [0], [512], [513], [0, 1, 511, 512, 513, 20_000, 3], [511] * 7, [100] * 9, [1000] * 40]
+)
 def test_same_bytes_hash_length_and_offsets_as_tarfile(sizes):
     # Before the end padding: 1024 bytes ([]), 8192 (7 x 511), 10240 (9 x 100: none), 62464 (40 x 1000).
     members = [(f"{123456 + i}.{'jpg' if i % 2 else 'json'}", bytes([i % 256]) * n) for i, n in enumerate(sizes)]

@@ -1,4 +1,5 @@
 """Text presets, vocabulary and the fixed-length token table."""
+
 import numpy as np
 import pytest
 
@@ -36,7 +37,9 @@ def test_encode_cuts_to_max_len():
 
 def test_token_table(tmp_path):
     v = Vocabulary.build(["red circle", "blue square"] * 5, preset="seed", min_freq=1)
-    table = TokenTable.build({7: ["red circle"], 2: ["blue square", "red square", "x", "a", "b", "c"], 9: []}, v, per_image=5)
+    table = TokenTable.build(
+        {7: ["red circle"], 2: ["blue square", "red square", "x", "a", "b", "c"], 9: []}, v, per_image=5
+    )
     assert table.image_ids.tolist() == [2, 7]
     tokens, lengths = table.rows([7, 2])
     assert tokens.shape == (2, 5, 22)

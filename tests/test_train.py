@@ -1,4 +1,5 @@
 """Trainer: exact resume, checkpoints a captioner can load, DDP with two gloo processes."""
+
 import json
 import os
 import subprocess
@@ -9,12 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from model.runs.log import read_log
-from model.train.loop import train
 from model.train.args import TrainArgs
+from model.train.loop import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=1,
-            progress=False, seed=3)
+TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=1, progress=False, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +82,43 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     """torchrun, 2 CPU processes over 4 train shards (24 images): each rank trains on its shards."""
     run = str(tmp_path / "ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tools.cli", "train", "--train", data["train"], "--val", data["val"], "--out", run,
-           "--epochs", "1", "--batch-size", "4", "--embed-dim", "16", "--attention-dim", "16",
-           "--hidden-dim", "16", "--encoder", "resnet18", "--encoder-stop", "layer3",
-           "--encoder-weights", "none", "--workers", "1", "--log-every", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tools.cli",
+        "train",
+        "--train",
+        data["train"],
+        "--val",
+        data["val"],
+        "--out",
+        run,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--embed-dim",
+        "16",
+        "--attention-dim",
+        "16",
+        "--hidden-dim",
+        "16",
+        "--encoder",
+        "resnet18",
+        "--encoder-stop",
+        "layer3",
+        "--encoder-weights",
+        "none",
+        "--workers",
+        "1",
+        "--log-every",
+        "1",
+    ]
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     epoch = [r for r in read_log(os.path.join(run, "log.jsonl")) if r["type"] == "epoch"]

@@ -1,5 +1,6 @@
 """Faults in training: divergence, kills at every checkpoint rename, mismatched inputs, a held lock,
 a partial log line, checkpoint forms and hashes."""
+
 import json
 import os
 import shutil
@@ -10,16 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.runs import checkpoint
 from model.infer.captioner import Captioner
+from model.runs import checkpoint
 from model.runs.log import read_log
-from model.train.loop import train
 from model.train.args import TrainArgs
+from model.train.loop import train
 from pipeline.errors import CapgenError
 from pipeline.folder_lock import folder_lock
 
-TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=2,
-            progress=False, seed=3)
+TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=2, progress=False, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,7 @@ def whole(data, tmp_path_factory):
 
 # ---------------------------------------------------------------- divergence
 
+
 def test_inf_features_stop_the_run_and_keep_the_last_good_checkpoints(data, tmp_path):
     run = tmp_path / "run"
     train(args(data, run, epochs=1))
@@ -65,8 +66,10 @@ def test_inf_features_stop_the_run_and_keep_the_last_good_checkpoints(data, tmp_
         f["features"][0:24] = np.inf
     with pytest.raises(CapgenError) as err:
         train(TrainArgs(**{**vars(args(data, run, epochs=2, resume=True)), "train": bad}))
-    assert str(err.value) == (f"{run}: training diverged: non-finite loss by epoch 2, step 8 (try a lower "
-                              "--decoder-lr); the last good checkpoints are kept")
+    assert str(err.value) == (
+        f"{run}: training diverged: non-finite loss by epoch 2, step 8 (try a lower "
+        "--decoder-lr); the last good checkpoints are kept"
+    )
     for name, state in before.items():
         assert same(weights(run / name), state)
     best = torch.load(run / "best" / "trainer.pt", weights_only=True)["best"]
@@ -81,6 +84,7 @@ def test_huge_learning_rate_saves_no_best(data, tmp_path):
 
 
 # ---------------------------------------------------------------- kills
+
 
 class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs."""
@@ -97,6 +101,7 @@ def kill_at(monkeypatch, k):
             if calls["n"] == k:
                 raise Killed(name)
             return real[name](*a, **kw)
+
         return fake
 
     for name in real:
@@ -146,6 +151,7 @@ def test_reconcile_restores_best_from_old_and_from_last(data, whole, tmp_path):
 
 # ---------------------------------------------------------------- checkpoint forms and hashes
 
+
 def test_every_checkpoint_form_resolves(whole, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(whole, run)
@@ -168,10 +174,14 @@ def test_weights_hash_is_checked(whole, tmp_path):
     state = weights(ckpt)
     state["decoder.fc.bias"] = state["decoder.fc.bias"] + 1
     from safetensors.torch import save_file
+
     save_file(state, str(ckpt / "model.safetensors"))
     with pytest.raises(CapgenError) as err:
         checkpoint.load(ckpt)
-    assert str(err.value) == f"{ckpt}/model.safetensors: sha256 does not match the one in config.json (corrupt or replaced)"
+    assert (
+        str(err.value)
+        == f"{ckpt}/model.safetensors: sha256 does not match the one in config.json (corrupt or replaced)"
+    )
 
 
 def test_vocabulary_cut_short_is_refused(whole, tmp_path):
@@ -190,6 +200,7 @@ def test_vocabulary_cut_short_is_refused(whole, tmp_path):
 
 # ---------------------------------------------------------------- inputs, lock, log
 
+
 def test_val_features_from_another_encoder_are_refused(data, tmp_path):
     with pytest.raises(CapgenError) as err:
         train(TrainArgs(**{**vars(args(data, tmp_path / "run", epochs=1)), "val": data["val4_h5"]}))
@@ -205,10 +216,22 @@ def test_val_set_with_another_vocabulary_is_refused(data, tiny_shards, tmp_path)
     with open(val / "vocab.json", "w") as f:
         json.dump(vocab, f)
     with pytest.raises(CapgenError) as err:
-        train(TrainArgs(train=data["train"], val=str(val), out=str(tmp_path / "run"), epochs=1,
-                        encoder="resnet18", encoder_stop="layer3", encoder_weights="none", **TINY))
-    assert str(err.value) == (f"{val}/vocab.json: not the vocabulary of {data['train']}/vocab.json "
-                              "(build the val set with --vocab TRAIN/vocab.json)")
+        train(
+            TrainArgs(
+                train=data["train"],
+                val=str(val),
+                out=str(tmp_path / "run"),
+                epochs=1,
+                encoder="resnet18",
+                encoder_stop="layer3",
+                encoder_weights="none",
+                **TINY,
+            )
+        )
+    assert str(err.value) == (
+        f"{val}/vocab.json: not the vocabulary of {data['train']}/vocab.json "
+        "(build the val set with --vocab TRAIN/vocab.json)"
+    )
 
 
 def test_a_run_folder_in_use_is_refused(data, tmp_path):
@@ -226,8 +249,10 @@ def test_partial_last_log_line_does_not_break_resume(data, whole, tmp_path):
         f.write('{"type": "train", "epoch": 1, "st')  # killed mid-write
     assert [r["type"] for r in read_log(run / "log.jsonl")][-1] == "val"
     train(args(data, run, epochs=2, resume=True))
+
     def losses(folder):
         return [r["loss"] for r in read_log(os.path.join(folder, "log.jsonl")) if r["type"] == "train"]
+
     assert losses(run) == losses(whole)
     with open(run / "log.jsonl", "a") as f:
         f.write('not json\n{"type": "val"}\n')

@@ -1,4 +1,5 @@
 """DALI index files: what DALI's own wds2idx writes, rewritten only when stale; `capgen shards index`."""
+
 import io
 import os
 import tarfile

@@ -1,4 +1,5 @@
 """`capgen caption`: caption image files in order, reporting the unreadable ones."""
+
 import json
 
 from PIL import Image
@@ -22,20 +23,37 @@ def read_image(path):
         return None, f"cannot read image ({reason})"
 
 
-def caption_files(ckpt, paths, beam=3, topk=3, as_json=False, device=None, out=print, err=print,
-                  chunk=16, on_result=None, progress=False):
+def caption_files(
+    ckpt,
+    paths,
+    beam=3,
+    topk=3,
+    as_json=False,
+    device=None,
+    out=print,
+    err=print,
+    chunk=16,
+    on_result=None,
+    progress=False,
+):
     """Caption image files in order; unreadable ones are reported via err. Returns the failures.
 
     on_result(path, image, result), if given, sees each Captioner result (e.g. to draw attention).
     progress: a tqdm bar on stderr for more than one chunk of files, when stderr is a terminal."""
     captioner = Captioner.load(ckpt, device or "cpu")
-    bar = tqdm(total=len(paths), unit="img", desc="captions", dynamic_ncols=True, leave=False,
-               disable=None if progress and len(paths) > chunk else True)
+    bar = tqdm(
+        total=len(paths),
+        unit="img",
+        desc="captions",
+        dynamic_ncols=True,
+        leave=False,
+        disable=None if progress and len(paths) > chunk else True,
+    )
     out, err = _above(bar, out), _above(bar, err)
     failed = 0
     for start in range(0, len(paths), chunk):
         readable = []
-        for path in paths[start:start + chunk]:
+        for path in paths[start : start + chunk]:
             img, why = read_image(path)
             if img is None:
                 err(f"{path}: {why}")
@@ -51,13 +69,22 @@ def caption_files(ckpt, paths, beam=3, topk=3, as_json=False, device=None, out=p
                 on_result(path, image, r)
             if as_json:
                 attention = [[round(float(a), 5) for a in row] for row in r["attention"]]
-                out(json.dumps({"image": path, "captions": caps, "words": r["words"], "attention": attention,
-                                "grid": r["grid"]}))
+                out(
+                    json.dumps(
+                        {
+                            "image": path,
+                            "captions": caps,
+                            "words": r["words"],
+                            "attention": attention,
+                            "grid": r["grid"],
+                        }
+                    )
+                )
             else:
                 out(path)
                 for c in caps:
                     out(f"  {c['score']:9.4f}  {c['text']}")
-        bar.update(len(paths[start:start + chunk]))
+        bar.update(len(paths[start : start + chunk]))
     bar.close()
     return failed
 
@@ -70,4 +97,5 @@ def _above(bar, write):
     def above(line):
         with tqdm.external_write_mode():
             write(line)
+
     return above

@@ -16,47 +16,48 @@ Each stage is a function of the `Demo` state, run in the order of DEMO["stages"]
 (STAGES maps names to functions): a later stage (e.g. "scst" after "eval") reads
 `d.best` / `d.ev` and replaces them, and the summary is built from what is there.
 """
+
 import os
 import time
 from types import SimpleNamespace
 
 import torch
 
-from model.infer.attention_figure import figure_writer
 from model.eval.evaluate import METRICS, evaluate
+from model.infer.attention_figure import figure_writer
 from model.infer.extract import extract
-from model.train.loop import train
 from model.train.args import TrainArgs
+from model.train.loop import train
+from pipeline.errors import CapgenError
 from pipeline.shards import build as shards
 from pipeline.sources.coco import read_coco
-from pipeline.errors import CapgenError
 from pipeline.synth.generator import synthesize
 from tools.caption_files import caption_files
 from tools.report_html import write_report
 
 DEMO = {
     "stages": ("data", "shards", "features", "train", "eval", "scst", "caption", "report"),
-    "images": 2300,            # train2014 + val2014 (synthetic data only)
+    "images": 2300,  # train2014 + val2014 (synthetic data only)
     "val_fraction": 300 / 2300,
     "seed": 7,
     "synth_size": (160, 120),  # width, height of the synthetic source images
     "image_size": 128,
-    "encoder": "convnet",      # model/nets/convnet.py, trained from scratch with the decoder
+    "encoder": "convnet",  # model/nets/convnet.py, trained from scratch with the decoder
     "stop": "layer3",
-    "fine_tune": True,         # train the encoder too (from the shards; no feature cache)
+    "fine_tune": True,  # train the encoder too (from the shards; no feature cache)
     "encoder_lr": 1e-3,
     "epochs": 12,
     "lr_schedule": "cosine",
-    "batch_size": 8,           # images per step (x5 captions): more, smaller steps
+    "batch_size": 8,  # images per step (x5 captions): more, smaller steps
     "lr": 8e-4,
-    "dims": 256,               # embed / hidden
+    "dims": 256,  # embed / hidden
     "attention_dim": 256,
     "dropout": 0.3,
     "beam": 3,
-    "scst_epochs": 1,          # self-critical epochs after the cross-entropy ones (0: none)
+    "scst_epochs": 1,  # self-critical epochs after the cross-entropy ones (0: none)
     "scst_lr": 1e-4,
-    "preset": "coco",          # keeps "a", as the references do
-    "min_freq": None,          # None: train captions / 2,000 within [1, 5] (5 for the synthetic set)
+    "preset": "coco",  # keeps "a", as the references do
+    "min_freq": None,  # None: train captions / 2,000 within [1, 5] (5 for the synthetic set)
     "shard_size": 500,
 }
 
@@ -102,6 +103,7 @@ def min_freq(train_captions):
 
 # ---------------------------------------------------------------- stages
 
+
 def stage_data(d):
     """The synthetic dataset, or the given COCO-layout folder checked."""
     if d.given_data:
@@ -112,15 +114,19 @@ def stage_data(d):
         d.source = {split: read_coco(d.data, split) for split in ("train2014", "val2014")}
     train_caps = sum(len(r.captions) for r in d.source["train2014"].records)
     d.min_freq = d.cfg["min_freq"] or min_freq(train_caps)
-    d.echo(f"   {len(d.source['train2014'].records)} train + {len(d.source['val2014'].records)} val images, "
-           f"{train_caps} train captions (min_freq {d.min_freq})")
+    d.echo(
+        f"   {len(d.source['train2014'].records)} train + {len(d.source['val2014'].records)} val images, "
+        f"{train_caps} train captions (min_freq {d.min_freq})"
+    )
 
 
 def _read_split(root, split):
     folder = os.path.join(root, split)
     if not os.path.isdir(folder):
-        raise CapgenError(f"{folder}: image folder not found (expected the COCO 2014 layout: "
-                          "annotations/captions_{train,val}2014.json, train2014/, val2014/)")
+        raise CapgenError(
+            f"{folder}: image folder not found (expected the COCO 2014 layout: "
+            "annotations/captions_{train,val}2014.json, train2014/, val2014/)"
+        )
     source = read_coco(root, split)
     if not source.records:
         raise CapgenError(f"{source.annotation_path}: no images")
@@ -129,12 +135,28 @@ def _read_split(root, split):
 
 def _build_shards(d, split, out, vocab=None):
     cfg = d.cfg
-    opts = shards.Options(name=f"demo-{split}", image_size=cfg["image_size"], resize_mode="stretch",
-                          shard_size=cfg["shard_size"])
-    args = {"coco_root": os.path.abspath(d.data), "split": split, "image_size": cfg["image_size"],
-            "preset": cfg["preset"], "vocab": vocab, "demo": True}
-    r = shards.build(d.source[split], out, opts, args, vocab=vocab, preset=cfg["preset"], min_freq=d.min_freq,
-                     index=False, progress=False)
+    opts = shards.Options(
+        name=f"demo-{split}", image_size=cfg["image_size"], resize_mode="stretch", shard_size=cfg["shard_size"]
+    )
+    args = {
+        "coco_root": os.path.abspath(d.data),
+        "split": split,
+        "image_size": cfg["image_size"],
+        "preset": cfg["preset"],
+        "vocab": vocab,
+        "demo": True,
+    }
+    r = shards.build(
+        d.source[split],
+        out,
+        opts,
+        args,
+        vocab=vocab,
+        preset=cfg["preset"],
+        min_freq=d.min_freq,
+        index=False,
+        progress=False,
+    )
     images = r["manifest"]["counts"]["images"]
     if not images:
         raise CapgenError(f"{d.source[split].annotation_path}: no image could be read (see {out}/skipped.txt)")
@@ -143,8 +165,10 @@ def _build_shards(d, split, out, vocab=None):
 
 def stage_shards(d):
     train_sh, val_sh = d.path("shards", "train"), d.path("shards", "val")
-    d.counts = {"train": _build_shards(d, "train2014", train_sh),
-                "val": _build_shards(d, "val2014", val_sh, os.path.join(train_sh, "vocab.json"))}
+    d.counts = {
+        "train": _build_shards(d, "train2014", train_sh),
+        "val": _build_shards(d, "val2014", val_sh, os.path.join(train_sh, "vocab.json")),
+    }
     d.shards = {"train": train_sh, "val": val_sh}
 
 
@@ -162,12 +186,36 @@ def stage_features(d):
 
 def stage_train(d):
     cfg = d.cfg
-    tune = dict(encoder=cfg["encoder"], encoder_stop=cfg["stop"], encoder_weights="none", fine_tune_encoder=True,
-                encoder_lr=cfg["encoder_lr"]) if cfg["fine_tune"] else {}
-    args = TrainArgs(train=d.sources["train"], val=d.sources["val"], out=d.path("run"), epochs=cfg["epochs"],
-                     batch_size=cfg["batch_size"], embed_dim=cfg["dims"], attention_dim=cfg["attention_dim"],
-                     hidden_dim=cfg["dims"], dropout=cfg["dropout"], decoder_lr=cfg["lr"], beam=1, workers=0,
-                     seed=cfg["seed"], log_every=50, patience=cfg["epochs"], lr_schedule=cfg["lr_schedule"], **tune)
+    tune = (
+        dict(
+            encoder=cfg["encoder"],
+            encoder_stop=cfg["stop"],
+            encoder_weights="none",
+            fine_tune_encoder=True,
+            encoder_lr=cfg["encoder_lr"],
+        )
+        if cfg["fine_tune"]
+        else {}
+    )
+    args = TrainArgs(
+        train=d.sources["train"],
+        val=d.sources["val"],
+        out=d.path("run"),
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        embed_dim=cfg["dims"],
+        attention_dim=cfg["attention_dim"],
+        hidden_dim=cfg["dims"],
+        dropout=cfg["dropout"],
+        decoder_lr=cfg["lr"],
+        beam=1,
+        workers=0,
+        seed=cfg["seed"],
+        log_every=50,
+        patience=cfg["epochs"],
+        lr_schedule=cfg["lr_schedule"],
+        **tune,
+    )
     d.trained = _train(cfg, args)
     d.best = os.path.abspath(d.trained["best_dir"])
 
@@ -175,8 +223,14 @@ def stage_train(d):
 def stage_eval(d):
     """Held-out scores of d.best (and per-attribute accuracy where scene truth exists)."""
     scenes = os.path.join(d.data, "annotations", "scenes_val2014.json")
-    d.ev = evaluate(d.best, d.sources["val"], d.path("results_val.json"), beam=d.cfg["beam"], progress=True,
-                    scenes=scenes if os.path.isfile(scenes) else None)
+    d.ev = evaluate(
+        d.best,
+        d.sources["val"],
+        d.path("results_val.json"),
+        beam=d.cfg["beam"],
+        progress=True,
+        scenes=scenes if os.path.isfile(scenes) else None,
+    )
     d.accuracy = d.ev["attributes"]
 
 
@@ -186,10 +240,22 @@ def stage_scst(d):
     cfg = d.cfg
     if not cfg["scst_epochs"]:
         return
-    args = TrainArgs(train=d.sources["train"], val=d.sources["val"], out=d.path("scst"), epochs=cfg["scst_epochs"],
-                     batch_size=cfg["batch_size"], scst=True, init=d.best, scst_lr=cfg["scst_lr"], beam=1,
-                     workers=0, seed=cfg["seed"], log_every=50, patience=cfg["scst_epochs"],
-                     fine_tune_encoder=cfg["fine_tune"])
+    args = TrainArgs(
+        train=d.sources["train"],
+        val=d.sources["val"],
+        out=d.path("scst"),
+        epochs=cfg["scst_epochs"],
+        batch_size=cfg["batch_size"],
+        scst=True,
+        init=d.best,
+        scst_lr=cfg["scst_lr"],
+        beam=1,
+        workers=0,
+        seed=cfg["seed"],
+        log_every=50,
+        patience=cfg["scst_epochs"],
+        fine_tune_encoder=cfg["fine_tune"],
+    )
     d.before = (d.ev, d.accuracy)
     d.scst = _train(cfg, args)
     d.best = os.path.abspath(d.scst["best_dir"])
@@ -202,23 +268,42 @@ def stage_caption(d):
     d.figure = d.path("attention.png")
     draw = figure_writer(d.best, d.figure, held_out[:1], lambda msg: None)
     lines = []
-    caption_files(d.best, held_out, d.cfg["beam"], 1, False, None, lines.append, d.echo,
-                  on_result=lambda path, image, r: draw(path, image, r) if path == held_out[0] else None)
+    caption_files(
+        d.best,
+        held_out,
+        d.cfg["beam"],
+        1,
+        False,
+        None,
+        lines.append,
+        d.echo,
+        on_result=lambda path, image, r: draw(path, image, r) if path == held_out[0] else None,
+    )
     for line in lines:
         d.echo(line)
 
 
 def stage_report(d):
     d.report = d.path("report.html")
-    write_report(d.report, d.ev, f"capgen demo: {d.ev['images']} held-out images, beam {d.cfg['beam']}",
-                 limit=d.ev["images"])
+    write_report(
+        d.report, d.ev, f"capgen demo: {d.ev['images']} held-out images, beam {d.cfg['beam']}", limit=d.ev["images"]
+    )
 
 
-STAGES = {"data": stage_data, "shards": stage_shards, "features": stage_features, "train": stage_train,
-          "eval": stage_eval, "scst": stage_scst, "caption": stage_caption, "report": stage_report}
+STAGES = {
+    "data": stage_data,
+    "shards": stage_shards,
+    "features": stage_features,
+    "train": stage_train,
+    "eval": stage_eval,
+    "scst": stage_scst,
+    "caption": stage_caption,
+    "report": stage_report,
+}
 
 
 # ---------------------------------------------------------------- the run
+
 
 def run_demo(out="demo", images=None, epochs=None, echo=print, data=None, **overrides):
     """The whole pipeline on synthetic data (or on `data`, a COCO 2014 layout folder);
@@ -227,8 +312,13 @@ def run_demo(out="demo", images=None, epochs=None, echo=print, data=None, **over
     cfg["images"] = images or cfg["images"]
     cfg["epochs"] = epochs or cfg["epochs"]
     os.makedirs(out, exist_ok=True)
-    d = SimpleNamespace(cfg=cfg, echo=echo, given_data=data is not None, data=data or os.path.join(out, "data"),
-                        path=lambda *p: os.path.join(out, *p))
+    d = SimpleNamespace(
+        cfg=cfg,
+        echo=echo,
+        given_data=data is not None,
+        data=data or os.path.join(out, "data"),
+        path=lambda *p: os.path.join(out, *p),
+    )
     steps = _Steps(echo)
     for name in cfg["stages"]:
         steps.run(name, STAGES[name], d)
@@ -253,33 +343,60 @@ def _summary(d, steps):
     d.before = (ev, accuracy) (the SCST stage: "before_scst")."""
     cfg = d.cfg
     before = {"before_scst": scores(*d.before)} if getattr(d, "before", None) else {}
-    return {**scores(d.ev, d.accuracy), **before, "checkpoint": d.best,
-            "results": os.path.abspath(d.path("results_val.json")), "report": os.path.abspath(d.report),
-            "attention_figure": os.path.abspath(d.figure), "data": os.path.abspath(d.data),
-            "images": d.counts, "beam": cfg["beam"], "text_preset": d.ev["text_preset"], "min_freq": d.min_freq,
-            "epochs": d.trained["epochs"], "scst_epochs": d.scst["epochs"] if getattr(d, "scst", None) else 0,
-            "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, "
-                       + (f"trained (lr {cfg['encoder_lr']:g})" if cfg["fine_tune"] else "frozen"),
-            "decoder": f"{cfg['dims']}-d (attention {cfg['attention_dim']}), {cfg['batch_size']} images x 5 "
-                       f"captions per step, lr {cfg['lr']:g}, dropout {cfg['dropout']:g}",
-            "seconds": {**{k: round(v, 1) for k, v in steps.times.items()}, "total": round(steps.total(), 1)}}
+    return {
+        **scores(d.ev, d.accuracy),
+        **before,
+        "checkpoint": d.best,
+        "results": os.path.abspath(d.path("results_val.json")),
+        "report": os.path.abspath(d.report),
+        "attention_figure": os.path.abspath(d.figure),
+        "data": os.path.abspath(d.data),
+        "images": d.counts,
+        "beam": cfg["beam"],
+        "text_preset": d.ev["text_preset"],
+        "min_freq": d.min_freq,
+        "epochs": d.trained["epochs"],
+        "scst_epochs": d.scst["epochs"] if getattr(d, "scst", None) else 0,
+        "encoder": f"{cfg['encoder']} {cfg['stop']} {cfg['image_size']}px random init, "
+        + (f"trained (lr {cfg['encoder_lr']:g})" if cfg["fine_tune"] else "frozen"),
+        "decoder": f"{cfg['dims']}-d (attention {cfg['attention_dim']}), {cfg['batch_size']} images x 5 "
+        f"captions per step, lr {cfg['lr']:g}, dropout {cfg['dropout']:g}",
+        "seconds": {**{k: round(v, 1) for k, v in steps.times.items()}, "total": round(steps.total(), 1)},
+    }
 
 
 def summary_table(s):
-    rows = [("data", s["data"]), ("held-out images", f"{s['images']['val']} (trained on {s['images']['train']})"),
-            ("encoder", s["encoder"]), ("decoder", f"{s['decoder']}, {s['epochs']} epochs"
-                        + (f" + {s['scst_epochs']} SCST" if s["scst_epochs"] else "")),
-            ("decoding", f"beam {s['beam']}, text preset {s['text_preset']}")]
+    rows = [
+        ("data", s["data"]),
+        ("held-out images", f"{s['images']['val']} (trained on {s['images']['train']})"),
+        ("encoder", s["encoder"]),
+        (
+            "decoder",
+            f"{s['decoder']}, {s['epochs']} epochs" + (f" + {s['scst_epochs']} SCST" if s["scst_epochs"] else ""),
+        ),
+        ("decoding", f"beam {s['beam']}, text preset {s['text_preset']}"),
+    ]
     rows += [(k, f"{s[k]:.4f}") for k in METRICS if k in s]
     if "attribute_accuracy" in s:
-        rows.append(("attribute accuracy", f"{s['attribute_accuracy']:.4f} (all right; "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in s["attributes"].items()) + ")"))
+        rows.append(
+            (
+                "attribute accuracy",
+                f"{s['attribute_accuracy']:.4f} (all right; "
+                + ", ".join(f"{k} {v:.3f}" for k, v in s["attributes"].items())
+                + ")",
+            )
+        )
     if "before_scst" in s:
         before = s["before_scst"]
-        rows.append(("before SCST", ", ".join(f"{k} {before[k]:.4f}" for k in (*METRICS, "attribute_accuracy")
-                                              if k in before)))
-    rows += [("best checkpoint", s["checkpoint"]), ("results", s["results"]), ("report", s["report"]),
-             ("attention figure", s["attention_figure"]),
-             ("time", ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()))]
+        rows.append(
+            ("before SCST", ", ".join(f"{k} {before[k]:.4f}" for k in (*METRICS, "attribute_accuracy") if k in before))
+        )
+    rows += [
+        ("best checkpoint", s["checkpoint"]),
+        ("results", s["results"]),
+        ("report", s["report"]),
+        ("attention figure", s["attention_figure"]),
+        ("time", ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items())),
+    ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

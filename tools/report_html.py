@@ -4,6 +4,7 @@ reference captions and per-image scores (thumbnails inlined as base64 JPEG).
 Per-image scores are pycocoevalcap's own per-image values from the run that gave the
 corpus scores: BLEU-4 of the one sentence, CIDEr-D with the corpus's IDF.
 """
+
 import base64
 import html
 import io
@@ -46,18 +47,22 @@ def _card(image_id, caption, refs, scores, uri):
     img = f'<img src="{uri}" alt="image {image_id}">' if uri else '<div class="meta">(no image)</div>'
     score = "  ".join(f"{k} {scores[k]:.3f}" for k in ("Bleu_4", "CIDEr") if k in scores)
     items = "".join(f"<li>{html.escape(r)}</li>" for r in refs)
-    return (f'<div class="card" data-image-id="{image_id}">{img}<div class="caption">{html.escape(caption)}</div>'
-            f'<div class="meta">image {image_id} · <span class="score">{score}</span></div>'
-            f'<ol class="refs">{items}</ol></div>')
+    return (
+        f'<div class="card" data-image-id="{image_id}">{img}<div class="caption">{html.escape(caption)}</div>'
+        f'<div class="meta">image {image_id} · <span class="score">{score}</span></div>'
+        f'<ol class="refs">{items}</ol></div>'
+    )
 
 
 def report_page(title, scores, cards):
     corpus = "  ".join(f"{k} {scores[k]:.4f}" for k in METRICS if k in scores)
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<div class="scores">{corpus}</div><div class="meta">Per image: BLEU-4 and CIDEr-D '
-            f"(pycocoevalcap), generated caption in bold, references below.</div>"
-            f'<div class="grid">{"".join(cards)}</div></body></html>\n')
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f'<div class="scores">{corpus}</div><div class="meta">Per image: BLEU-4 and CIDEr-D '
+        f"(pycocoevalcap), generated caption in bold, references below.</div>"
+        f'<div class="grid">{"".join(cards)}</div></body></html>\n'
+    )
 
 
 def write_report(path, ev, title=None, limit=100):
@@ -66,8 +71,16 @@ def write_report(path, ev, title=None, limit=100):
     ids = sorted(ev["captions"])[:limit]
     folder = image_folder(ev["source"])
     jpegs = read_jpegs(folder, ids) if folder else {}
-    cards = [_card(i, ev["captions"][i], ev["refs"].get(i, []), ev["per_image"].get(i, {}),
-                   thumbnail_uri(jpegs[i]) if i in jpegs else None) for i in ids]
+    cards = [
+        _card(
+            i,
+            ev["captions"][i],
+            ev["refs"].get(i, []),
+            ev["per_image"].get(i, {}),
+            thumbnail_uri(jpegs[i]) if i in jpegs else None,
+        )
+        for i in ids
+    ]
     title = title or f"{ev['source'].path}: {ev['images']} images, beam {ev['beam']}"
     with atomic_write(path, "wb") as f:
         f.write(report_page(title, ev["scores"], cards).encode("utf-8"))

@@ -6,21 +6,22 @@ Where scene truth exists (`--scenes FILE`, or by default annotations/scenes_SPLI
 under the COCO root that the shard set's manifest records, when that file is there),
 each attribute's accuracy too (pipeline/synth/scenes.py's attribute_scores).
 """
+
 import json
 import os
 
 import numpy as np
 
-from model.infer.captioner import Captioner
-from model.infer.decode import decode_source
 from model.device import default_device
 from model.eval.metrics import coco_scores
+from model.infer.captioner import Captioner
+from model.infer.decode import decode_source
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
-from pipeline.loading.source import DataSource
 from pipeline.loading.loader import make_loader
-from pipeline.synth.scenes import ATTRIBUTES, attribute_scores, read_scenes
+from pipeline.loading.source import DataSource
 from pipeline.shards.shardset import read_manifest
+from pipeline.synth.scenes import ATTRIBUTES, attribute_scores, read_scenes
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -28,18 +29,23 @@ METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 def check_features(source, encoder, config):
     """A feature cache must come from the checkpoint's encoder, or its features mean nothing."""
     attrs = source.cache.attrs
-    want = {"encoder": config["encoder"]["name"], "stop": config["encoder"]["stop"],
-            "image_size": config["image"]["size"]}
+    want = {
+        "encoder": config["encoder"]["name"],
+        "stop": config["encoder"]["stop"],
+        "image_size": config["image"]["size"],
+    }
     for key, value in want.items():
         if attrs.get(key) != value:
-            raise CapgenError(f"{source.path}: features from {key} {attrs.get(key)!r}, "
-                              f"the checkpoint's encoder has {value!r}")
+            raise CapgenError(
+                f"{source.path}: features from {key} {attrs.get(key)!r}, the checkpoint's encoder has {value!r}"
+            )
     stored = source.cache.encoder_state()
     mine = encoder.state_dict()
     for key in ("conv1.weight", "layer1.0.conv1.weight"):
         if key in stored and key in mine and not np.array_equal(stored[key], mine[key].cpu().numpy()):
-            raise CapgenError(f"{source.path}: features come from other {attrs['encoder']} weights "
-                              "than the checkpoint's encoder")
+            raise CapgenError(
+                f"{source.path}: features come from other {attrs['encoder']} weights than the checkpoint's encoder"
+            )
 
 
 def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False):
@@ -51,8 +57,7 @@ def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, dev
     if source.kind == "features":
         check_features(source, encoder, config)
     elif source.image_size != config["image"]["size"]:
-        raise CapgenError(f"{data}: images are {source.image_size} px, the checkpoint wants "
-                          f"{config['image']['size']}")
+        raise CapgenError(f"{data}: images are {source.image_size} px, the checkpoint wants {config['image']['size']}")
     loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, 1))
     words = decode_source(encoder, decoder, loader, vocab, device, beam, limit, progress)
     return {i: " ".join(w) for i, w in sorted(words.items())}, source, vocab
@@ -83,8 +88,7 @@ def scene_scores(captions, path):
     return attribute_scores(captions, scenes)
 
 
-def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False,
-             scenes=None):
+def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False, scenes=None):
     """Caption `data`, write `out` (COCO results), score against all raw references.
 
     scenes: a scenes file (default: `default_scenes`). The result also holds "per_image"
@@ -102,9 +106,19 @@ def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, devi
     scores = coco_scores(captions, refs, per_image)
     scenes = scenes or default_scenes(source)
     attributes = scene_scores(captions, scenes) if scenes else None
-    return {"scores": scores, "attributes": attributes, "scenes": scenes, "images": len(captions), "beam": beam, "text_preset": vocab.preset,
-            "results": os.fspath(out), "captions": captions, "per_image": per_image,
-            "refs": {i: refs[i] for i in captions}, "source": source}
+    return {
+        "scores": scores,
+        "attributes": attributes,
+        "scenes": scenes,
+        "images": len(captions),
+        "beam": beam,
+        "text_preset": vocab.preset,
+        "results": os.fspath(out),
+        "captions": captions,
+        "per_image": per_image,
+        "refs": {i: refs[i] for i in captions},
+        "source": source,
+    }
 
 
 def format_scores(scores, attributes=None):

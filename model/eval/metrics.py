@@ -4,6 +4,7 @@ COCO metrics call the pycocoevalcap scorers directly rather than
 COCOEvalCap.evaluate(), which also builds SPICE (it downloads Stanford models
 and fails offline): SPICE is left out.
 """
+
 import json
 import re
 import shutil
@@ -32,6 +33,7 @@ def bleu(hyps, refs):
 
 def _ptb_tokenize(captions):
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
     return PTBTokenizer().tokenize({key: [{"caption": c} for c in caps] for key, caps in captions.items()})
 
 
@@ -74,6 +76,7 @@ def coco_scores(results, refs, per_image=None):
     out.update({f"Bleu_{n + 1}": float(s) for n, s in enumerate(score)})
     if java:
         from pycocoevalcap.meteor.meteor import Meteor
+
         meteor = Meteor()
         try:
             out["METEOR"] = float(meteor.compute_score(gts, res)[0])
@@ -83,8 +86,7 @@ def coco_scores(results, refs, per_image=None):
     out["CIDEr"], cider_each = Cider().compute_score(gts, res)
     out["CIDEr"] = float(out["CIDEr"])
     if per_image is not None:
-        per_image.update({i: {"Bleu_4": float(b), "CIDEr": float(c)}
-                          for i, b, c in zip(gts, bleu_each[3], cider_each)})
+        per_image.update({i: {"Bleu_4": float(b), "CIDEr": float(c)} for i, b, c in zip(gts, bleu_each[3], cider_each)})
     return out
 
 
@@ -102,8 +104,12 @@ def _read_json(path):
 
 def _is_entry(r):
     """{"image_id": int, "caption": str, ...}: a result line or an annotation."""
-    return (isinstance(r, dict) and isinstance(r.get("image_id"), int) and not isinstance(r["image_id"], bool)
-            and isinstance(r.get("caption"), str))
+    return (
+        isinstance(r, dict)
+        and isinstance(r.get("image_id"), int)
+        and not isinstance(r["image_id"], bool)
+        and isinstance(r.get("caption"), str)
+    )
 
 
 def score_results_file(results_json, annotations_json):
@@ -126,11 +132,14 @@ def score_results_file(results_json, annotations_json):
     refs = {}
     for k, a in enumerate(ann["annotations"]):
         if not _is_entry(a):
-            raise CapgenError(f"{annotations_json}: annotations[{k}] is not an object with an integer "
-                              "image_id and a string caption")
+            raise CapgenError(
+                f"{annotations_json}: annotations[{k}] is not an object with an integer image_id and a string caption"
+            )
         refs.setdefault(a["image_id"], []).append(a["caption"])
     missing = [i for i in res if i not in refs]
     if missing:
-        raise CapgenError(f"{annotations_json}: image id {missing[0]} of {results_json} has no captions here "
-                          f"({len(missing)} such ids)")
+        raise CapgenError(
+            f"{annotations_json}: image id {missing[0]} of {results_json} has no captions here "
+            f"({len(missing)} such ids)"
+        )
     return coco_scores(res, {i: refs[i] for i in res})

@@ -4,6 +4,7 @@ Each word's attention grid (h x w, over the image the model saw) is upsampled
 bicubically to the image size and then smoothed with a Gaussian (sigma 0.3 cell),
 so a coarse 8x8 grid reads as soft regions rather than tiles.
 """
+
 import os
 from collections import defaultdict, deque
 
@@ -127,4 +128,5 @@ def figure_writer(ckpt, out, image_paths, echo=print):
         fig_path = pending[path].popleft()
         save_attention_figure(image, result, fig_path, resize_mode)
         echo(f"{path}: attention figure {fig_path}")
+
     return write

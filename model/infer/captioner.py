@@ -5,20 +5,21 @@
 A checkpoint trained on cached features may leave the encoder out: it is then
 rebuilt from its config weights ("imagenet" from the torch cache, or a file).
 """
+
 import warnings
 
 import numpy as np
 import torch
 from PIL import ImageOps
 
-from model.runs import checkpoint
-from model.runs.checkpoint_config import fit_mode, split_state
 from model.nets.decoder import Decoder
 from model.nets.encoder import build_encoder
 from model.nets.search import beam_search
-from pipeline.imaging import decode as imaging_decode
-from pipeline.imaging import convert as imaging
+from model.runs import checkpoint
+from model.runs.checkpoint_config import fit_mode, split_state
 from pipeline.errors import CapgenError
+from pipeline.imaging import convert as imaging
+from pipeline.imaging import decode as imaging_decode
 
 
 def _build(config, state):
@@ -67,8 +68,10 @@ class Captioner:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CapgenError(f"{ckpt_dir}: checkpoint does not match its config ({first})") from None
         if len(vocab) != decoder.vocab_size:
-            raise CapgenError(f"{checkpoint.resolve(ckpt_dir)}/config.json: vocabulary of {len(vocab)} words, "
-                              f"the decoder predicts {decoder.vocab_size}")
+            raise CapgenError(
+                f"{checkpoint.resolve(ckpt_dir)}/config.json: vocabulary of {len(vocab)} words, "
+                f"the decoder predicts {decoder.vocab_size}"
+            )
         return cls(encoder, decoder, vocab, config, device)
 
     def preprocess(self, img):
@@ -85,7 +88,7 @@ class Captioner:
         words/attention: the best caption, one [P] list (row-major over grid) per word."""
         out = []
         for i in range(0, len(images), batch_size):
-            x = torch.stack([self.preprocess(img) for img in images[i:i + batch_size]])
+            x = torch.stack([self.preprocess(img) for img in images[i : i + batch_size]])
             out += self.caption_tensors(x, beam=beam, topk=topk, length_norm=length_norm)
         return out
 
@@ -97,13 +100,16 @@ class Captioner:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.encoder(x)
         out = []
-        for hyps in beam_search(self.decoder, features, beam=beam, max_len=self.vocab.max_len, topk=topk,
-                                length_norm=length_norm):
+        for hyps in beam_search(
+            self.decoder, features, beam=beam, max_len=self.vocab.max_len, topk=topk, length_norm=length_norm
+        ):
             words = self.vocab.words(hyps[0].tokens)
-            out.append({
-                "captions": [{"text": self.vocab.decode(h.tokens), "score": h.score} for h in hyps],
-                "words": words,
-                "attention": hyps[0].alphas[:len(words)].tolist(),
-                "grid": self.grid,
-            })
+            out.append(
+                {
+                    "captions": [{"text": self.vocab.decode(h.tokens), "score": h.score} for h in hyps],
+                    "words": words,
+                    "attention": hyps[0].alphas[: len(words)].tolist(),
+                    "grid": self.grid,
+                }
+            )
         return out

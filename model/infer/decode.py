@@ -2,11 +2,12 @@
 
 Used by the trainer's validation (model/train/validate.py) and by model/eval/evaluate.py (COCO results).
 """
+
 import torch
 from tqdm import tqdm
 
-from model.nets.search import beam_search, greedy
 from model.nets.caption_model import to_device
+from model.nets.search import beam_search, greedy
 
 
 @torch.no_grad()
@@ -17,8 +18,9 @@ def decode_source(encoder, decoder, loader, vocab, device, beam=1, limit=None, p
     out = {}
     encoder.eval()
     total = loader.num_samples() if limit is None else min(limit, loader.num_samples())
-    bar = tqdm(total=total, unit="img", desc="captions", disable=None if progress else True, dynamic_ncols=True,
-               leave=False)
+    bar = tqdm(
+        total=total, unit="img", desc="captions", disable=None if progress else True, dynamic_ncols=True, leave=False
+    )
     for batch in loader:
         batch = to_device(batch, device)
         feats = batch["features"] if "features" in batch else encoder(batch["images"])

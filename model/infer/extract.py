@@ -1,4 +1,5 @@
 """Run the frozen encoder over a shard set into the HDF5 feature store."""
+
 import contextlib
 import os
 import re
@@ -9,21 +10,39 @@ from tqdm import tqdm
 from model.device import default_device
 from model.nets.encoder import build_encoder, normalise
 from pipeline.errors import CapgenError
-from pipeline.loading.features import FeatureWriter
 from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.loading.source import DataSource
+from pipeline.loading.features import FeatureWriter
 from pipeline.loading.loader import make_loader
+from pipeline.loading.source import DataSource
 
 
 def encoder_attrs(encoder, image_size, resize_mode, shard_set):
-    return {"encoder": encoder.name, "weights": encoder.weights, "stop": encoder.stop,
-            "image_size": int(image_size), "resize_mode": str(resize_mode or ""),
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "grid": list(encoder.grid(int(image_size))), "shard_set": shard_set}
+    return {
+        "encoder": encoder.name,
+        "weights": encoder.weights,
+        "stop": encoder.stop,
+        "image_size": int(image_size),
+        "resize_mode": str(resize_mode or ""),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "grid": list(encoder.grid(int(image_size))),
+        "shard_set": shard_set,
+    }
 
 
-def extract(shards, out, encoder="resnet50", stop="layer4", weights="imagenet", batch_size=64,
-            workers=2, device=None, download=False, progress=True, max_lost=0.01):
+def extract(
+    shards,
+    out,
+    encoder="resnet50",
+    stop="layer4",
+    weights="imagenet",
+    batch_size=64,
+    workers=2,
+    device=None,
+    download=False,
+    progress=True,
+    max_lost=0.01,
+):
     """Features of every image of the shard set, in shard order; returns the row count.
 
     Unreadable shards or samples are warned about and left out (the cache holds the
@@ -42,8 +61,9 @@ def extract(shards, out, encoder="resnet50", stop="layer4", weights="imagenet", 
     shard_set = os.path.relpath(os.path.abspath(shards), os.path.dirname(os.path.abspath(out)))
     attrs = encoder_attrs(net, source.image_size, source.resize_mode, shard_set)
     state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
-    loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, len(source.urls)),
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(
+        source, batch_size, shuffle=False, workers=min(workers, len(source.urls)), pin_memory=device.type == "cuda"
+    )
     try:
         writer = FeatureWriter(out, source.num_samples, h * w, net.channels, attrs, state)
         _write_all(net, loader, writer, device, source.num_samples, progress)
@@ -57,8 +77,10 @@ def extract(shards, out, encoder="resnet50", stop="layer4", weights="imagenet", 
 def _write_all(net, loader, writer, device, total, progress):
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        with tqdm(total=total, unit="img", desc="features", disable=not progress,
-                  dynamic_ncols=True) as bar, torch.inference_mode():
+        with (
+            tqdm(total=total, unit="img", desc="features", disable=not progress, dynamic_ncols=True) as bar,
+            torch.inference_mode(),
+        ):
             for batch in loader:
                 with amp:
                     feats = net(normalise(batch["images"], device))
@@ -73,8 +95,10 @@ def _check_lost(shards, loader, max_lost, writer):
     lost, expected = loader.lost()
     if lost and (lost / max(expected, 1) > max_lost or writer.rows == 0):
         writer.abort()
-        raise CapgenError(f"{shards}: {lost} of {expected} samples could not be read "
-                          f"(more than --max-lost {max_lost:g}); see the warnings above")
+        raise CapgenError(
+            f"{shards}: {lost} of {expected} samples could not be read "
+            f"(more than --max-lost {max_lost:g}); see the warnings above"
+        )
 
 
 def _first_line(err):
@@ -85,4 +109,3 @@ def _first_line(err):
         return found.group(1)
     lines = [line.strip() for line in (err.strerror or text).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
-

@@ -1,5 +1,6 @@
 """CaptionModel: the encoder and decoder joined (one forward for DDP), and to_device: a
 loader batch on the device, as the model takes it."""
+
 import torch
 from torch import nn
 

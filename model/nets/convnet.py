@@ -16,6 +16,7 @@ layer3, it costs about a tenth of a ResNet-18's compute.
 
 Unlike a pretrained trunk its BatchNorm layers learn their statistics while it trains.
 """
+
 from torch import nn
 
 from pipeline.errors import CapgenError
@@ -47,8 +48,10 @@ class ConvNet(nn.Module):
             setattr(self, f"layer{n}", nn.Sequential(_conv(cin, cout, 2), _conv(cout, cout, 1)))
             cin = cout
         if weights != "none":
-            raise CapgenError(f"encoder {name}: no pretrained weights exist (weights={weights!r}); it trains "
-                              "from scratch with --fine-tune-encoder")
+            raise CapgenError(
+                f"encoder {name}: no pretrained weights exist (weights={weights!r}); it trains "
+                "from scratch with --fine-tune-encoder"
+            )
         self.set_fine_tune(())
 
     def set_fine_tune(self, layers=None):

@@ -12,12 +12,12 @@ torch.compile and CUDA graphs see a few shapes) and their most captions still
 going; the output layer and the loss run on the valid predictions only. Same
 loss and gradients as the fully padded batch.
 """
+
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 STEP_MULTIPLE = 4  # trim_steps rounds a batch's steps up to a multiple of this (or the table's full length)
 IMAGE_MULTIPLE = 8  # train_loss rounds a step's active images up to a multiple of this (or the batch)
@@ -25,19 +25,20 @@ IMAGE_MULTIPLE = 8  # train_loss rounds a step's active images up to a multiple 
 
 class Context(NamedTuple):
     features: torch.Tensor  # [B, P, C] standardised
-    proj: torch.Tensor      # [B, P, A] attention projection of the features
-    h: torch.Tensor         # [B, H] initial state from the mean feature
-    c: torch.Tensor         # [B, H]
+    proj: torch.Tensor  # [B, P, A] attention projection of the features
+    h: torch.Tensor  # [B, H] initial state from the mean feature
+    c: torch.Tensor  # [B, H]
 
 
 class Plan(NamedTuple):
     """How a training batch shrinks step by step (`train_plan`, from its lengths on the host)."""
-    order: torch.Tensor     # [B] the images, longest caption first (stable)
+
+    order: torch.Tensor  # [B] the images, longest caption first (stable)
     captions: torch.Tensor  # [B, K] each (sorted) image's captions, longest first (stable)
-    widths: tuple           # (images n_t, captions g_t) run at step t: both non-increasing
-    rows: torch.Tensor      # [N] each valid prediction's row in the steps' concatenated [sum n_t*g_t] outputs
-    dest: torch.Tensor      # [N] its caption b*K+k in the sorted order
-    step: torch.Tensor      # [N] its step t (it predicts token t+1)
+    widths: tuple  # (images n_t, captions g_t) run at step t: both non-increasing
+    rows: torch.Tensor  # [N] each valid prediction's row in the steps' concatenated [sum n_t*g_t] outputs
+    dest: torch.Tensor  # [N] its caption b*K+k in the sorted order
+    step: torch.Tensor  # [N] its step t (it predicts token t+1)
 
     def to(self, device):
         return Plan(*(x if isinstance(x, tuple) else x.to(device, non_blocking=True) for x in self))
@@ -77,8 +78,14 @@ class Decoder(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def config(self):
-        return {"vocab_size": self.vocab_size, "feature_dim": self.feature_dim, "embed_dim": self.embed_dim,
-                "attention_dim": self.attention_dim, "hidden_dim": self.hidden_dim, "dropout": self.dropout_p}
+        return {
+            "vocab_size": self.vocab_size,
+            "feature_dim": self.feature_dim,
+            "embed_dim": self.embed_dim,
+            "attention_dim": self.attention_dim,
+            "hidden_dim": self.hidden_dim,
+            "dropout": self.dropout_p,
+        }
 
     @torch.no_grad()
     def set_feature_stats(self, mean, std, eps=1e-6):
@@ -131,7 +138,7 @@ class Decoder(nn.Module):
         B, K = tokens.shape[:2]
         ctx = self.prepare(features[plan.order])
         tokens = tokens[plan.order].gather(1, plan.captions[..., None].expand(-1, -1, tokens.shape[2]))
-        embs = self.embedding(tokens[:, :, :len(plan.widths)]).unbind(dim=2)
+        embs = self.embedding(tokens[:, :, : len(plan.widths)]).unbind(dim=2)
         h = ctx.h[:, None].expand(B, K, -1)
         c = ctx.c[:, None].expand(B, K, -1)
         prefix = {}  # one slice of the features per width: one slice backward each, not one per step
@@ -166,7 +173,7 @@ def decode_steps(longest, full, multiple=STEP_MULTIPLE):
 def trim_steps(tokens, longest, multiple=STEP_MULTIPLE):
     """tokens [B,K,T] -> [B,K,steps+1]: only the columns the batch's `longest` caption needs
     (`decode_steps`); a view. Everything cut is <pad>, which the loss masks anyway."""
-    return tokens[:, :, :decode_steps(int(longest), tokens.shape[2] - 1, multiple) + 1]
+    return tokens[:, :, : decode_steps(int(longest), tokens.shape[2] - 1, multiple) + 1]
 
 
 def train_plan(lengths, multiple=IMAGE_MULTIPLE):
@@ -198,8 +205,13 @@ def packed_loss(logits, alphas, targets, dest, captions, alpha_c=1.0):
     total = ce + att
     with torch.no_grad():
         top5 = top5_accuracy(logits, targets, torch.ones_like(targets, dtype=torch.bool))
-    return total, {"loss": total.detach(), "ce": ce.detach(), "att": att.detach(),
-                   "tokens": torch.full((), n, device=logits.device), "top5": top5}
+    return total, {
+        "loss": total.detach(),
+        "ce": ce.detach(),
+        "att": att.detach(),
+        "tokens": torch.full((), n, device=logits.device),
+        "top5": top5,
+    }
 
 
 def wide(x):

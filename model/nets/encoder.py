@@ -5,6 +5,7 @@ upsampling). `stop="layer3"` cuts one stage earlier: a 16x16 grid of 1024
 channels, cheaper and finer; `stop="layer2"` one more: a 32x32 grid of 512 (the
 CPU demo uses ResNet-18 layer2 at 128 px: 16x16 cells of 128 channels).
 """
+
 import functools
 import os
 import warnings
@@ -65,17 +66,21 @@ class Encoder(nn.Module):
 
     def _load(self, weights, download):
         if weights == "none":
-            warnings.warn(f"encoder {self.name}: random init (weights='none'); its features carry no "
-                          "image knowledge: use weights='imagenet' or a weights file for real captions",
-                          stacklevel=3)
+            warnings.warn(
+                f"encoder {self.name}: random init (weights='none'); its features carry no "
+                "image knowledge: use weights='imagenet' or a weights file for real captions",
+                stacklevel=3,
+            )
             return
         if weights == "imagenet":
             path = imagenet_weights_path(self.name)
             if not os.path.isfile(path):
                 if not download:
-                    raise CapgenError(f"{path}: ImageNet weights for {self.name} not found; place "
-                                      f"{os.path.basename(path)} there (from {ARCHS[self.name][1].url}), "
-                                      "pass a weights file, or pass --download")
+                    raise CapgenError(
+                        f"{path}: ImageNet weights for {self.name} not found; place "
+                        f"{os.path.basename(path)} there (from {ARCHS[self.name][1].url}), "
+                        "pass a weights file, or pass --download"
+                    )
                 torch.hub.load_state_dict_from_url(ARCHS[self.name][1].url, progress=True, check_hash=True)
         else:
             path = os.fspath(weights)
@@ -145,8 +150,7 @@ def normalise(images, device, dtype=torch.float32):
 def _imagenet_stats(device, dtype):
     """Mean and std as [1, 3, 1, 1] tensors on the device, made once: a blocking copy to
     a GPU would sync the host on every batch."""
-    return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1)
-                 for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def read_state_dict(path):
@@ -157,6 +161,7 @@ def read_state_dict(path):
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
+
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

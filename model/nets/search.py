@@ -5,6 +5,7 @@ image, so each image's result is the same alone or in any batch. <pad> and
 <start> are never emitted; a caption still open after max_len words is closed
 with <end> (its log-prob counted), as training captions were cut.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +16,8 @@ from pipeline.text import END, MAX_LEN, PAD, START
 
 @dataclass
 class Hyp:
-    tokens: list        # word ids then <end>; no <start>, no <pad>
-    score: float        # sum of the log-probs of tokens (not length-normalised)
+    tokens: list  # word ids then <end>; no <start>, no <pad>
+    score: float  # sum of the log-probs of tokens (not length-normalised)
     alphas: np.ndarray  # [len(tokens), P] attention for each token
 
 

@@ -6,6 +6,7 @@ own image ranks in the top K. Where scene truth exists (synthetic data), P@1 by 
 scene is the share of queries whose top image holds every object the query names
 (its shape, and its colour where one is named), over the queries that name one.
 """
+
 import os
 import time
 
@@ -17,8 +18,8 @@ from model.retrieval.metrics import named_objects, recall_at, scene_has, source_
 from model.retrieval.source import load_index
 from pipeline.errors import CapgenError
 from pipeline.loading.source import DataSource
-from pipeline.synth.scenes import read_scenes
 from pipeline.shards.shardset import read_manifest
+from pipeline.synth.scenes import read_scenes
 
 QUERY_BATCH = 64  # queries scored in one pass over the images
 
@@ -71,14 +72,21 @@ def evaluate_retrieval(ckpt, data, images=None, scenes=None, device=None, progre
     start = time.perf_counter()
     with tqdm(total=len(queries), unit="query", desc="retrieval", disable=not progress, dynamic_ncols=True) as bar:
         for i in range(0, len(queries), QUERY_BATCH):
-            scores = index.score(queries[i:i + QUERY_BATCH]).numpy()
-            ranks.append(source_ranks(scores, rows[i:i + QUERY_BATCH]))
+            scores = index.score(queries[i : i + QUERY_BATCH]).numpy()
+            ranks.append(source_ranks(scores, rows[i : i + QUERY_BATCH]))
             top.append(scores.argmax(axis=0))
             bar.update(scores.shape[1])
     seconds = time.perf_counter() - start
     ranks, top = np.concatenate(ranks), np.concatenate(top)
-    out = {**recall_at(ranks), "images": len(index), "queries": len(queries), "skipped_queries": skipped,
-           "queries_per_s": len(queries) / seconds, "seconds": seconds, "text_preset": captioner.vocab.preset}
+    out = {
+        **recall_at(ranks),
+        "images": len(index),
+        "queries": len(queries),
+        "skipped_queries": skipped,
+        "queries_per_s": len(queries) / seconds,
+        "seconds": seconds,
+        "text_preset": captioner.vocab.preset,
+    }
     if truth is not None:
         out.update(scene_precision(queries, top, index.image_ids, truth), scenes=os.fspath(scenes_path))
     return out

@@ -1,5 +1,6 @@
 """Text-to-image retrieval metrics: recall at K of the source image, and precision at 1
 judged by the scene (synthetic images, pipeline/synth/scenes.py)."""
+
 import numpy as np
 
 from pipeline.synth.scenes import parse_caption

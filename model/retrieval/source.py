@@ -4,19 +4,20 @@ checkpoint's frozen encoder (features kept in memory, and written to a cache whe
 A cache must come from the checkpoint's encoder (model/eval/evaluate.py check_features).
 File names and thumbnails come from the shard set: SRC itself, or the cache's source set.
 """
+
 import os
 
 import numpy as np
 
-from model.infer.captioner import Captioner
 from model.device import default_device
 from model.eval.evaluate import check_features
+from model.infer.captioner import Captioner
 from model.infer.extract import _write_all, encoder_attrs
 from model.retrieval.index import ImageIndex
 from pipeline.errors import CapgenError
 from pipeline.loading.features import FeatureWriter
-from pipeline.loading.source import DataSource
 from pipeline.loading.loader import make_loader
+from pipeline.loading.source import DataSource
 from pipeline.shards.members import ShardMembers
 
 
@@ -44,8 +45,9 @@ def encode_shards(captioner, source, cache=None, batch_size=64, workers=1, progr
     """(features [N, P, C] float16, image ids [N]) of a shard set through the checkpoint's encoder."""
     config, encoder = captioner.config, captioner.encoder
     if source.image_size != config["image"]["size"]:
-        raise CapgenError(f"{source.path}: images are {source.image_size} px, the checkpoint wants "
-                          f"{config['image']['size']}")
+        raise CapgenError(
+            f"{source.path}: images are {source.image_size} px, the checkpoint wants {config['image']['size']}"
+        )
     device = captioner.device
     h, w = encoder.grid(int(source.image_size))
     writer = None
@@ -59,8 +61,9 @@ def encode_shards(captioner, source, cache=None, batch_size=64, workers=1, progr
         except OSError as err:
             raise CapgenError(f"{cache}: cannot write the feature cache ({err.strerror or err})") from None
     memory = MemoryFeatures(writer)
-    loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, len(source.urls)),
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(
+        source, batch_size, shuffle=False, workers=min(workers, len(source.urls)), pin_memory=device.type == "cuda"
+    )
     _write_all(encoder, loader, memory, device, source.num_samples, progress)
     if not memory.ids:
         memory.abort()

@@ -12,6 +12,7 @@ holding the weights of the best score that last/ records; `reconcile` finishes a
 interrupted swap before a resume. Every command taking a checkpoint goes through
 `resolve`: a checkpoint folder, its NAME.old, or a run folder (its best, else its last).
 """
+
 import hashlib
 import json
 import math
@@ -28,8 +29,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from pipeline.atomic import atomic_dir, atomic_write
-from pipeline.errors import CapgenError
-from pipeline.errors import read_bytes
+from pipeline.errors import CapgenError, read_bytes
 from pipeline.text import Vocabulary
 
 FORMAT = "capgen-checkpoint/1"
@@ -39,15 +39,16 @@ WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
 @dataclass
 class TrainState:
     """Where a training run stands after an epoch: trainer.pt holds exactly its fields."""
+
     seed: int
-    epoch: int = 0             # epochs done
-    step: int = 0              # optimizer steps done
-    best: float = -1.0         # best validation BLEU-4 so far
-    bad_epochs: int = 0        # epochs since `best` last improved
-    scores: dict | None = None     # the last validation's
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimizer steps done
+    best: float = -1.0  # best validation BLEU-4 so far
+    bad_epochs: int = 0  # epochs since `best` last improved
+    scores: dict | None = None  # the last validation's
     optimizer: dict | None = None  # optimizer.state_dict()
     scheduler: dict | None = None  # scheduler.state_dict()
-    rng: dict | None = None        # rng_state()
+    rng: dict | None = None  # rng_state()
 
     def to_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -79,8 +80,16 @@ def _write(folder, model_state, config, vocab, train_state):
     with atomic_write(os.path.join(folder, WEIGHTS)) as f:
         f.write(data)
     with atomic_write(os.path.join(folder, CONFIG), "w") as f:
-        json.dump({"format": FORMAT, "config": config, "vocab": vocab.to_dict(),
-                   "weights_sha256": hashlib.sha256(data).hexdigest()}, f, ensure_ascii=False)
+        json.dump(
+            {
+                "format": FORMAT,
+                "config": config,
+                "vocab": vocab.to_dict(),
+                "weights_sha256": hashlib.sha256(data).hexdigest(),
+            },
+            f,
+            ensure_ascii=False,
+        )
     if train_state is not None:
         with atomic_write(os.path.join(folder, TRAINER)) as f:
             torch.save(train_state.to_dict(), f)
@@ -104,8 +113,11 @@ def _folder(path):
 
 def _is_run(path):
     """A folder without config.json but with best/ or last/ (or their .old)."""
-    return (os.path.isdir(path) and not os.path.exists(os.path.join(path, CONFIG))
-            and any(os.path.isdir(os.path.join(path, n)) for n in ("best", "last", "best.old", "last.old")))
+    return (
+        os.path.isdir(path)
+        and not os.path.exists(os.path.join(path, CONFIG))
+        and any(os.path.isdir(os.path.join(path, n)) for n in ("best", "last", "best.old", "last.old"))
+    )
 
 
 def load(path, trainer=True):
@@ -165,8 +177,13 @@ def rng_state():
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -183,6 +200,7 @@ def set_rng_state(state):
 
 
 # ---------------------------------------------------------------- a run's best and last
+
 
 def trainer_best(folder):
     """The best score the checkpoint folder's trainer.pt records, or None."""
@@ -213,5 +231,8 @@ def reconcile(run):
             for name in os.listdir(last):
                 shutil.copy2(os.path.join(last, name), os.path.join(tmp, name))
     else:
-        print(f"capgen: warning: {best}: does not hold the recorded best score {recorded:.4f} and last/ is "
-              "another epoch; the next better epoch rewrites it", file=sys.stderr)
+        print(
+            f"capgen: warning: {best}: does not hold the recorded best score {recorded:.4f} and last/ is "
+            "another epoch; the next better epoch rewrites it",
+            file=sys.stderr,
+        )

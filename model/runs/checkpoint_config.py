@@ -7,8 +7,9 @@ config (`model_config`; the trainer adds to it with `trained_config`):
 state (`model_state`): "encoder.*" and "decoder.*" weights; a checkpoint trained on
 cached features may leave the encoder out (it is then rebuilt from its config weights).
 """
-from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 from pipeline.imaging import convert as imaging
+from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 # A config names its resize mode as the shard builder does; squash and crop are older names.
 RESIZE_ALIASES = {"squash": "stretch", "crop": "center-crop"}
@@ -54,5 +55,4 @@ def model_state(encoder, decoder):
 
 def split_state(state):
     """model_state's inverse: {"encoder": {...}, "decoder": {...}} (empty for a part left out)."""
-    return {part: {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(part + ".")}
-            for part in PARTS}
+    return {part: {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(part + ".")} for part in PARTS}

@@ -4,6 +4,7 @@ mirror (RUN/tb/, when the tensorboard package is installed) and its curve plot.
 A run killed mid-write can leave a partial last line: readers skip it (and a resumed
 run rewrites the file without it); a bad line before the last is a one-line error.
 """
+
 import importlib.util
 import json
 import os
@@ -55,8 +56,9 @@ class Log:
         """A few validation captions (generated, then a reference) as TensorBoard text."""
         if self.enabled and self.board is not None:
             rows = [f"| {i} | {captions[i]} | {(refs.get(i) or [''])[0]} |" for i in sorted(captions)[:count]]
-            self.board.text("val/captions", "\n".join(["| image | generated | reference |", "|---|---|---|", *rows]),
-                            step)
+            self.board.text(
+                "val/captions", "\n".join(["| image | generated | reference |", "|---|---|---|", *rows]), step
+            )
 
     def close(self):
         if self.enabled:
@@ -80,6 +82,7 @@ class Board:
 
     def __init__(self, folder, purge_step=None):
         from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(folder, purge_step=purge_step, flush_secs=30)
 
     def write(self, record):

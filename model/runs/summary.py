@@ -1,5 +1,6 @@
 """`capgen runs`: one summary per run folder (log.jsonl + args.json + RUN/last's trainer
 state), and those summaries as a table, runs side by side."""
+
 import json
 import os
 
@@ -8,8 +9,18 @@ from model.runs.log import read_log
 from pipeline.errors import CapgenError
 
 # The options a reader compares runs by (all of them are in RUN/args.json).
-KEY_OPTIONS = ("train", "batch_size", "encoder", "fine_tune_encoder", "embed_dim", "hidden_dim", "dropout",
-               "decoder_lr", "beam", "seed")
+KEY_OPTIONS = (
+    "train",
+    "batch_size",
+    "encoder",
+    "fine_tune_encoder",
+    "embed_dim",
+    "hidden_dim",
+    "dropout",
+    "decoder_lr",
+    "beam",
+    "seed",
+)
 
 
 def run_summary(folder):
@@ -27,12 +38,16 @@ def run_summary(folder):
             options = json.load(f).get("args", {})
     trainer = os.path.join(folder, "last", checkpoint.TRAINER)
     state = checkpoint.load_trainer_state(trainer) if os.path.isfile(trainer) else {}
-    return {"run": os.fspath(folder), "epochs": state.get("epoch", len(val)),
-            "steps": state.get("step", max((r.get("step", 0) for r in records), default=0)),
-            "best_Bleu_4": best["Bleu_4"] if best else None, "best_epoch": best["epoch"] + 1 if best else None,
-            "seconds": round(sum(r.get("seconds", 0.0) for r in val), 1),
-            "early_stopped": any(r.get("type") == "stop" for r in records),
-            "options": {k: options.get(k) for k in KEY_OPTIONS}}
+    return {
+        "run": os.fspath(folder),
+        "epochs": state.get("epoch", len(val)),
+        "steps": state.get("step", max((r.get("step", 0) for r in records), default=0)),
+        "best_Bleu_4": best["Bleu_4"] if best else None,
+        "best_epoch": best["epoch"] + 1 if best else None,
+        "seconds": round(sum(r.get("seconds", 0.0) for r in val), 1),
+        "early_stopped": any(r.get("type") == "stop" for r in records),
+        "options": {k: options.get(k) for k in KEY_OPTIONS},
+    }
 
 
 def _cell(value):
@@ -48,10 +63,13 @@ def _cell(value):
 def runs_table(summaries):
     """One row per field, one column per run (as `capgen runs` prints it)."""
     rows = [("run", [os.path.basename(os.path.abspath(s["run"])) for s in summaries])]
-    rows += [(key.replace("_", " "), [_cell(s[key]) for s in summaries])
-             for key in ("best_Bleu_4", "best_epoch", "epochs", "steps", "seconds", "early_stopped")]
+    rows += [
+        (key.replace("_", " "), [_cell(s[key]) for s in summaries])
+        for key in ("best_Bleu_4", "best_epoch", "epochs", "steps", "seconds", "early_stopped")
+    ]
     rows += [(key, [_cell(s["options"][key]) for s in summaries]) for key in KEY_OPTIONS]
     width = max(len(k) for k, _ in rows)
     cols = [max(len(row[1][i]) for row in rows) for i in range(len(summaries))]
-    return "\n".join(f"{k:<{width}}  " + "  ".join(f"{v:<{w}}" for v, w in zip(vals, cols)).rstrip()
-                     for k, vals in rows)
+    return "\n".join(
+        f"{k:<{width}}  " + "  ".join(f"{v:<{w}}" for v, w in zip(vals, cols)).rstrip() for k, vals in rows
+    )

@@ -5,6 +5,7 @@ tools/cli/main.py turns each into --NAME (underscores as dashes) with this defau
 help. The others (gradient clipping, LR schedule, ...) are for code callers only.
 Kept free of torch so that the command line can read it at import time.
 """
+
 from dataclasses import MISSING, dataclass, field
 
 from pipeline.errors import CapgenError
@@ -25,14 +26,20 @@ class TrainArgs:
     out: str = option(help="Run folder (last/, best/, log.jsonl).", folder=True)
     epochs: int = option(20)
     batch_size: int = option(32, "Images per step (each with its captions).")
-    encoder: str | None = option(None, "Default resnet50 (for a feature cache: the cache's); convnet: a small CNN trained "
-                                           "from scratch (model/nets/convnet.py; needs --fine-tune-encoder).", ENCODERS)
+    encoder: str | None = option(
+        None,
+        "Default resnet50 (for a feature cache: the cache's); convnet: a small CNN trained "
+        "from scratch (model/nets/convnet.py; needs --fine-tune-encoder).",
+        ENCODERS,
+    )
     encoder_stop: str | None = option(None, "Default layer4.", ("layer2", "layer3", "layer4"))
     encoder_weights: str | None = option(None, "imagenet (default), none, or a weights file.")
-    fine_tune_encoder: bool = option(False, "Train layers 3-4 of the encoder too (every layer of a convnet; shard "
-                                                 "sets only).")
-    download: bool = option(False, "Allow fetching torchvision's ImageNet weights when they are not in "
-                                   "the local cache.")
+    fine_tune_encoder: bool = option(
+        False, "Train layers 3-4 of the encoder too (every layer of a convnet; shard sets only)."
+    )
+    download: bool = option(
+        False, "Allow fetching torchvision's ImageNet weights when they are not in the local cache."
+    )
     embed_dim: int = option(512)
     attention_dim: int = option(512)
     hidden_dim: int = option(512)
@@ -40,11 +47,14 @@ class TrainArgs:
     decoder_lr: float = option(4e-4)
     encoder_lr: float = option(1e-4)
     grad_clip: float = 5.0
-    alpha_c: float = 1.0             # weight of the doubly stochastic attention term
-    lr_schedule: str = option("plateau", "plateau: LR x 0.8 after 3 epochs without a better val score; "
-                                         "cosine: down towards 0 over --epochs (a run of known length).",
-                              ("plateau", "cosine"))
-    lr_factor: float = 0.8           # ReduceLROnPlateau on val BLEU-4
+    alpha_c: float = 1.0  # weight of the doubly stochastic attention term
+    lr_schedule: str = option(
+        "plateau",
+        "plateau: LR x 0.8 after 3 epochs without a better val score; "
+        "cosine: down towards 0 over --epochs (a run of known length).",
+        ("plateau", "cosine"),
+    )
+    lr_factor: float = 0.8  # ReduceLROnPlateau on val BLEU-4
     lr_patience: int = 3
     patience: int = option(20, "Early stopping: epochs without a better val BLEU-4.")
     beam: int = option(1, "Validation decoding (1: greedy).")
@@ -54,25 +64,36 @@ class TrainArgs:
     # 2017 fine-tune with 5e-5): the sampled-reward gradient is noisy, and the CE rate (4e-4) drifts
     # the model away from its cross-entropy start faster than the reward can guide it.
     scst: bool = option(False, "Self-critical training with a CIDEr-D reward, from --init's weights.")
-    init: str | None = option(None, "Checkpoint folder (RUN/best) whose weights, encoder and vocabulary "
-                                    "--scst continues (a fresh training state).", folder=True)
+    init: str | None = option(
+        None,
+        "Checkpoint folder (RUN/best) whose weights, encoder and vocabulary --scst continues (a fresh training state).",
+        folder=True,
+    )
     scst_samples: int = option(5, "Captions sampled per image (--scst).")
-    scst_baseline: str = option("mean", "mean: the image's other samples' mean reward; greedy: its greedy "
-                                        "caption's reward.", ("mean", "greedy"))
-    scst_bad_ending_penalty: float = option(0.0, "Taken off the reward of a caption ending on a, with, of, "
-                                                 "the, and, on or in (--scst).")
+    scst_baseline: str = option(
+        "mean", "mean: the image's other samples' mean reward; greedy: its greedy caption's reward.", ("mean", "greedy")
+    )
+    scst_bad_ending_penalty: float = option(
+        0.0, "Taken off the reward of a caption ending on a, with, of, the, and, on or in (--scst)."
+    )
     scst_lr: float = option(5e-5, "Learning rate of --scst (decoder, and the encoder when fine-tuned).")
     compile: bool = option(False, "torch.compile the training step.")
     workers: int = option(2, "Loader processes per rank.")
-    loader: str = option("auto", "auto: DALI on a GPU, else the CPU webdataset loader; dali without a GPU "
-                                 "runs DALI's CPU graph.", ("auto", "cpu", "dali"))
+    loader: str = option(
+        "auto",
+        "auto: DALI on a GPU, else the CPU webdataset loader; dali without a GPU runs DALI's CPU graph.",
+        ("auto", "cpu", "dali"),
+    )
     seed: int = option(0)
     log_every: int = option(50, "Steps between log records.")
     device: str | None = option(None, "cuda, cpu, ... (default: cuda when present).")
     progress: bool = True
-    feature_samples: int = 512       # images used to estimate channel stats (image sources)
-    max_lost: float = option(0.01, "Fail when more than this share of an epoch's samples cannot be read "
-                                   "(corrupt or missing shards); 0 allows none.")
+    feature_samples: int = 512  # images used to estimate channel stats (image sources)
+    max_lost: float = option(
+        0.01,
+        "Fail when more than this share of an epoch's samples cannot be read "
+        "(corrupt or missing shards); 0 allows none.",
+    )
 
     def __post_init__(self):
         self.validate()
@@ -80,8 +101,20 @@ class TrainArgs:
     def validate(self):
         """Refuse option values that cannot train: the one place they are checked."""
         _check(self, "decoder_lr", "encoder_lr", positive_finite=True)
-        _check(self, "batch_size", "embed_dim", "attention_dim", "hidden_dim", "epochs", "beam", "patience",
-               "log_every", "feature_samples", "lr_patience", at_least=1)
+        _check(
+            self,
+            "batch_size",
+            "embed_dim",
+            "attention_dim",
+            "hidden_dim",
+            "epochs",
+            "beam",
+            "patience",
+            "log_every",
+            "feature_samples",
+            "lr_patience",
+            at_least=1,
+        )
         _check(self, "val_images", at_least=1, optional=True)
         _check(self, "workers", at_least=0)
         _check(self, "grad_clip", positive_finite=True)
@@ -95,8 +128,17 @@ def _name(field_name):
     return "--" + field_name.replace("_", "-")
 
 
-def _check(args, *names, positive_finite=False, at_least=None, optional=False, in_unit=False, closed=False,
-           open_low=False, at_least_zero=False):
+def _check(
+    args,
+    *names,
+    positive_finite=False,
+    at_least=None,
+    optional=False,
+    in_unit=False,
+    closed=False,
+    open_low=False,
+    at_least_zero=False,
+):
     """One rule over several fields; raises CapgenError('--NAME: VALUE: must be ...')."""
     for name in names:
         value = getattr(args, name)

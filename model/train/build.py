@@ -1,5 +1,6 @@
 """The trainer's builders: encoder, model, optimizer, schedule and loaders from TrainArgs
 and a data source. model/train/loop.py's fit uses them, and so do the benchmarks."""
+
 import warnings
 
 import numpy as np
@@ -17,16 +18,18 @@ def encoder_for(args, source):
     if source.kind != "features":
         name = args.encoder or "resnet50"
         if name in CONVNETS and not args.fine_tune_encoder:
-            raise CapgenError(f"--encoder {name}: has no pretrained weights and trains from scratch: "
-                              "add --fine-tune-encoder")
+            raise CapgenError(
+                f"--encoder {name}: has no pretrained weights and trains from scratch: add --fine-tune-encoder"
+            )
         weights = args.encoder_weights or ("none" if name in CONVNETS else "imagenet")
         return build_encoder(name, weights, args.encoder_stop or "layer4", args.download), weights
     attrs = source.cache.attrs
     for opt, key in (("encoder", "encoder"), ("encoder_stop", "stop")):
         given = getattr(args, opt)
         if given is not None and given != attrs.get(key):
-            raise CapgenError(f"{source.path}: features come from {key} {attrs.get(key)!r}, "
-                              f"not --{opt.replace('_', '-')} {given!r}")
+            raise CapgenError(
+                f"{source.path}: features come from {key} {attrs.get(key)!r}, not --{opt.replace('_', '-')} {given!r}"
+            )
     if args.fine_tune_encoder:
         raise CapgenError(f"{source.path}: cached features are frozen; fine-tuning needs a shard set")
     with warnings.catch_warnings():  # random init, replaced by the weights the features came from
@@ -54,8 +57,9 @@ def build_model(args, source, vocab_size, device, image_stats=True):
     if device.type == "cuda":
         encoder.to(memory_format=torch.channels_last)
     if source.kind == "features":
-        decoder.set_feature_stats(torch.from_numpy(source.cache.channel_mean),
-                                  torch.from_numpy(source.cache.channel_std))
+        decoder.set_feature_stats(
+            torch.from_numpy(source.cache.channel_mean), torch.from_numpy(source.cache.channel_std)
+        )
     elif image_stats and encoder.name not in CONVNETS:
         # A convnet's last BatchNorm sets its features' scale while it trains; statistics of its
         # random start (BatchNorm not yet fitted) would blow them up.
@@ -93,8 +97,9 @@ def build_scheduler(optimizer, args):
     cosine: from the set LR down towards 0 over args.epochs (stepped once an epoch)."""
     if args.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_factor,
-                                                      patience=args.lr_patience)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=args.lr_factor, patience=args.lr_patience
+    )
 
 
 def step_scheduler(scheduler, score):
@@ -107,11 +112,25 @@ def step_scheduler(scheduler, score):
 
 def build_train_loader(args, source, device, rank=0, world=1):
     """This rank's shuffled training batches."""
-    return make_loader(source, args.batch_size, shuffle=True, seed=args.seed, rank=rank, world=world,
-                       workers=args.workers, pin_memory=device.type == "cuda", loader=args.loader)
+    return make_loader(
+        source,
+        args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        rank=rank,
+        world=world,
+        workers=args.workers,
+        pin_memory=device.type == "cuda",
+        loader=args.loader,
+    )
 
 
 def build_val_loader(args, source):
     """Validation batches in stored order (the CPU loader unless --loader names one)."""
-    return make_loader(source, args.batch_size, shuffle=False, workers=min(args.workers, 1),
-                       loader=args.loader if args.loader != "auto" else "cpu")
+    return make_loader(
+        source,
+        args.batch_size,
+        shuffle=False,
+        workers=min(args.workers, 1),
+        loader=args.loader if args.loader != "auto" else "cpu",
+    )

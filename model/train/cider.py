@@ -19,6 +19,7 @@ Tokens: rows of token ids; <start> and <pad> are dropped and a row ends at its f
 keys in uint64: four 16-bit ids packed, exact for vocabularies of up to 65,536 words;
 for larger ones (`vocab_size`) a multiplicative hash whose collisions are negligible.
 """
+
 import numpy as np
 from scipy import sparse
 
@@ -51,7 +52,7 @@ def ngrams(words, lengths, n, wide=False):
     keys = np.zeros((S, L - n + 1), np.uint64)
     with np.errstate(over="ignore"):
         for j in range(n):
-            keys = keys * mult + words[:, j:L - n + 1 + j]
+            keys = keys * mult + words[:, j : L - n + 1 + j]
     valid = np.arange(L - n + 1) < (lengths - n + 1)[:, None]
     rows = np.broadcast_to(np.arange(S)[:, None], keys.shape)[valid]
     keys = keys[valid]
@@ -112,7 +113,7 @@ class Cider:
         rw, rl = words_of(refs)
         pc, pr = _pairs(cand_group, ref_group)
         S, M = len(cw), len(rw)
-        penalty = np.exp(-_delta(cl, rl, pc, pr) ** 2 / (2 * self.sigma ** 2))
+        penalty = np.exp(-(_delta(cl, rl, pc, pr) ** 2) / (2 * self.sigma**2))
         total = np.zeros(S)
         for n in range(1, N + 1):
             idf = lambda keys, n=n: self._idf(n, keys)  # noqa: E731
@@ -143,8 +144,8 @@ def _similarity(cand, ref, idf, S, M, pc, pr):
     """sim_n (before the length penalty) of each pair, from both sides' (rows, keys, counts)."""
     (c_rows, c_keys, c_tf), (r_rows, r_keys, r_tf) = cand, ref
     c_val, r_val = c_tf * idf(c_keys), r_tf * idf(r_keys)
-    c_norm = np.sqrt(np.bincount(c_rows, c_val ** 2, minlength=S))
-    r_norm = np.sqrt(np.bincount(r_rows, r_val ** 2, minlength=M))
+    c_norm = np.sqrt(np.bincount(c_rows, c_val**2, minlength=S))
+    r_norm = np.sqrt(np.bincount(r_rows, r_val**2, minlength=M))
     columns = np.unique(r_keys)
     r_col = np.searchsorted(columns, r_keys)
     c_pos = np.searchsorted(columns, c_keys).clip(max=max(len(columns) - 1, 0))

@@ -19,6 +19,7 @@ gloo on CPU). Shards (or feature chunk blocks) are split by rank and worker; ran
 with fewer batches join early (torch.distributed.algorithms.Join). Rank 0 validates,
 logs and saves.
 """
+
 import contextlib
 import dataclasses
 import math
@@ -30,26 +31,32 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from model.nets.caption_model import CaptionModel
 from model.runs import checkpoint
 from model.runs.checkpoint import TrainState
 from model.runs.checkpoint_config import model_state, split_state, trained_config
-from model.train.validate import validate
-from model.train.run_args import write_run_args
 from model.runs.log import Log, plot_curve
+from model.train.build import (
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_train_loader,
+    build_val_loader,
+    step_scheduler,
+)
+from model.train.run_args import write_run_args
 from model.train.scst import ScstModel, ScstStep, init_model, log_scst, reward_scorer, val_cider
-from model.nets.caption_model import CaptionModel
 from model.train.step import TrainStep
-from model.train.build import (build_model, build_optimizer, build_scheduler, build_train_loader,
-                               build_val_loader, step_scheduler)
+from model.train.validate import validate
 from pipeline.cluster import dist_info
 from pipeline.errors import CapgenError
 from pipeline.folder_lock import folder_lock
-from pipeline.loading.source import DataSource
 from pipeline.loading.batches import stream_seed
+from pipeline.loading.source import DataSource
 from pipeline.loading.source_match import check_same_inputs
 
-
 # ---------------------------------------------------------------- process
+
 
 def _dist_setup(device):
     """(rank, world, local_rank, initialised_here) from the torchrun environment."""
@@ -87,6 +94,7 @@ def train(args):
 
 # ---------------------------------------------------------------- fit
 
+
 def fit(args, device, rank=0, world=1):
     """The training loop of this process (rank `rank` of `world`); returns `train`'s summary."""
     lead = rank == 0
@@ -110,13 +118,17 @@ def fit(args, device, rank=0, world=1):
         os.makedirs(args.out, exist_ok=True)
         write_run_args(args, train_src, val_src)
     log = Log(os.path.join(args.out, "log.jsonl"), lead, state.epoch if args.resume else None)
-    forward, joined = _wrap(ScstModel(model, args.scst_samples, vocab.max_len) if args.scst else model, args,
-                            device, world)
+    forward, joined = _wrap(
+        ScstModel(model, args.scst_samples, vocab.max_len) if args.scst else model, args, device, world
+    )
     loader = build_train_loader(args, train_src, device, rank, world)
     val_loader = build_val_loader(args, val_src) if lead else None
     refs = val_src.references() if lead else None
-    train_step = (ScstStep(model, forward, optimizer, device, reward_scorer(train_src), vocab, args) if args.scst
-                  else TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip))
+    train_step = (
+        ScstStep(model, forward, optimizer, device, reward_scorer(train_src), vocab, args)
+        if args.scst
+        else TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
+    )
     log_record = log_scst if args.scst else _log_train
 
     stopped = False
@@ -126,14 +138,26 @@ def fit(args, device, rank=0, world=1):
         model.train()
         if not args.fine_tune_encoder:
             encoder.eval()
-        state.step, samples = train_one_epoch(args, train_step, joined, loader, epoch, state.step, log, lead,
-                                              log_record)
+        state.step, samples = train_one_epoch(
+            args, train_step, joined, loader, epoch, state.step, log, lead, log_record
+        )
         _check_lost(args, loader, world)
         per_rank = _gather(samples, world)
-        log.write({"type": "epoch", "epoch": epoch, "step": state.step, "world": world, "samples": sum(per_rank),
-                   "samples_per_rank": per_rank})
-        scores = _validate(args, encoder, decoder, val_loader, val_src, vocab, refs, device, log, state.step) \
-            if lead else None
+        log.write(
+            {
+                "type": "epoch",
+                "epoch": epoch,
+                "step": state.step,
+                "world": world,
+                "samples": sum(per_rank),
+                "samples_per_rank": per_rank,
+            }
+        )
+        scores = (
+            _validate(args, encoder, decoder, val_loader, val_src, vocab, refs, device, log, state.step)
+            if lead
+            else None
+        )
         improved = _end_epoch(state, epoch, _broadcast(scores, world), scheduler, metric)
         if lead:
             _report(args, log, state, optimizer, metric)
@@ -145,12 +169,26 @@ def fit(args, device, rank=0, world=1):
         if state.bad_epochs >= args.patience:
             stopped = True
             if lead:
-                log.write({"type": "stop", "epoch": epoch, "step": state.step, "reason": "early stopping",
-                           "patience": args.patience})
+                log.write(
+                    {
+                        "type": "stop",
+                        "epoch": epoch,
+                        "step": state.step,
+                        "reason": "early stopping",
+                        "patience": args.patience,
+                    }
+                )
             break
     log.close()
-    return {"best": state.best, "epochs": state.epoch, "step": state.step, "early_stopped": stopped,
-            "best_dir": best_dir, "last_dir": last_dir, "metric": metric}
+    return {
+        "best": state.best,
+        "epochs": state.epoch,
+        "step": state.step,
+        "early_stopped": stopped,
+        "best_dir": best_dir,
+        "last_dir": last_dir,
+        "metric": metric,
+    }
 
 
 def _build(args, train_src, vocab, device, resuming):
@@ -161,8 +199,14 @@ def _build(args, train_src, vocab, device, resuming):
         config["training"] = _training_record(args, train_src, vocab)
     else:
         encoder, decoder, weights = build_model(args, train_src, len(vocab), device, image_stats=not resuming)
-        config = trained_config(encoder, weights, decoder, int(train_src.image_size),
-                                train_src.resize_mode or "stretch", _training_record(args, train_src, vocab))
+        config = trained_config(
+            encoder,
+            weights,
+            decoder,
+            int(train_src.image_size),
+            train_src.resize_mode or "stretch",
+            _training_record(args, train_src, vocab),
+        )
     model = CaptionModel(encoder if train_src.kind == "images" else None, decoder, args.fine_tune_encoder)
     lrs = dataclasses.replace(args, decoder_lr=args.scst_lr, encoder_lr=args.scst_lr) if args.scst else args
     optimizer = build_optimizer(model, lrs, device)
@@ -180,12 +224,27 @@ def _validate(args, encoder, decoder, val_loader, val_src, vocab, refs, device, 
 
 def _training_record(args, source, vocab):
     """config["training"]: how this model was trained."""
-    return {"source": os.path.abspath(source.path), "source_kind": source.kind,
-            "fine_tune_encoder": bool(args.fine_tune_encoder), "text_preset": vocab.preset,
-            "seed": args.seed, "batch_size": args.batch_size,
-            **({"scst": {"init": os.path.abspath(args.init), "samples": args.scst_samples,
-                         "baseline": args.scst_baseline, "bad_ending_penalty": args.scst_bad_ending_penalty,
-                         "lr": args.scst_lr}} if args.scst else {})}
+    return {
+        "source": os.path.abspath(source.path),
+        "source_kind": source.kind,
+        "fine_tune_encoder": bool(args.fine_tune_encoder),
+        "text_preset": vocab.preset,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        **(
+            {
+                "scst": {
+                    "init": os.path.abspath(args.init),
+                    "samples": args.scst_samples,
+                    "baseline": args.scst_baseline,
+                    "bad_ending_penalty": args.scst_bad_ending_penalty,
+                    "lr": args.scst_lr,
+                }
+            }
+            if args.scst
+            else {}
+        ),
+    }
 
 
 def _resume(last_dir, args, encoder, decoder, optimizer, scheduler):
@@ -213,6 +272,7 @@ def _wrap(model, args, device, world):
     module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
+
         module = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         # The per-step work, not the whole forward: a shrinking batch changes the forward's
@@ -254,23 +314,37 @@ def _end_epoch(state, epoch, scores, scheduler, metric="Bleu_4"):
 
 def _report(args, log, state, optimizer, metric="Bleu_4"):
     lr = optimizer.param_groups[0]["lr"]
-    log.write({"type": "val", "epoch": state.epoch - 1, "step": state.step,
-               **{k: round(v, 6) for k, v in state.scores.items()}, "lr": lr, "best": round(state.best, 6),
-               "beam": args.beam})
+    log.write(
+        {
+            "type": "val",
+            "epoch": state.epoch - 1,
+            "step": state.step,
+            **{k: round(v, 6) for k, v in state.scores.items()},
+            "lr": lr,
+            "best": round(state.best, 6),
+            "beam": args.beam,
+        }
+    )
     name = {"Bleu_4": "BLEU-4"}.get(metric, metric)
-    tqdm.write(f"epoch {state.epoch}/{args.epochs}: val {name} {state.scores[metric]:.4f} "
-               f"(best {state.best:.4f}), lr {lr:.2e}", file=sys.stderr)
+    tqdm.write(
+        f"epoch {state.epoch}/{args.epochs}: val {name} {state.scores[metric]:.4f} "
+        f"(best {state.best:.4f}), lr {lr:.2e}",
+        file=sys.stderr,
+    )
 
 
 def diverged(args, epoch, step):
-    return CapgenError(f"{args.out}: training diverged: non-finite loss by epoch {epoch + 1}, step {step} "
-                       "(try a lower --decoder-lr); the last good checkpoints are kept")
+    return CapgenError(
+        f"{args.out}: training diverged: non-finite loss by epoch {epoch + 1}, step {step} "
+        "(try a lower --decoder-lr); the last good checkpoints are kept"
+    )
 
 
 def _check_finite(args, epoch, state, weights):
     """Refuse to save a model with non-finite weights or validation score."""
     bad = not math.isfinite(state.scores["Bleu_4"]) or not all(
-        bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+        bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()
+    )
     if bad:
         raise diverged(args, epoch, state.step)
 
@@ -281,8 +355,10 @@ def _check_lost(args, loader, world):
         return
     lost, expected = (sum(x) for x in zip(*_gather(loader.lost(), world)))
     if expected and lost / expected > args.max_lost:
-        raise CapgenError(f"{args.train}: {lost} of {expected} samples could not be read this epoch "
-                          f"(more than --max-lost {args.max_lost:g}); see the warnings above")
+        raise CapgenError(
+            f"{args.train}: {lost} of {expected} samples could not be read this epoch "
+            f"(more than --max-lost {args.max_lost:g}); see the warnings above"
+        )
 
 
 def _save(args, state, optimizer, scheduler, weights, config, vocab, improved):
@@ -298,13 +374,20 @@ def _save(args, state, optimizer, scheduler, weights, config, vocab, improved):
 
 # ---------------------------------------------------------------- one epoch
 
+
 def train_one_epoch(args, train_step, joined, loader, epoch, step, log, lead, log_record):
     """One pass over this rank's batches (cross-entropy or SCST steps); returns (global step,
     images seen). log_record writes the step's averages at each log interval."""
     seen, total, t0 = 0, 0, time.perf_counter()
     desc = f"{'scst' if args.scst else 'epoch'} {epoch + 1}"
-    bar = tqdm(total=loader.num_samples(), unit="img", desc=desc, disable=not (lead and args.progress),
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=loader.num_samples(),
+        unit="img",
+        desc=desc,
+        disable=not (lead and args.progress),
+        dynamic_ncols=True,
+        leave=False,
+    )
     with _join(joined):
         for batch in loader:
             b = train_step(batch)
@@ -332,6 +415,7 @@ def _join(module):
     if module is None:
         return contextlib.nullcontext()
     from torch.distributed.algorithms.join import Join
+
     return Join([module])
 
 
@@ -339,9 +423,17 @@ def _log_train(log, train_step, seen, t0, epoch, step, bar, last=False):
     """One host sync per log interval: averages over the steps since the last record."""
     loss, ce, hits, n, steps = train_step.take()
     elapsed = time.perf_counter() - t0
-    record = {"type": "train", "epoch": epoch, "step": step, "loss": loss / steps, "ce": ce / steps,
-              "top5": hits / max(n, 1), "lr": train_step.optimizer.param_groups[0]["lr"],
-              "samples_per_s": round(seen / max(elapsed, 1e-9), 2), "end_of_epoch": last}
+    record = {
+        "type": "train",
+        "epoch": epoch,
+        "step": step,
+        "loss": loss / steps,
+        "ce": ce / steps,
+        "top5": hits / max(n, 1),
+        "lr": train_step.optimizer.param_groups[0]["lr"],
+        "samples_per_s": round(seen / max(elapsed, 1e-9), 2),
+        "end_of_epoch": last,
+    }
     log.write(record)
     bar.set_postfix(loss=f"{record['loss']:.3f}", top5=f"{record['top5']:.3f}")
     return 0, time.perf_counter()

@@ -7,6 +7,7 @@ is named by its manifest's sha256 (which holds every shard's sha256), a feature
 cache by its attributes, shape and size plus its shard set's manifest sha256
 (hashing gigabytes of features at every start would cost minutes).
 """
+
 import importlib.metadata
 import json
 import os
@@ -31,32 +32,54 @@ def _version(dist):
 
 def versions():
     """Versions of what a run depends on (None: not installed); DALI under any of its CUDA names."""
-    dali = next((d.version for d in importlib.metadata.distributions()
-                 if (d.metadata["Name"] or "").lower().startswith("nvidia-dali")), None)
-    return {"capgen": _version("capgen"), "torch": _version("torch"), "torchvision": _version("torchvision"),
-            "dali": dali, "python": platform.python_version()}
+    dali = next(
+        (
+            d.version
+            for d in importlib.metadata.distributions()
+            if (d.metadata["Name"] or "").lower().startswith("nvidia-dali")
+        ),
+        None,
+    )
+    return {
+        "capgen": _version("capgen"),
+        "torch": _version("torch"),
+        "torchvision": _version("torchvision"),
+        "dali": dali,
+        "python": platform.python_version(),
+    }
 
 
 def _manifest_identity(shard_dir):
     path = os.path.join(shard_dir, "manifest.json")
-    return {"shard_set": os.path.abspath(shard_dir),
-            "manifest_sha256": file_sha256(path) if os.path.isfile(path) else None}
+    return {
+        "shard_set": os.path.abspath(shard_dir),
+        "manifest_sha256": file_sha256(path) if os.path.isfile(path) else None,
+    }
 
 
 def source_identity(source):
     """What names a DataSource's data: see the module docstring."""
     if source.kind == "images":
         return {"kind": "images", "samples": int(source.num_samples), **_manifest_identity(source.path)}
-    return {"kind": "features", "path": os.path.abspath(source.path), "bytes": os.path.getsize(source.path),
-            "shape": list(source.cache.shape), "attrs": {k: v for k, v in source.cache.attrs.items()},
-            **_manifest_identity(source.shard_set)}
+    return {
+        "kind": "features",
+        "path": os.path.abspath(source.path),
+        "bytes": os.path.getsize(source.path),
+        "shape": list(source.cache.shape),
+        "attrs": {k: v for k, v in source.cache.attrs.items()},
+        **_manifest_identity(source.shard_set),
+    }
 
 
 def run_record(args, train_src, val_src):
     values = asdict(args)
     values.update({k: os.path.abspath(values[k]) for k in PATH_FIELDS})
-    return {"format": FORMAT, "args": values, "versions": versions(),
-            "sources": {"train": source_identity(train_src), "val": source_identity(val_src)}}
+    return {
+        "format": FORMAT,
+        "args": values,
+        "versions": versions(),
+        "sources": {"train": source_identity(train_src), "val": source_identity(val_src)},
+    }
 
 
 def write_run_args(args, train_src, val_src):

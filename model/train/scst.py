@@ -15,6 +15,7 @@ Validation of an SCST run scores CIDEr with the same code (`val_cider`): pycocoe
 formula, document frequencies from the val references, on token ids of the val token
 table (cleaned captions, cut to max_len words, rare words as <unk>).
 """
+
 import contextlib
 import time
 
@@ -22,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.infer.captioner import Captioner
-from model.train.cider import Cider
 from model.eval.evaluate import check_features
-from model.nets.search import greedy, sample
+from model.infer.captioner import Captioner
 from model.nets.caption_model import to_device
+from model.nets.search import greedy, sample
+from model.train.cider import Cider
 from pipeline.errors import CapgenError
 from pipeline.text import END, PAD, UNK, TokenTable
 
@@ -48,8 +49,9 @@ def init_model(args, source, vocab, device):
         if args.fine_tune_encoder:
             raise CapgenError(f"{source.path}: cached features are frozen; fine-tuning needs a shard set")
     elif source.image_size != config["image"]["size"]:
-        raise CapgenError(f"{source.path}: images are {source.image_size} px, {args.init} wants "
-                          f"{config['image']['size']}")
+        raise CapgenError(
+            f"{source.path}: images are {source.image_size} px, {args.init} wants {config['image']['size']}"
+        )
     if args.fine_tune_encoder:
         encoder.set_fine_tune()
     return encoder, decoder, config["encoder"]["weights"], dict(config)
@@ -68,8 +70,8 @@ def val_cider(captions, source, vocab):
     refs, _ = TokenTable.load(source.tokens_path).rows(ids)
     cands = np.full((len(ids), vocab.max_len + 1), PAD, np.int64)
     for r, image_id in enumerate(ids):
-        words = [vocab.stoi.get(w, UNK) for w in captions[image_id].split()][:vocab.max_len]
-        cands[r, :len(words) + 1] = words + [END]
+        words = [vocab.stoi.get(w, UNK) for w in captions[image_id].split()][: vocab.max_len]
+        cands[r, : len(words) + 1] = words + [END]
     groups = np.repeat(np.arange(len(ids)), refs.shape[1])
     flat = refs.reshape(-1, refs.shape[2])
     return float(Cider.from_refs(flat, groups).score(cands, np.arange(len(ids)), flat, groups).mean())
@@ -126,9 +128,12 @@ class ScstStep:
         """CIDEr-D of sampled [B, k, L] against refs [B, K, T] -> [B, k]."""
         B, k = sampled.shape[:2]
         refs = refs.cpu().numpy()
-        return self.scorer.score(sampled.reshape(B * k, -1), np.repeat(np.arange(B), k),
-                                 refs.reshape(-1, refs.shape[2]), np.repeat(np.arange(B), refs.shape[1])
-                                 ).reshape(B, k)
+        return self.scorer.score(
+            sampled.reshape(B * k, -1),
+            np.repeat(np.arange(B), k),
+            refs.reshape(-1, refs.shape[2]),
+            np.repeat(np.arange(B), refs.shape[1]),
+        ).reshape(B, k)
 
     def baselines(self, reward, batch):
         k = reward.shape[1]
@@ -158,10 +163,19 @@ def log_scst(log, scst_step, seen, t0, epoch, step, bar, last=False):
     """The SCST train record: averages since the last one (one host sync per log interval)."""
     loss, reward, base, bad, n, steps = scst_step.take()
     elapsed = time.perf_counter() - t0
-    record = {"type": "train", "scst": True, "epoch": epoch, "step": step, "loss": loss / steps,
-              "reward": reward / max(n, 1), "baseline": base / max(n, 1), "bad_endings": bad / max(n, 1),
-              "lr": scst_step.optimizer.param_groups[0]["lr"], "samples_per_s": round(seen / max(elapsed, 1e-9), 2),
-              "end_of_epoch": last}
+    record = {
+        "type": "train",
+        "scst": True,
+        "epoch": epoch,
+        "step": step,
+        "loss": loss / steps,
+        "reward": reward / max(n, 1),
+        "baseline": base / max(n, 1),
+        "bad_endings": bad / max(n, 1),
+        "lr": scst_step.optimizer.param_groups[0]["lr"],
+        "samples_per_s": round(seen / max(elapsed, 1e-9), 2),
+        "end_of_epoch": last,
+    }
     log.write(record)
     bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{record['loss']:.3f}")
     return 0, time.perf_counter()

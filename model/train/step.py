@@ -8,13 +8,14 @@ Running sums stay on the device: no host sync per step with the CPU loaders (the
 lengths are read on the host before the copy); a batch whose lengths already live on
 the device (DALI's token table) costs one copy of them to the host.
 """
+
 import contextlib
 
 import torch
 from torch import nn
 
-from model.nets.decoder import train_plan
 from model.nets.caption_model import to_device
+from model.nets.decoder import train_plan
 
 
 class TrainStep:
@@ -48,8 +49,9 @@ class TrainStep:
         self.optimizer.step()
         with torch.no_grad():
             n = stats["tokens"].float()
-            self.sums += torch.stack([stats["loss"].float(), stats["ce"].float(), stats["top5"] * n, n,
-                                      torch.ones_like(n)])
+            self.sums += torch.stack(
+                [stats["loss"].float(), stats["ce"].float(), stats["top5"] * n, n, torch.ones_like(n)]
+            )
         return images
 
     def all_finite(self):

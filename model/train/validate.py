@@ -1,4 +1,5 @@
 """Validation: decode the val source and score it with BLEU-1..4 (the trainer, each epoch)."""
+
 import warnings
 
 from model.eval.metrics import bleu

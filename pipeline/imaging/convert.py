@@ -9,6 +9,7 @@ thread: about 0.5 ms for 640x480 -> 256x256, several times faster than PIL, and
 no torch on the shard builder's path (`capgen bench shards --resize` measures
 the candidates).
 """
+
 import numpy as np
 import simplejpeg
 
@@ -33,8 +34,12 @@ def versions():
     """The libraries that decide the output bytes (a resumed build checks them)."""
     import PIL
 
-    return {"simplejpeg": simplejpeg.__version__, "resize": "pillow-bicubic-exact",
-            "pillow": PIL.__version__, "numpy": np.__version__}
+    return {
+        "simplejpeg": simplejpeg.__version__,
+        "resize": "pillow-bicubic-exact",
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def fit(pixels, size, mode="stretch"):
@@ -45,13 +50,13 @@ def fit(pixels, size, mode="stretch"):
     if mode == "center-crop":
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        return resize(pixels[top:top + side, left:left + side], size, size)
+        return resize(pixels[top : top + side, left : left + side], size, size)
     if mode == "pad":
         scale = size / max(h, w)
         nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
         out = np.zeros((size, size, 3), dtype=np.uint8)
         top, left = (size - nh) // 2, (size - nw) // 2
-        out[top:top + nh, left:left + nw] = resize(pixels, nh, nw)
+        out[top : top + nh, left : left + nw] = resize(pixels, nh, nw)
         return out
     raise ValueError(f"resize mode {mode!r} not in {RESIZE_MODES}")
 

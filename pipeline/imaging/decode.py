@@ -8,6 +8,7 @@ errors) goes through PIL. EXIF orientation is applied (simplejpeg ignores it).
 A file that cannot become an image raises BadImage with a reason the builder
 counts. pipeline/imaging/convert.py resizes and encodes what this decodes.
 """
+
 import io
 import struct
 
@@ -161,9 +162,9 @@ def jpeg_orientation(data):
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
             pos += 2
             continue
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
-            return _tiff_orientation(data[pos + 10:pos + 2 + length])
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\0\0":
+            return _tiff_orientation(data[pos + 10 : pos + 2 + length])
         pos += 2 + length
     return 1
 
@@ -172,12 +173,12 @@ def _tiff_orientation(tiff):
     try:
         order = {b"II": "<", b"MM": ">"}[tiff[:2]]
         (ifd,) = struct.unpack(order + "I", tiff[4:8])
-        (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+        (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
         for i in range(count):
             entry = ifd + 2 + 12 * i
-            tag, kind = struct.unpack(order + "HH", tiff[entry:entry + 4])
+            tag, kind = struct.unpack(order + "HH", tiff[entry : entry + 4])
             if tag == 0x0112 and kind == 3:  # Orientation, SHORT
-                (value,) = struct.unpack(order + "H", tiff[entry + 8:entry + 10])
+                (value,) = struct.unpack(order + "H", tiff[entry + 8 : entry + 10])
                 return value if 1 <= value <= 8 else 1
     except (KeyError, struct.error):
         pass

@@ -13,6 +13,7 @@ AVX2 where the CPU has it, and channels need no special case); the horizontal
 pass runs as that loop between two transposes, a strip of rows at a time. One
 thread.
 """
+
 import functools
 import threading
 import warnings
@@ -80,8 +81,11 @@ def _horizontal_numpy(src, h, w, c, starts, counts, weights, taps, dst, width):
 try:
     from pipeline.imaging._resample import horizontal, reduce_rows
 except ImportError:
-    warnings.warn("pipeline.imaging._resample is not built (pip install -e . builds it): resizing with numpy, "
-                  "about a hundred times slower", stacklevel=2)
+    warnings.warn(
+        "pipeline.imaging._resample is not built (pip install -e . builds it): resizing with numpy, "
+        "about a hundred times slower",
+        stacklevel=2,
+    )
     horizontal, reduce_rows = _horizontal_numpy, _reduce_rows_numpy
 
 

@@ -29,11 +29,13 @@ handler, a sample whose JPEG does not decode is dropped, an HDF5 block that cann
 read is skipped. Each dataset counts, per shard (or cache), the samples it delivered
 against the manifest's count and, when its pass ends, yields one extra item
 {REPORT: {"read", "expected", "lost": {shard: [samples lost, expected, cause]}}} (when
-made with report=True, as make_loader does), a side channel that travels through the DataLoader's workers like a batch; Loader takes it out
-of the stream (its consumers only ever see batches), warns once per damaged shard and
-sums the counts in `lost()`. The caller decides what share is too much (the trainer's
+made with report=True, as make_loader does), a side channel that travels through the
+DataLoader's workers like a batch; Loader (pipeline/loading/loader.py) takes it out of
+the stream (its consumers only ever see batches), warns once per damaged shard and sums
+the counts in `lost()`. The caller decides what share is too much (the trainer's
 --max-lost, `features extract`'s).
 """
+
 import io
 import os
 import random
@@ -47,7 +49,7 @@ from pipeline.errors import CapgenError, first_line
 from pipeline.loading.features import FeatureFile
 from pipeline.text import TokenTable
 
-REPORT = "_lost_report"   # the side-channel item (see the docstring); never part of a batch
+REPORT = "_lost_report"  # the side-channel item (see the docstring); never part of a batch
 
 
 def stream_seed(seed, *keys):
@@ -62,16 +64,23 @@ def _worker():
 
 def _tensors(table, image_ids):
     tokens, lengths = table.rows(image_ids)
-    return (torch.from_numpy(np.asarray(image_ids, np.int64)),
-            torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(lengths.astype(np.int64)))
+    return (
+        torch.from_numpy(np.asarray(image_ids, np.int64)),
+        torch.from_numpy(tokens.astype(np.int64)),
+        torch.from_numpy(lengths.astype(np.int64)),
+    )
 
 
 # ---------------------------------------------------------------- shards
 
+
 def _report(expected, read, causes):
     """The side-channel item: expected/read {shard: samples}, causes {shard: first error}."""
-    lost = {u: [n - read.get(u, 0), n, causes.get(u) or causes.get(None) or "samples missing"]
-            for u, n in expected.items() if read.get(u, 0) < n}
+    lost = {
+        u: [n - read.get(u, 0), n, causes.get(u) or causes.get(None) or "samples missing"]
+        for u, n in expected.items()
+        if read.get(u, 0) < n
+    }
     return {REPORT: {"read": sum(read.values()), "expected": sum(expected.values()), "lost": lost}}
 
 
@@ -79,20 +88,34 @@ def decode_jpeg(data):
     """JPEG bytes -> uint8 [H, W, 3] RGB."""
     try:
         import simplejpeg
+
         return simplejpeg.decode_jpeg(data, colorspace="RGB")
     except (ImportError, ValueError):
         from PIL import Image
+
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 class ShardBatches(IterableDataset):
     """webdataset over the shard files -> batches of decoded images and their tokens."""
 
-    def __init__(self, urls, tokens_path, batch_size, shuffle=True, seed=0, rank=0, world=1,
-                 buffer=1000, drop_last=False, expected=None, report=False):
+    def __init__(
+        self,
+        urls,
+        tokens_path,
+        batch_size,
+        shuffle=True,
+        seed=0,
+        rank=0,
+        world=1,
+        buffer=1000,
+        drop_last=False,
+        expected=None,
+        report=False,
+    ):
         self.urls, self.tokens_path, self.batch_size = list(urls), tokens_path, batch_size
         self.expected = expected or {}  # shard file name -> samples (the manifest's)
-        self.report = report            # end the pass with the REPORT item (Loader takes it out)
+        self.report = report  # end the pass with the REPORT item (Loader takes it out)
         self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
         self.buffer, self.drop_last, self.epoch = buffer, drop_last, 0
         self._table = None
@@ -124,7 +147,7 @@ class ShardBatches(IterableDataset):
             shardshuffle=False,  # shard order is permuted above, by (seed, epoch)
             nodesplitter=lambda src: islice(src, rank, None, world),
             workersplitter=lambda src: islice(src, worker, None, workers),
-            empty_check=False,   # fewer shards than ranks x workers is fine
+            empty_check=False,  # fewer shards than ranks x workers is fine
             handler=handler,
         )
         if self.shuffle:
@@ -136,7 +159,7 @@ class ShardBatches(IterableDataset):
         if self._table is None:
             self._table = TokenTable.load(self.tokens_path)
         worker, workers = _worker()
-        mine = self.epoch_urls()[self.rank::self.world][worker::workers]
+        mine = self.epoch_urls()[self.rank :: self.world][worker::workers]
         ids, images, read, causes = [], [], {}, {}
         for sample in self._samples(causes):
             url = sample.get("__url__")
@@ -169,12 +192,25 @@ class ShardBatches(IterableDataset):
 
 # ---------------------------------------------------------------- features
 
+
 class FeatureBatches(IterableDataset):
     """HDF5 features -> batches. Chunk-sized blocks are permuted, split by rank and
     worker, read a few blocks at a time (contiguous reads) and shuffled within."""
 
-    def __init__(self, path, tokens_path, batch_size, shuffle=True, seed=0, rank=0, world=1,
-                 blocks_per_read=4, drop_last=False, block=None, report=False):
+    def __init__(
+        self,
+        path,
+        tokens_path,
+        batch_size,
+        shuffle=True,
+        seed=0,
+        rank=0,
+        world=1,
+        blocks_per_read=4,
+        drop_last=False,
+        block=None,
+        report=False,
+    ):
         cache = FeatureFile(path)
         self.path, self.tokens_path, self.batch_size = cache.path, tokens_path, batch_size
         self.n, self.block = len(cache), block or cache.chunk
@@ -193,7 +229,7 @@ class FeatureBatches(IterableDataset):
         return starts.tolist()
 
     def local_blocks(self, worker=0, workers=1):
-        return self.epoch_blocks()[self.rank::self.world][worker::workers]
+        return self.epoch_blocks()[self.rank :: self.world][worker::workers]
 
     def __iter__(self):
         import h5py
@@ -207,10 +243,10 @@ class FeatureBatches(IterableDataset):
             features, all_ids = f["features"], f["image_ids"]
             pending_ids, pending, read, causes = np.zeros(0, np.int64), None, 0, {}
             for g in range(0, len(blocks), self.blocks_per_read):
-                group = sorted(blocks[g:g + self.blocks_per_read])
+                group = sorted(blocks[g : g + self.blocks_per_read])
                 try:
-                    feats = np.concatenate([features[s:s + self.block] for s in group])
-                    ids = np.concatenate([all_ids[s:s + self.block] for s in group])
+                    feats = np.concatenate([features[s : s + self.block] for s in group])
+                    ids = np.concatenate([all_ids[s : s + self.block] for s in group])
                 except (OSError, ValueError) as err:  # a corrupt chunk: these blocks are lost
                     causes.setdefault(self.path, f"rows {group[0]}+: {first_line(err)}")
                     continue
@@ -222,7 +258,7 @@ class FeatureBatches(IterableDataset):
                     feats, ids = np.concatenate([pending, feats]), np.concatenate([pending_ids, ids])
                 full = len(ids) // self.batch_size * self.batch_size
                 for s in range(0, full, self.batch_size):
-                    yield self._batch(ids[s:s + self.batch_size], feats[s:s + self.batch_size])
+                    yield self._batch(ids[s : s + self.batch_size], feats[s : s + self.batch_size])
                 pending_ids, pending = ids[full:], feats[full:]
             if len(pending_ids) and not self.drop_last:
                 yield self._batch(pending_ids, pending)
@@ -232,5 +268,9 @@ class FeatureBatches(IterableDataset):
 
     def _batch(self, ids, feats):
         image_ids, tokens, lengths = _tensors(self._table, ids)
-        return {"image_ids": image_ids, "tokens": tokens, "lengths": lengths,
-                "features": torch.from_numpy(np.ascontiguousarray(feats))}
+        return {
+            "image_ids": image_ids,
+            "tokens": tokens,
+            "lengths": lengths,
+            "features": torch.from_numpy(np.ascontiguousarray(feats)),
+        }

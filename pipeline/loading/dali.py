@@ -9,6 +9,7 @@ sample exactly once. The image id is the sample key, which arrives through the r
 source_info ("tar:offset:KEY.jpg", from the index file): no JSON on the hot path.
 Captions come from the token table, kept on the device.
 """
+
 import os
 
 import numpy as np
@@ -19,15 +20,15 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from pipeline.cluster import dist_info
 from pipeline.errors import CapgenError
 from pipeline.loading.mirror import mirror_ids, mirror_tokens
-from pipeline.text import TokenTable, Vocabulary
 from pipeline.shards.wds_index import index_path, is_current, shard_tars, write_index
+from pipeline.text import TokenTable, Vocabulary
 
 READER = "shards"
-KEY_BYTES = 64          # tail of source_info kept per sample: ":offset:KEY.jpg" fits
+KEY_BYTES = 64  # tail of source_info kept per sample: ":offset:KEY.jpg" fits
 CROP_AREA = (0.85, 1.0)
 CROP_ASPECT = (0.9, 1.1)
-JITTER = (0.9, 1.1)     # brightness and contrast factors
-SHUFFLE_BUFFER = 4096   # encoded samples held for shuffling (about 20 KB each)
+JITTER = (0.9, 1.1)  # brightness and contrast factors
+SHUFFLE_BUFFER = 4096  # encoded samples held for shuffling (about 20 KB each)
 
 
 def shard_index(tars):
@@ -39,8 +40,10 @@ def shard_index(tars):
             try:
                 write_index(tar, idx)
             except OSError as err:
-                raise CapgenError(f"{idx}: cannot write DALI index ({err.strerror}); "
-                                  "run `capgen shards index` where the folder is writable") from None
+                raise CapgenError(
+                    f"{idx}: cannot write DALI index ({err.strerror}); "
+                    "run `capgen shards index` where the folder is writable"
+                ) from None
         idxs.append(idx)
     return idxs
 
@@ -49,21 +52,39 @@ def shard_index(tars):
 def caption_pipeline(tars, idxs, image_size, train, shard_id, num_shards, shuffle_seed, shuffle_buffer, gpu):
     # Shuffle: tar order per epoch (the same seed on every rank keeps the ranks' shards
     # disjoint), then samples within a buffer.
-    shuffle = dict(random_shuffle=True, initial_fill=shuffle_buffer, shuffle_after_epoch=True,
-                   shuffle_after_epoch_seed=shuffle_seed) if train else {}
+    shuffle = (
+        dict(
+            random_shuffle=True,
+            initial_fill=shuffle_buffer,
+            shuffle_after_epoch=True,
+            shuffle_after_epoch_seed=shuffle_seed,
+        )
+        if train
+        else {}
+    )
     jpegs = fn.readers.webdataset(
-        paths=tars, index_paths=idxs, ext=["jpg"], name=READER, missing_component_behavior="error",
-        shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, **shuffle)
+        paths=tars,
+        index_paths=idxs,
+        ext=["jpg"],
+        name=READER,
+        missing_component_behavior="error",
+        shard_id=shard_id,
+        num_shards=num_shards,
+        pad_last_batch=True,
+        **shuffle,
+    )
     info = fn.get_property(jpegs, key="source_info")
     n = fn.cast(info.shape(), dtype=types.INT32)
     key = fn.slice(info, start=n - KEY_BYTES, end=n, axes=[0], out_of_bounds_policy="pad")
 
     images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
     if train:
-        images = fn.random_resized_crop(images, size=[image_size, image_size],
-                                        random_area=list(CROP_AREA), random_aspect_ratio=list(CROP_ASPECT))
-        images = fn.brightness_contrast(images, brightness=fn.random.uniform(range=JITTER),
-                                        contrast=fn.random.uniform(range=JITTER))
+        images = fn.random_resized_crop(
+            images, size=[image_size, image_size], random_area=list(CROP_AREA), random_aspect_ratio=list(CROP_ASPECT)
+        )
+        images = fn.brightness_contrast(
+            images, brightness=fn.random.uniform(range=JITTER), contrast=fn.random.uniform(range=JITTER)
+        )
         flip = fn.random.coin_flip(probability=0.5)
     else:
         images = fn.resize(images, size=[image_size, image_size])
@@ -99,8 +120,9 @@ class DALILoader:
         self._lengths = torch.from_numpy(table.lengths).to(device)
         self._mirror = torch.from_numpy(mirror_ids(vocab)).to(device)
         policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
-        self._it = DALIGenericIterator([pipe], ["images", "flipped", "key"], reader_name=READER,
-                                       last_batch_policy=policy, auto_reset=True)
+        self._it = DALIGenericIterator(
+            [pipe], ["images", "flipped", "key"], reader_name=READER, last_batch_policy=policy, auto_reset=True
+        )
         meta = pipe.reader_meta(READER)
         self._size, self._shard, self._shards = meta["epoch_size"], meta["shard_id"], meta["number_of_shards"]
         self._turns = not meta["stick_to_shard"]  # shuffle_after_epoch keeps each rank's slot
@@ -151,9 +173,21 @@ class DALILoader:
         self._epoch += 1
 
 
-def make_dali_loader(shard_dir, batch_size, image_size=256, train=True, device_id=None,
-                     num_threads=4, seed=0, shard_id=None, num_shards=None, prefetch=2,
-                     tokens=None, drop_last=False, shuffle_buffer=SHUFFLE_BUFFER):
+def make_dali_loader(
+    shard_dir,
+    batch_size,
+    image_size=256,
+    train=True,
+    device_id=None,
+    num_threads=4,
+    seed=0,
+    shard_id=None,
+    num_shards=None,
+    prefetch=2,
+    tokens=None,
+    drop_last=False,
+    shuffle_buffer=SHUFFLE_BUFFER,
+):
     """DALI loader over a shard set folder (its *.tar shards, tokens.npz and vocab.json).
 
     train: shuffle + augment (crop, jitter, flip); else stored order, resize only.
@@ -171,10 +205,21 @@ def make_dali_loader(shard_dir, batch_size, image_size=256, train=True, device_i
     vocab = Vocabulary.load(os.path.join(os.path.dirname(tokens_path), "vocab.json"))
     gpu = device_id is not None
     pipe = caption_pipeline(
-        tars, idxs, image_size, train, shard_id, num_shards, seed, shuffle_buffer, gpu,
-        batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-        seed=seed + shard_id, prefetch_queue_depth=prefetch)
+        tars,
+        idxs,
+        image_size,
+        train,
+        shard_id,
+        num_shards,
+        seed,
+        shuffle_buffer,
+        gpu,
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed + shard_id,
+        prefetch_queue_depth=prefetch,
+    )
     pipe.build()
     device = torch.device("cuda", device_id) if gpu else torch.device("cpu")
     return DALILoader(pipe, table, vocab, device, drop_last)
-

@@ -6,6 +6,7 @@ standardises with them); optional group `encoder_state` (the encoder's tensors,
 so a random-init encoder can be rebuilt exactly for raw images); attrs: format,
 encoder, weights, stop, image_size, resize_mode, mean, std, grid, shard_set.
 """
+
 import os
 
 import h5py
@@ -35,8 +36,13 @@ class FeatureWriter:
             self.file = h5py.File(tmp, "w", rdcc_nbytes=max(4 * chunk_bytes, 1 << 20), rdcc_nslots=10007)
             chunk = (max(1, min(CHUNK, self.n)), positions, channels)
             # Resizable: close(allow_fewer=True) cuts the file to the rows written (lost samples).
-            self.features = self.file.create_dataset("features", (self.n, positions, channels), dtype="f2",
-                                                     chunks=chunk, maxshape=(None, positions, channels))
+            self.features = self.file.create_dataset(
+                "features",
+                (self.n, positions, channels),
+                dtype="f2",
+                chunks=chunk,
+                maxshape=(None, positions, channels),
+            )
             self.image_ids = self.file.create_dataset("image_ids", (self.n,), dtype="i8", maxshape=(None,))
             for k, v in attrs.items():
                 self.file.attrs[k] = v
@@ -61,11 +67,11 @@ class FeatureWriter:
             raise CapgenError(f"{self.path}: more images than the {self.n} announced")
         half = features.astype(np.float16)
         try:
-            self.features[self.rows:self.rows + b] = half
+            self.features[self.rows : self.rows + b] = half
         except BaseException:
             self.abort()
             raise
-        self.image_ids[self.rows:self.rows + b] = np.asarray(image_ids, np.int64)
+        self.image_ids[self.rows : self.rows + b] = np.asarray(image_ids, np.int64)
         flat = half.astype(np.float64).reshape(-1, half.shape[-1])  # stats of what is stored
         self._sum += flat.sum(0)
         self._sumsq += (flat * flat).sum(0)

@@ -3,6 +3,7 @@ pipeline/loading/batches.py's datasets that takes their lost-sample reports out 
 
 The batch contract and the lost-sample side channel are pipeline/loading/batches.py's docstring.
 """
+
 import math
 import sys
 
@@ -26,8 +27,7 @@ class Loader:
             kw = {"prefetch_factor": 4, "persistent_workers": False}
             if "fork" in torch.multiprocessing.get_all_start_methods():
                 kw["multiprocessing_context"] = "fork"  # workers start in milliseconds
-        self.loader = DataLoader(dataset, batch_size=None, num_workers=workers,
-                                 pin_memory=pin_memory, **kw)
+        self.loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, **kw)
         self.workers = workers
         self.read = self.expected = 0
         self.lost_shards = {}
@@ -48,8 +48,9 @@ class Loader:
 
     def _counts(self):
         d, workers = self.dataset, max(self.workers, 1)
-        return [self.source.local_samples(d.rank, d.world, d.shuffle, d.seed, d.epoch, w, workers)
-                for w in range(workers)]
+        return [
+            self.source.local_samples(d.rank, d.world, d.shuffle, d.seed, d.epoch, w, workers) for w in range(workers)
+        ]
 
     def num_samples(self):
         """Samples this rank sees this epoch."""
@@ -70,8 +71,20 @@ class Loader:
                 yield item
 
 
-def make_loader(source, batch_size, *, shuffle=True, seed=0, rank=0, world=1, workers=0,
-                pin_memory=False, loader="cpu", tokens=None, drop_last=False):
+def make_loader(
+    source,
+    batch_size,
+    *,
+    shuffle=True,
+    seed=0,
+    rank=0,
+    world=1,
+    workers=0,
+    pin_memory=False,
+    loader="cpu",
+    tokens=None,
+    drop_last=False,
+):
     """The one place a loader is chosen. source: a path or a DataSource.
 
     loader: cpu (webdataset / h5py), dali (pipeline/loading/dali.py, GPU decode), or auto
@@ -87,19 +100,39 @@ def make_loader(source, batch_size, *, shuffle=True, seed=0, rank=0, world=1, wo
         dali = _dali() if gpu or loader == "dali" else None
         if dali is not None:  # no GPU: DALI's CPU-mode graph, slow but the same
             dali_loader = dali.make_dali_loader(
-                src.path, batch_size, image_size=int(src.image_size), train=shuffle,
-                device_id=torch.cuda.current_device() if gpu else None, num_threads=max(workers, 2),
-                seed=seed, shard_id=rank, num_shards=world, tokens=src.tokens_path, drop_last=drop_last)
+                src.path,
+                batch_size,
+                image_size=int(src.image_size),
+                train=shuffle,
+                device_id=torch.cuda.current_device() if gpu else None,
+                num_threads=max(workers, 2),
+                seed=seed,
+                shard_id=rank,
+                num_shards=world,
+                tokens=src.tokens_path,
+                drop_last=drop_last,
+            )
             dali_loader.source = src
             return dali_loader
         if loader == "dali":
             raise CapgenError(f"{src.path}: the DALI loader needs nvidia-dali (pip install nvidia-dali-cuda130)")
     if src.kind == "features":
-        dataset = FeatureBatches(src.path, src.tokens_path, batch_size, shuffle, seed, rank, world,
-                                 drop_last=drop_last, report=True)
+        dataset = FeatureBatches(
+            src.path, src.tokens_path, batch_size, shuffle, seed, rank, world, drop_last=drop_last, report=True
+        )
     else:
-        dataset = ShardBatches(src.urls, src.tokens_path, batch_size, shuffle, seed, rank, world,
-                               drop_last=drop_last, expected=src.shard_samples, report=True)
+        dataset = ShardBatches(
+            src.urls,
+            src.tokens_path,
+            batch_size,
+            shuffle,
+            seed,
+            rank,
+            world,
+            drop_last=drop_last,
+            expected=src.shard_samples,
+            report=True,
+        )
     return Loader(src, dataset, batch_size, workers, pin_memory)
 
 

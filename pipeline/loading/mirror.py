@@ -1,4 +1,5 @@
 """Left/right token swap for mirrored images: a horizontal flip turns "left" into "right"."""
+
 import numpy as np
 import torch
 

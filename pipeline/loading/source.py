@@ -1,5 +1,6 @@
 """DataSource: what a trainer or evaluator needs to know about a data source, a shard set
 folder or an HDF5 feature cache."""
+
 import os
 
 from pipeline.errors import CapgenError

@@ -4,6 +4,7 @@ Validation (and so early stopping and `best`) means nothing when the val feature
 from another encoder, the val images are resized otherwise, or the val token ids name
 other words: such a run refuses to start, naming both files.
 """
+
 import os
 
 import numpy as np
@@ -34,7 +35,9 @@ def check_same_inputs(train, val):
         raise CapgenError(f"{val.path}: features from other encoder weights than {train.path}")
     vocab_a, vocab_b = (os.path.join(os.path.dirname(s.tokens_path), "vocab.json") for s in (train, val))
     if os.path.abspath(vocab_a) != os.path.abspath(vocab_b) and _words(train) != _words(val):
-        raise CapgenError(f"{vocab_b}: not the vocabulary of {vocab_a} (build the val set with --vocab TRAIN/vocab.json)")
+        raise CapgenError(
+            f"{vocab_b}: not the vocabulary of {vocab_a} (build the val set with --vocab TRAIN/vocab.json)"
+        )
 
 
 def _words(source):

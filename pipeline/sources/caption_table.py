@@ -13,6 +13,7 @@ cannot be used are set aside and counted by reason (Source.dropped), never fatal
 missing image files and images left without captions are the builder's to count,
 as for COCO. Only a missing file or column is an error.
 """
+
 import csv
 import hashlib
 import io
@@ -21,11 +22,10 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 
+from pipeline.errors import CapgenError, read_bytes
 from pipeline.sources.coco import ImageRecord, Source
-from pipeline.errors import CapgenError
-from pipeline.errors import read_bytes
 
-FILE_COLUMN = "file_name"             # Hugging Face imagefolder's name
+FILE_COLUMN = "file_name"  # Hugging Face imagefolder's name
 CAPTION_COLUMNS = ("caption", "text")  # the first present is used, unless one is chosen
 SPLIT_COLUMN = "split"
 SPLITS = ("train", "val", "test")
@@ -39,8 +39,9 @@ class TableSource(Source):
     rows: int = 0
 
 
-def read_caption_table(path, split="train", images=None, file_column=None, caption_column=None,
-                       split_column=None, val_fraction=None):
+def read_caption_table(
+    path, split="train", images=None, file_column=None, caption_column=None, split_column=None, val_fraction=None
+):
     """The images of one split of a captions file; images: their folder (default: the file's)."""
     path = os.fspath(path)
     if split not in SPLITS:
@@ -65,11 +66,14 @@ def read_caption_table(path, split="train", images=None, file_column=None, capti
         if val_fraction is not None:
             row_split = "val" if _unit_hash(name) < val_fraction else "train"
         if row_split == split:
-            records.append(ImageRecord(image_id=ids[name], file_name=name, path=os.path.join(root, name),
-                                       split=split, captions=captions))
+            records.append(
+                ImageRecord(
+                    image_id=ids[name], file_name=name, path=os.path.join(root, name), split=split, captions=captions
+                )
+            )
     if not records:
         found = {}
-        for name, (row_split, _) in images_of.items():
+        for row_split, _ in images_of.values():
             found[row_split] = found.get(row_split, 0) + 1
         have = ", ".join(f"{k} {v}" for k, v in sorted(found.items())) or "no usable rows"
         raise CapgenError(f"{path}: no images in split {split!r} ({have})")
@@ -82,6 +86,7 @@ def _count(dropped, reason, n=1):
 
 
 # ---------------------------------------------------------------- reading rows
+
 
 def _read_rows(path, dropped):
     """(rows as dicts, column names) from a .jsonl / .csv / .tsv file."""
@@ -134,8 +139,9 @@ def _column(path, columns, candidates, flag):
         if name in columns:
             return name
     wanted = " or ".join(repr(c) for c in candidates)
-    raise CapgenError(f"{path}: no column {wanted} (columns: {', '.join(map(str, columns)) or 'none'}; "
-                      f"choose one with {flag})")
+    raise CapgenError(
+        f"{path}: no column {wanted} (columns: {', '.join(map(str, columns)) or 'none'}; choose one with {flag})"
+    )
 
 
 def _has_undecodable(text):
@@ -143,6 +149,7 @@ def _has_undecodable(text):
 
 
 # ---------------------------------------------------------------- rows -> images
+
 
 def _gather(rows, file_col, cap_col, split_col, dropped):
     """file name -> [split, captions] in first-seen order; bad rows and captions counted."""
@@ -195,7 +202,7 @@ def _hash(text, bits):
 
 def _unit_hash(name):
     """A number in [0, 1) from the file name, for the val fraction."""
-    return _hash("split:" + name, 53) / 2 ** 53
+    return _hash("split:" + name, 53) / 2**53
 
 
 def image_ids(names):

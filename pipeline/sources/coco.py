@@ -15,6 +15,7 @@ Malformed entries are either left out and counted, or a one-line error:
 - a file whose image list is not a list of objects with integer ids, or a
   Karpathy entry without a split, is refused (CapgenError).
 """
+
 import json
 import os
 from collections import Counter, defaultdict
@@ -122,8 +123,11 @@ def read_coco(root, split):
         raise CapgenError(f"{root}: unknown COCO split {split!r} (expected one of {', '.join(COCO_SPLITS)})")
     path = os.path.join(root, "annotations", f"captions_{split}.json")
     data = _load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("annotations"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
         raise CapgenError(f"{path}: not a COCO captions file (needs lists 'images' and 'annotations')")
     records, skipped = [], []
     for k, img in enumerate(data["images"]):
@@ -132,8 +136,16 @@ def read_coco(root, split):
         if not _good_name(name):
             skipped.append([image_id, "", "missing_file_name"])
             continue
-        records.append(ImageRecord(image_id=image_id, file_name=name, path=os.path.join(root, split, name),
-                                   split=split, width=img.get("width"), height=img.get("height")))
+        records.append(
+            ImageRecord(
+                image_id=image_id,
+                file_name=name,
+                path=os.path.join(root, split, name),
+                split=split,
+                width=img.get("width"),
+                height=img.get("height"),
+            )
+        )
     records, skipped = _without_duplicates(records, skipped)
     listed = {r.image_id for r in records} | {s[0] for s in skipped}  # a skipped image's captions are no orphans
     captions, orphans, bad = _coco_captions(data, listed)
@@ -154,8 +166,17 @@ def _karpathy_record(path, k, img, image_root):
     name, folder = img.get("filename"), img.get("filepath", "")
     if not _good_name(name) or not isinstance(folder, str):
         return image_id, None, len(raws) - len(captions)
-    return image_id, ImageRecord(image_id=image_id, file_name=name, path=os.path.join(image_root, folder, name),
-                                 split=img["split"], captions=captions), len(raws) - len(captions)
+    return (
+        image_id,
+        ImageRecord(
+            image_id=image_id,
+            file_name=name,
+            path=os.path.join(image_root, folder, name),
+            split=img["split"],
+            captions=captions,
+        ),
+        len(raws) - len(captions),
+    )
 
 
 def read_karpathy(path, split, image_root=None, train_includes_restval=True):

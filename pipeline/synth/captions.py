@@ -2,6 +2,7 @@
 
 The words come from the tables in pipeline/synth/scenes.py, whose checker reads them back.
 """
+
 import numpy as np
 
 from pipeline.synth.scenes import BACKGROUND_WORDS, POSITION_PHRASES, RELATION_PHRASES, SHAPE_WORDS, SIZE_WORDS

@@ -8,6 +8,7 @@
 Same seed, same bytes: every image draws from its own Generator([seed, index]), so the
 result does not depend on the number of worker processes.
 """
+
 import io
 import json
 import math
@@ -21,11 +22,17 @@ from PIL import Image, ImageDraw
 
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
-from pipeline.synth.scenes import BACKGROUND_WORDS, COLOURS, SHAPES, SIZES
 from pipeline.synth.captions import captions
+from pipeline.synth.scenes import BACKGROUND_WORDS, COLOURS, SHAPES, SIZES
 
-RGB = {"red": (215, 35, 35), "green": (35, 160, 60), "blue": (35, 75, 215),
-       "yellow": (240, 205, 30), "purple": (135, 55, 175), "white": (245, 245, 245)}
+RGB = {
+    "red": (215, 35, 35),
+    "green": (35, 160, 60),
+    "blue": (35, 75, 215),
+    "yellow": (240, 205, 30),
+    "purple": (135, 55, 175),
+    "white": (245, 245, 245),
+}
 assert tuple(RGB) == COLOURS
 BACKGROUNDS = tuple(BACKGROUND_WORDS)
 JPEG_QUALITY = 90
@@ -34,23 +41,27 @@ MAX_ID = 600_000
 KARPATHY_EVAL_SHARE = 5000 / 40504
 
 LICENSES = [
-    {"url": "http://creativecommons.org/licenses/by-nc-sa/2.0/", "id": 1,
-     "name": "Attribution-NonCommercial-ShareAlike License"},
-    {"url": "http://creativecommons.org/licenses/by-nc/2.0/", "id": 2,
-     "name": "Attribution-NonCommercial License"},
-    {"url": "http://creativecommons.org/licenses/by-nc-nd/2.0/", "id": 3,
-     "name": "Attribution-NonCommercial-NoDerivs License"},
+    {
+        "url": "http://creativecommons.org/licenses/by-nc-sa/2.0/",
+        "id": 1,
+        "name": "Attribution-NonCommercial-ShareAlike License",
+    },
+    {"url": "http://creativecommons.org/licenses/by-nc/2.0/", "id": 2, "name": "Attribution-NonCommercial License"},
+    {
+        "url": "http://creativecommons.org/licenses/by-nc-nd/2.0/",
+        "id": 3,
+        "name": "Attribution-NonCommercial-NoDerivs License",
+    },
     {"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"},
-    {"url": "http://creativecommons.org/licenses/by-sa/2.0/", "id": 5,
-     "name": "Attribution-ShareAlike License"},
-    {"url": "http://creativecommons.org/licenses/by-nd/2.0/", "id": 6,
-     "name": "Attribution-NoDerivs License"},
+    {"url": "http://creativecommons.org/licenses/by-sa/2.0/", "id": 5, "name": "Attribution-ShareAlike License"},
+    {"url": "http://creativecommons.org/licenses/by-nd/2.0/", "id": 6, "name": "Attribution-NoDerivs License"},
     {"url": "http://flickr.com/commons/usage/", "id": 7, "name": "No known copyright restrictions"},
     {"url": "http://www.usa.gov/copyright.shtml", "id": 8, "name": "United States Government Work"},
 ]
 
 
 # ---------------------------------------------------------------- scenes
+
 
 def make_scene(rng, width, height):
     """Random scene: 1-3 objects with distinct (colour, shape), their size class,
@@ -60,8 +71,13 @@ def make_scene(rng, width, height):
     kinds = rng.choice(len(COLOURS) * len(SHAPES), size=n, replace=False)
     if n == 1:
         labels = [str(rng.choice(["left", "right", "center", "top", "bottom"]))]
-        xs = {"left": (0.22, 0.32), "right": (0.68, 0.78), "center": (0.45, 0.55),
-              "top": (0.4, 0.6), "bottom": (0.4, 0.6)}[labels[0]]
+        xs = {
+            "left": (0.22, 0.32),
+            "right": (0.68, 0.78),
+            "center": (0.45, 0.55),
+            "top": (0.4, 0.6),
+            "bottom": (0.4, 0.6),
+        }[labels[0]]
         ys = {"top": (0.15, 0.25), "bottom": (0.75, 0.85)}.get(labels[0], (0.38, 0.62))
         spans = [(xs, ys)]
     elif n == 2:
@@ -69,8 +85,7 @@ def make_scene(rng, width, height):
         spans = [((0.2, 0.33), (0.3, 0.7)), ((0.67, 0.8), (0.3, 0.7))]
     else:
         labels = ["left", "center", "right"]
-        spans = [((0.14, 0.19), (0.35, 0.65)), ((0.47, 0.53), (0.35, 0.65)),
-                 ((0.81, 0.86), (0.35, 0.65))]
+        spans = [((0.14, 0.19), (0.35, 0.65)), ((0.47, 0.53), (0.35, 0.65)), ((0.81, 0.86), (0.35, 0.65))]
     base = min(width, height)
     objects = []
     for kind, label, (xs, ys) in zip(kinds, labels, spans):
@@ -81,12 +96,17 @@ def make_scene(rng, width, height):
         margin = 0.02 * base
         cx = np.clip(rng.uniform(*xs) * width, half + margin, width - half - margin)
         cy = np.clip(rng.uniform(*ys) * height, half + margin, height - half - margin)
-        objects.append({
-            "shape": SHAPES[kind % len(SHAPES)], "colour": COLOURS[kind // len(SHAPES)],
-            "size": size, "position": label,
-            "centre": (float(cx), float(cy)), "side": float(side),
-            "angle": float(rng.uniform(-10, 10)),
-        })
+        objects.append(
+            {
+                "shape": SHAPES[kind % len(SHAPES)],
+                "colour": COLOURS[kind // len(SHAPES)],
+                "size": size,
+                "position": label,
+                "centre": (float(cx), float(cy)),
+                "side": float(side),
+                "angle": float(rng.uniform(-10, 10)),
+            }
+        )
         objects[-1]["bbox"] = _bbox(objects[-1])
     return {"background": str(rng.choice(BACKGROUNDS)), "objects": objects}
 
@@ -99,8 +119,13 @@ def _outline(shape, cx, cy, side, angle):
     elif shape == "triangle":
         pts = [(0, -1), (0.95, 0.75), (-0.95, 0.75)]
     elif shape == "star":
-        pts = [(math.sin(k * math.pi / 5) * (1 if k % 2 == 0 else 0.42),
-                -math.cos(k * math.pi / 5) * (1 if k % 2 == 0 else 0.42)) for k in range(10)]
+        pts = [
+            (
+                math.sin(k * math.pi / 5) * (1 if k % 2 == 0 else 0.42),
+                -math.cos(k * math.pi / 5) * (1 if k % 2 == 0 else 0.42),
+            )
+            for k in range(10)
+        ]
     elif shape == "heart":
         ts = np.linspace(0, 2 * math.pi, 48, endpoint=False)
         hx = 16 * np.sin(ts) ** 3
@@ -133,8 +158,9 @@ def background(rng, kind, width, height):
         t = np.asarray(Image.fromarray(cells).resize((w, h), Image.BILINEAR))
     else:
         a = rng.uniform(0, math.pi)
-        t = (np.arange(w, dtype=np.float32)[None, :] * math.cos(a)
-             + np.arange(h, dtype=np.float32)[:, None] * math.sin(a))
+        t = np.arange(w, dtype=np.float32)[None, :] * math.cos(a) + np.arange(h, dtype=np.float32)[:, None] * math.sin(
+            a
+        )
         if kind == "gradient":
             t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
         else:
@@ -165,8 +191,7 @@ def render(scene, rng, width, height):
     img = Image.fromarray(background(rng, scene["background"], width, height))
     draw = ImageDraw.Draw(img)
     for obj in scene["objects"]:
-        colour = tuple(int(c) for c in np.clip(np.array(RGB[obj["colour"]])
-                                               + rng.integers(-12, 13, size=3), 0, 255))
+        colour = tuple(int(c) for c in np.clip(np.array(RGB[obj["colour"]]) + rng.integers(-12, 13, size=3), 0, 255))
         cx, cy = obj["centre"]
         side = obj["side"]
         if obj["shape"] == "circle":
@@ -178,16 +203,18 @@ def render(scene, rng, width, height):
 
 # ---------------------------------------------------------------- dataset
 
+
 @dataclass
 class Layout:
     """Who is who in the dataset: drawn from the seed before any image is."""
+
     image_ids: list
-    splits: list        # train2014 or val2014, train images first
-    names: list         # file names
-    ann_ids: list       # per image, one caption id per caption
+    splits: list  # train2014 or val2014, train images first
+    names: list  # file names
+    ann_ids: list  # per image, one caption id per caption
     licenses: list
-    captured: list      # unix times in 2013
-    karpathy: list      # per val2014 image: val, test or restval
+    captured: list  # unix times in 2013
+    karpathy: list  # per val2014 image: val, test or restval
     n_train: int
 
 
@@ -205,15 +232,14 @@ def _layout(rng, images, val_fraction):
     n_train = images - n_val
     image_ids = (rng.choice(MAX_ID, size=images, replace=False) + 1).tolist()
     n_caps = rng.choice([5, 6, 7], size=images, p=[0.88, 0.1, 0.02]).tolist()
-    ann_ids = (rng.choice(max(1_000_000, 10 * sum(n_caps)), size=sum(n_caps), replace=False)
-               + 1).tolist()
+    ann_ids = (rng.choice(max(1_000_000, 10 * sum(n_caps)), size=sum(n_caps), replace=False) + 1).tolist()
     licenses = rng.integers(1, len(LICENSES) + 1, size=images).tolist()
     captured = rng.integers(1_356_998_400, 1_388_534_400, size=images).tolist()  # 2013
     karpathy = _karpathy_splits(rng, n_val)
     splits = ["train2014"] * n_train + ["val2014"] * n_val
     names = [f"COCO_{split}_{image_id:012d}.jpg" for split, image_id in zip(splits, image_ids)]
     ends = np.cumsum(n_caps).tolist()
-    per_image = [ann_ids[end - n:end] for n, end in zip(n_caps, ends)]
+    per_image = [ann_ids[end - n : end] for n, end in zip(n_caps, ends)]
     return Layout(image_ids, splits, names, per_image, licenses, captured, karpathy, n_train)
 
 
@@ -228,15 +254,16 @@ def _make_image(task):
     with open(path, "wb") as f:
         f.write(buf.getvalue())
     texts = captions(rng, scene, n_captions)
-    objects = [{k: o[k] for k in ("shape", "colour", "size", "position", "bbox")}
-               for o in scene["objects"]]
+    objects = [{k: o[k] for k in ("shape", "colour", "size", "position", "bbox")} for o in scene["objects"]]
     return {"background": scene["background"], "objects": objects}, texts
 
 
 def _make_images(out, layout, seed, width, height, workers):
     """[(scene, captions)] per image, the images written under out."""
-    tasks = [(seed, i, os.path.join(out, split, name), width, height, len(ann_ids))
-             for i, (split, name, ann_ids) in enumerate(zip(layout.splits, layout.names, layout.ann_ids))]
+    tasks = [
+        (seed, i, os.path.join(out, split, name), width, height, len(ann_ids))
+        for i, (split, name, ann_ids) in enumerate(zip(layout.splits, layout.names, layout.ann_ids))
+    ]
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if len(tasks) >= 200 else 1
     if workers > 1:
@@ -256,24 +283,38 @@ def write_coco(out, layout, results, rng, width, height):
     for i, (scene, texts) in enumerate(results):
         split, image_id, name = layout.splits[i], layout.image_ids[i], layout.names[i]
         date = np.datetime64(layout.captured[i], "s").astype(str).replace("T", " ")
-        coco[split]["images"].append({
-            "license": layout.licenses[i], "file_name": name,
-            "coco_url": f"http://capgen.invalid/{split}/{name}",
-            "height": height, "width": width, "date_captured": date,
-            "flickr_url": f"http://capgen.invalid/flickr/{image_id}.jpg", "id": image_id})
-        coco[split]["annotations"] += [{"image_id": image_id, "id": ann_id, "caption": text}
-                                       for text, ann_id in zip(texts, layout.ann_ids[i])]
+        coco[split]["images"].append(
+            {
+                "license": layout.licenses[i],
+                "file_name": name,
+                "coco_url": f"http://capgen.invalid/{split}/{name}",
+                "height": height,
+                "width": width,
+                "date_captured": date,
+                "flickr_url": f"http://capgen.invalid/flickr/{image_id}.jpg",
+                "id": image_id,
+            }
+        )
+        coco[split]["annotations"] += [
+            {"image_id": image_id, "id": ann_id, "caption": text} for text, ann_id in zip(texts, layout.ann_ids[i])
+        ]
         coco[split]["scenes"].append({"image_id": image_id, **scene})
-    info = {"description": "capgen synthetic shapes in the COCO 2014 captions format",
-            "url": "http://capgen.invalid", "version": "1.0", "year": 2014,
-            "contributor": "capgen synth", "date_created": "2014-01-01 00:00:00.000000"}
+    info = {
+        "description": "capgen synthetic shapes in the COCO 2014 captions format",
+        "url": "http://capgen.invalid",
+        "version": "1.0",
+        "year": 2014,
+        "contributor": "capgen synth",
+        "date_created": "2014-01-01 00:00:00.000000",
+    }
     for split, data in coco.items():
         # COCO files list images and captions in no particular order.
         images_json = [data["images"][k] for k in rng.permutation(len(data["images"]))]
         anns_json = [data["annotations"][k] for k in rng.permutation(len(data["annotations"]))]
-        _write_json(os.path.join(out, "annotations", f"captions_{split}.json"),
-                    {"info": info, "images": images_json, "licenses": LICENSES,
-                     "annotations": anns_json})
+        _write_json(
+            os.path.join(out, "annotations", f"captions_{split}.json"),
+            {"info": info, "images": images_json, "licenses": LICENSES, "annotations": anns_json},
+        )
         scenes = sorted(data["scenes"], key=lambda s: s["image_id"])
         _write_json(os.path.join(out, "annotations", f"scenes_{split}.json"), {"scenes": scenes})
 
@@ -286,12 +327,21 @@ def write_karpathy(out, layout, results):
     entries = []
     for imgid, i in enumerate(order):
         split = layout.splits[i]
-        sentences = [{"tokens": re.findall(r"[a-z0-9]+", text.lower()), "raw": text,
-                      "imgid": imgid, "sentid": ann_id} for text, ann_id in zip(results[i][1], layout.ann_ids[i])]
-        entries.append({
-            "filepath": split, "sentids": layout.ann_ids[i], "filename": layout.names[i], "imgid": imgid,
-            "split": "train" if split == "train2014" else layout.karpathy[i - n_train],
-            "sentences": sentences, "cocoid": layout.image_ids[i]})
+        sentences = [
+            {"tokens": re.findall(r"[a-z0-9]+", text.lower()), "raw": text, "imgid": imgid, "sentid": ann_id}
+            for text, ann_id in zip(results[i][1], layout.ann_ids[i])
+        ]
+        entries.append(
+            {
+                "filepath": split,
+                "sentids": layout.ann_ids[i],
+                "filename": layout.names[i],
+                "imgid": imgid,
+                "split": "train" if split == "train2014" else layout.karpathy[i - n_train],
+                "sentences": sentences,
+                "cocoid": layout.image_ids[i],
+            }
+        )
     _write_json(os.path.join(out, "dataset_coco.json"), {"images": entries, "dataset": "coco"})
 
 
@@ -313,6 +363,10 @@ def synthesize(out, images, seed, val_fraction=0.2, width=640, height=480, worke
     results = _make_images(out, layout, seed, width, height, workers)
     write_coco(out, layout, results, rng, width, height)
     write_karpathy(out, layout, results)
-    return {"images": images, "train2014": layout.n_train, "val2014": images - layout.n_train,
-            "captions": sum(len(a) for a in layout.ann_ids),
-            "karpathy": {s: layout.karpathy.count(s) for s in ("val", "test", "restval")}}
+    return {
+        "images": images,
+        "train2014": layout.n_train,
+        "val2014": images - layout.n_train,
+        "captions": sum(len(a) for a in layout.ann_ids),
+        "karpathy": {s: layout.karpathy.count(s) for s in ("val", "test", "restval")},
+    }

@@ -13,6 +13,7 @@ A caption is read as a sequence of symbols (unknown words are ignored):
 A position attaches to the object before it ("a red circle on the left"), or,
 at the start of a clause, to the object after it ("on the left is a red circle").
 """
+
 import json
 import re
 
@@ -46,8 +47,7 @@ RELATION_PHRASES = {
 ORDER_PHRASES = ("from left to right",)
 CONJUNCTIONS = ("and",)
 # Words synth may add that carry no object information (the parser ignores them).
-BACKGROUND_WORDS = {"noise": ("speckled", "grainy"), "gradient": ("shaded", "gradient"),
-                    "stripes": ("striped",)}
+BACKGROUND_WORDS = {"noise": ("speckled", "grainy"), "gradient": ("shaded", "gradient"), "stripes": ("striped",)}
 
 SHAPES = tuple(SHAPE_WORDS)
 SIZES = tuple(SIZE_WORDS)
@@ -83,7 +83,7 @@ def symbols(caption):
     out, i = [], 0
     while i < len(words):
         for n in range(min(_LONGEST, len(words) - i), 0, -1):
-            hit = PHRASES.get(tuple(words[i:i + n]))
+            hit = PHRASES.get(tuple(words[i : i + n]))
             if hit:
                 out.append(hit)
                 i += n
@@ -103,8 +103,9 @@ def parse_caption(caption):
                 broken = True
             pending[kind] = value
         elif kind == "shape":
-            objects.append({"colour": pending.get("colour"), "shape": value,
-                            "size": pending.get("size"), "positions": []})
+            objects.append(
+                {"colour": pending.get("colour"), "shape": value, "size": pending.get("size"), "positions": []}
+            )
             items.append(("obj", len(objects) - 1))
             pending = {}
         else:
@@ -144,9 +145,11 @@ def _match(mentions, truth):
     """Mention index -> scene object index: same colour and shape, else the only
     unused object of that shape, else of that colour; None when ambiguous."""
     match, used = {}, set()
-    keys = (lambda m, o: m["colour"] == o["colour"] and m["shape"] == o["shape"],
-            lambda m, o: m["shape"] == o["shape"],
-            lambda m, o: m["colour"] == o["colour"])
+    keys = (
+        lambda m, o: m["colour"] == o["colour"] and m["shape"] == o["shape"],
+        lambda m, o: m["shape"] == o["shape"],
+        lambda m, o: m["colour"] == o["colour"],
+    )
     for same in keys:
         for i, mention in enumerate(mentions):
             if i in match:
@@ -201,18 +204,28 @@ def check_caption(caption, scene):
     mentions, truth = parsed["objects"], scene["objects"]
     match = _match(mentions, truth)
 
-    colours_shapes = (not parsed["broken"] and len(mentions) == len(truth)
-                      and len(match) == len(mentions)
-                      and all(mentions[i]["colour"] == truth[j]["colour"]
-                              and mentions[i]["shape"] == truth[j]["shape"]
-                              for i, j in match.items()))
-    sizes = all(m["size"] is None or (i in match and m["size"] == truth[match[i]]["size"])
-                for i, m in enumerate(mentions))
+    colours_shapes = (
+        not parsed["broken"]
+        and len(mentions) == len(truth)
+        and len(match) == len(mentions)
+        and all(
+            mentions[i]["colour"] == truth[j]["colour"] and mentions[i]["shape"] == truth[j]["shape"]
+            for i, j in match.items()
+        )
+    )
+    sizes = all(
+        m["size"] is None or (i in match and m["size"] == truth[match[i]]["size"]) for i, m in enumerate(mentions)
+    )
 
     positions, named = _positions(parsed, match, truth)
     complete = colours_shapes and len(named) == len(mentions)
-    return {"colours_shapes": colours_shapes, "sizes": sizes, "positions": positions,
-            "complete": complete, "all": colours_shapes and sizes and positions}
+    return {
+        "colours_shapes": colours_shapes,
+        "sizes": sizes,
+        "positions": positions,
+        "complete": complete,
+        "all": colours_shapes and sizes and positions,
+    }
 
 
 def attribute_accuracy(captions, scenes):
@@ -254,10 +267,15 @@ def attribute_judgements(caption, scene):
         return bool(mentions) and all(i in match and m[key] == truth[match[i]][key] for i, m in enumerate(mentions))
 
     positions, named = _positions(parsed, match, truth)
-    out = {"colour": same("colour"), "shape": same("shape"),
-           "size": all(m["size"] is None or (i in match and m["size"] == truth[match[i]]["size"])
-                       for i, m in enumerate(mentions)),
-           "position": positions and len(named) == len(mentions), "count": len(mentions) == len(truth)}
+    out = {
+        "colour": same("colour"),
+        "shape": same("shape"),
+        "size": all(
+            m["size"] is None or (i in match and m["size"] == truth[match[i]]["size"]) for i, m in enumerate(mentions)
+        ),
+        "position": positions and len(named) == len(mentions),
+        "count": len(mentions) == len(truth),
+    }
     out["all"] = all(out.values())
     return out
 

@@ -21,6 +21,7 @@ on one batch resident on the device ("step only", what the step can consume).
 GPU busy % is NVML's utilisation, sampled every 100 ms in a thread during the timed
 steps (pynvml, else `nvidia-smi -lms 100`).
 """
+
 import datetime
 import os
 import tempfile
@@ -28,18 +29,18 @@ import warnings
 
 import torch
 
+from model.device import default_device
 from model.infer.extract import extract
 from model.nets.caption_model import CaptionModel
-from model.train.step import TrainStep
-from model.device import default_device
-from model.train.build import build_model, build_optimizer
 from model.train.args import TrainArgs
-from pipeline.shards import build as sh
-from pipeline.sources.coco import read_coco
+from model.train.build import build_model, build_optimizer
+from model.train.step import TrainStep
 from pipeline.errors import CapgenError
-from pipeline.loading.source import DataSource
 from pipeline.loading.loader import make_loader
+from pipeline.loading.source import DataSource
+from pipeline.shards import build as sh
 from pipeline.shards.shardset import read_manifest
+from pipeline.sources.coco import read_coco
 from pipeline.synth.generator import synthesize
 from tools.bench import loaders
 from tools.bench.timing import endless, loader_only, repeat, timed
@@ -53,8 +54,16 @@ GOAL = 1.5  # loader images/s over what the training step consumes
 def train_args(mode, source, dim):
     """The trainer's options for one mode: TrainArgs' defaults, random init (throughput does
     not depend on the weights), dim for the decoder's embedding, attention and LSTM sizes."""
-    return TrainArgs(train=source, val=source, out="", encoder_weights="none", fine_tune_encoder=mode == "finetune",
-                     embed_dim=dim, attention_dim=dim, hidden_dim=dim)
+    return TrainArgs(
+        train=source,
+        val=source,
+        out="",
+        encoder_weights="none",
+        fine_tune_encoder=mode == "finetune",
+        embed_dim=dim,
+        attention_dim=dim,
+        hidden_dim=dim,
+    )
 
 
 def build_step(mode, src, vocab_size, device, dim):
@@ -67,8 +76,9 @@ def build_step(mode, src, vocab_size, device, dim):
     model = CaptionModel(None if mode == "features" else encoder, decoder, args.fine_tune_encoder).train()
     if mode != "features" and not args.fine_tune_encoder:
         encoder.eval()
-    return TrainStep(model, model, build_optimizer(model, args, device), device, alpha_c=args.alpha_c,
-                     grad_clip=args.grad_clip)
+    return TrainStep(
+        model, model, build_optimizer(model, args, device), device, alpha_c=args.alpha_c, grad_clip=args.grad_clip
+    )
 
 
 def image_loader(shards, batch_size, device, workers):
@@ -78,8 +88,16 @@ def image_loader(shards, batch_size, device, workers):
         return make_loader(src, batch_size, shuffle=True, loader="dali", workers=workers)
     from pipeline.loading.dali import make_dali_loader
 
-    return make_dali_loader(src.path, batch_size, int(src.image_size), train=True, device_id=None,
-                            num_threads=max(workers, 1), shard_id=0, num_shards=1)
+    return make_dali_loader(
+        src.path,
+        batch_size,
+        int(src.image_size),
+        train=True,
+        device_id=None,
+        num_threads=max(workers, 1),
+        shard_id=0,
+        num_shards=1,
+    )
 
 
 def bench_mode(mode, source, batch_size, steps, warmup, device, vocab_size, workers, dim):
@@ -103,12 +121,23 @@ def bench_mode(mode, source, batch_size, steps, warmup, device, vocab_size, work
     del batches, loader
     alone = timed(step, repeat(resident), steps, warmup, device)
     tokens = resident["tokens"]
-    out = {"mode": mode, "loader": what, "batch_size": batch_size, "captions_per_image": int(tokens.shape[1]),
-           "T": int(tokens.shape[2]), "vocab_size": step.model.decoder.vocab_size, "set_vocab_size": len(vocab),
-           "decoder_dim": dim, "input_shape": list(resident["features" if mode == "features" else "images"].shape[1:]),
-           "trainable_params": sum(p.numel() for p in step.params), "steps": steps, "warmup": warmup,
-           "with_loader": fed, "step_only": alone,
-           "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
+    out = {
+        "mode": mode,
+        "loader": what,
+        "batch_size": batch_size,
+        "captions_per_image": int(tokens.shape[1]),
+        "T": int(tokens.shape[2]),
+        "vocab_size": step.model.decoder.vocab_size,
+        "set_vocab_size": len(vocab),
+        "decoder_dim": dim,
+        "input_shape": list(resident["features" if mode == "features" else "images"].shape[1:]),
+        "trainable_params": sum(p.numel() for p in step.params),
+        "steps": steps,
+        "warmup": warmup,
+        "with_loader": fed,
+        "step_only": alone,
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+    }
     k = out["captions_per_image"]
     for part in (fed, alone):
         part["captions_per_s"] = part["images_per_s"] * k
@@ -119,8 +148,18 @@ def bench_mode(mode, source, batch_size, steps, warmup, device, vocab_size, work
     return out
 
 
-def bench_training(shards, features, batch_size=128, steps=100, warmup=10, device=None,
-                   vocab_size=COCO_VOCAB, workers=8, modes=MODES, dim=TrainArgs.hidden_dim):
+def bench_training(
+    shards,
+    features,
+    batch_size=128,
+    steps=100,
+    warmup=10,
+    device=None,
+    vocab_size=COCO_VOCAB,
+    workers=8,
+    modes=MODES,
+    dim=TrainArgs.hidden_dim,
+):
     """{mode: figures} for the training modes (features needs `features`, the others `shards`).
     dim: the decoder's embedding, attention and LSTM sizes (default: the trainer's)."""
     device = default_device(device)
@@ -147,8 +186,14 @@ def synthetic_set(root, images, image_size=256, width=640, height=480, workers=N
     returns (shard set folder, feature cache path)."""
     data, out, h5 = (os.path.join(root, n) for n in ("data", "shards", "features.h5"))
     synthesize(data, images, seed=0, val_fraction=0, width=width, height=height, workers=workers)
-    sh.build(read_coco(data, "train2014"), out, sh.Options(name="bench", image_size=image_size,
-             shard_size=max(1, min(1000, images // 8))), {"bench": True}, workers=workers, progress=False)
+    sh.build(
+        read_coco(data, "train2014"),
+        out,
+        sh.Options(name="bench", image_size=image_size, shard_size=max(1, min(1000, images // 8))),
+        {"bench": True},
+        workers=workers,
+        progress=False,
+    )
     extract_features(out, h5, workers or 1, device)
     return out, h5
 
@@ -157,22 +202,47 @@ def extract_features(shards, out, workers, device=None, batch_size=256):
     """model/infer/extract.py over the set: resnet50 layer4, random init (throughput only)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return extract(shards, out, "resnet50", "layer4", "none", batch_size=batch_size, workers=workers,
-                       device=device, progress=False)
+        return extract(
+            shards,
+            out,
+            "resnet50",
+            "layer4",
+            "none",
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            progress=False,
+        )
 
 
 # ---------------------------------------------------------------- the whole run
+
 
 def _versions():
     import nvidia.dali
     import torchvision
 
-    return {"torch": torch.__version__, "cuda": torch.version.cuda, "torchvision": torchvision.__version__,
-            "dali": nvidia.dali.__version__}
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "torchvision": torchvision.__version__,
+        "dali": nvidia.dali.__version__,
+    }
 
 
-def run(shards=None, features=None, batch_size=128, steps=100, warmup=10, device=None, quick=False,
-        workers=None, vocab_size=None, images=None, echo=print):
+def run(
+    shards=None,
+    features=None,
+    batch_size=128,
+    steps=100,
+    warmup=10,
+    device=None,
+    quick=False,
+    workers=None,
+    vocab_size=None,
+    images=None,
+    echo=print,
+):
     """Loader-only and training figures on one device, in one run, as one dict.
 
     Without `shards`, a synthetic set is made in a temporary folder (enough images for the
@@ -187,12 +257,30 @@ def run(shards=None, features=None, batch_size=128, steps=100, warmup=10, device
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     cores = sh.available_cores()
-    cfg = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "dim": TrainArgs.hidden_dim, "image_size": 256,
-           "vocab_size": vocab_size or COCO_VOCAB, "workers": workers or (min(cores, 8) if cuda else 1),
-           "images": images or (steps + warmup + 2) * batch_size, "width": 640, "height": 480}
+    cfg = {
+        "batch_size": batch_size,
+        "steps": steps,
+        "warmup": warmup,
+        "dim": TrainArgs.hidden_dim,
+        "image_size": 256,
+        "vocab_size": vocab_size or COCO_VOCAB,
+        "workers": workers or (min(cores, 8) if cuda else 1),
+        "images": images or (steps + warmup + 2) * batch_size,
+        "width": 640,
+        "height": 480,
+    }
     if quick:  # shapes a 2-core CPU runs in seconds: code paths, not figures
-        cfg.update(batch_size=min(batch_size, 4), steps=2, warmup=1, dim=32, image_size=32,
-                   vocab_size=vocab_size or 1, images=images or 24, width=64, height=48)
+        cfg.update(
+            batch_size=min(batch_size, 4),
+            steps=2,
+            warmup=1,
+            dim=32,
+            image_size=32,
+            vocab_size=vocab_size or 1,
+            images=images or 24,
+            width=64,
+            height=48,
+        )
     threads = torch.get_num_threads()
     if not cuda:  # one intra-op thread: OpenMP spin-waits cost 100x on a shared 2-core machine
         torch.set_num_threads(1)
@@ -206,13 +294,22 @@ def run(shards=None, features=None, batch_size=128, steps=100, warmup=10, device
 def _run(shards, features, device, quick, cores, cfg, tmp, echo):
     cuda = device.type == "cuda"
     bs, steps, warmup, workers = cfg["batch_size"], cfg["steps"], cfg["warmup"], cfg["workers"]
-    r = {"smoke": quick or not cuda, "device": torch.cuda.get_device_name(device) if cuda else f"CPU ({cores} cores)",
-         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "batch_size": bs,
-         "steps": steps, "warmup": warmup, "cores": cores, "loader_workers": workers, **_versions()}
+    r = {
+        "smoke": quick or not cuda,
+        "device": torch.cuda.get_device_name(device) if cuda else f"CPU ({cores} cores)",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "batch_size": bs,
+        "steps": steps,
+        "warmup": warmup,
+        "cores": cores,
+        "loader_workers": workers,
+        **_versions(),
+    }
     if shards is None:
         echo(f"bench gpu: making a synthetic set of {cfg['images']} images in {tmp}")
-        shards, features = synthetic_set(tmp, cfg["images"], cfg["image_size"], cfg["width"], cfg["height"],
-                                         workers=cores, device=device)
+        shards, features = synthetic_set(
+            tmp, cfg["images"], cfg["image_size"], cfg["width"], cfg["height"], workers=cores, device=device
+        )
     elif features is None:
         echo(f"bench gpu: extracting features of {shards} into {tmp}")
         features = os.path.join(tmp, "features.h5")
@@ -229,16 +326,19 @@ def _run(shards, features, device, quick, cores, cfg, tmp, echo):
     r["loaders"] = lo
 
     echo("bench gpu: training")
-    r["train"] = t = bench_training(shards, features, bs, steps, warmup, device, cfg["vocab_size"], workers,
-                                    dim=cfg["dim"])
+    r["train"] = t = bench_training(
+        shards, features, bs, steps, warmup, device, cfg["vocab_size"], workers, dim=cfg["dim"]
+    )
     r["epoch"] = {"images": COCO_TRAIN_IMAGES, "captions": COCO_TRAIN_IMAGES * t["features"]["captions_per_image"]}
     consume = {m: t[m]["step_only"]["images_per_s"] for m in t}
-    r["ratios"] = {"goal": GOAL,
-                   "dali_over_frozen": lo["dali_trainer"] / consume["frozen"],
-                   "dali_over_finetune": lo["dali_trainer"] / consume["finetune"],
-                   "cpu_over_frozen": lo["cpu"] / consume["frozen"],
-                   "cpu_over_finetune": lo["cpu"] / consume["finetune"],
-                   "features_over_decoder": lo["features"] / consume["features"]}
+    r["ratios"] = {
+        "goal": GOAL,
+        "dali_over_frozen": lo["dali_trainer"] / consume["frozen"],
+        "dali_over_finetune": lo["dali_trainer"] / consume["finetune"],
+        "cpu_over_frozen": lo["cpu"] / consume["frozen"],
+        "cpu_over_finetune": lo["cpu"] / consume["finetune"],
+        "features_over_decoder": lo["features"] / consume["features"],
+    }
     return r
 
 
@@ -258,41 +358,55 @@ def report(r):
     lines = []
     if r["smoke"]:
         lines.append("SMOKE RUN (--quick or no GPU): tiny batches and steps; these are not figures.")
-    lines += [f"capgen bench gpu on {r['device']}, {r['date']}",
-              f"  batch {r['batch_size']} images x {any_mode['captions_per_image']} captions, {r['image_size']}x"
-              f"{r['image_size']}, {r['steps']} timed steps after {r['warmup']}; torch {r['torch']} (CUDA "
-              f"{r['cuda']}), DALI {r['dali']}, {r['cores']} CPU cores",
-              "",
-              f"  {'loader only, batch ' + str(lo['batch_size']):<46} {'images/s':>9}  {'busy':>6}"]
+    lines += [
+        f"capgen bench gpu on {r['device']}, {r['date']}",
+        f"  batch {r['batch_size']} images x {any_mode['captions_per_image']} captions, {r['image_size']}x"
+        f"{r['image_size']}, {r['steps']} timed steps after {r['warmup']}; torch {r['torch']} (CUDA "
+        f"{r['cuda']}), DALI {r['dali']}, {r['cores']} CPU cores",
+        "",
+        f"  {'loader only, batch ' + str(lo['batch_size']):<46} {'images/s':>9}  {'busy':>6}",
+    ]
     busy = lo["gpu_busy"]
-    rows = [("dali, as the trainer builds it (make_loader)", lo["dali_trainer"], busy.get("dali_trainer")),
-            (f"dali ({lo['dali_threads']} threads)", lo["dali"], busy.get("dali")),
-            ("torchvision decode_jpeg (bytes in RAM)", lo["torchvision"], busy.get("torchvision")),
-            (f"cpu webdataset loader ({lo['cpu_workers']} workers)", lo["cpu"], None),
-            (f"hdf5 features ({r['loader_workers']} workers)", lo["features"], None)]
+    rows = [
+        ("dali, as the trainer builds it (make_loader)", lo["dali_trainer"], busy.get("dali_trainer")),
+        (f"dali ({lo['dali_threads']} threads)", lo["dali"], busy.get("dali")),
+        ("torchvision decode_jpeg (bytes in RAM)", lo["torchvision"], busy.get("torchvision")),
+        (f"cpu webdataset loader ({lo['cpu_workers']} workers)", lo["cpu"], None),
+        (f"hdf5 features ({r['loader_workers']} workers)", lo["features"], None),
+    ]
     for name, rate, b in rows:
         lines.append(f"  {name:<46} {rate:9.0f}  {_pct(b)}")
-    lines += ["",
-              f"training: the trainer's step (masked CE + doubly stochastic, clip {TrainArgs.grad_clip:g}, Adam; "
-              f"on a GPU bf16 autocast, fused Adam), decoder vocab {any_mode['vocab_size']}, "
-              f"dims {any_mode['decoder_dim']}",
-              "                          with its loader                      step only (batch on device)",
-              "  mode                  images/s captions/s  busy  epoch      images/s  busy  epoch    peak GB"]
+    lines += [
+        "",
+        f"training: the trainer's step (masked CE + doubly stochastic, clip {TrainArgs.grad_clip:g}, Adam; "
+        f"on a GPU bf16 autocast, fused Adam), decoder vocab {any_mode['vocab_size']}, "
+        f"dims {any_mode['decoder_dim']}",
+        "                          with its loader                      step only (batch on device)",
+        "  mode                  images/s captions/s  busy  epoch      images/s  busy  epoch    peak GB",
+    ]
     names = {"features": "hdf5 features", "frozen": "e2e, frozen enc", "finetune": "e2e, fine-tune 3-4"}
     for mode, m in t.items():
         f, a = m["with_loader"], m["step_only"]
         mem = "    n/a" if m["peak_memory_gb"] is None else f"{m['peak_memory_gb']:7.1f}"
-        lines.append(f"  {names[mode]:<20} {f['images_per_s']:9.0f} {f['captions_per_s']:10.0f} "
-                     f"{_pct(f['gpu_busy'])} {_clock(f['epoch_s']):>7}   {a['images_per_s']:9.0f} "
-                     f"{_pct(a['gpu_busy'])} {_clock(a['epoch_s']):>7}  {mem}")
+        lines.append(
+            f"  {names[mode]:<20} {f['images_per_s']:9.0f} {f['captions_per_s']:10.0f} "
+            f"{_pct(f['gpu_busy'])} {_clock(f['epoch_s']):>7}   {a['images_per_s']:9.0f} "
+            f"{_pct(a['gpu_busy'])} {_clock(a['epoch_s']):>7}  {mem}"
+        )
     e, q = r["epoch"], r["ratios"]
-    lines += [f"  epoch = {e['images']:,} images x {e['captions'] // e['images']} captions ({e['captions']:,}), "
-              "projected from the images/s",
-              "",
-              f"loader / training consumption (loader-only images/s over step-only images/s; goal >= {q['goal']}x)"]
-    labels = {"dali_over_frozen": "dali (trainer) / e2e frozen", "dali_over_finetune": "dali (trainer) / e2e fine-tune",
-              "cpu_over_frozen": "cpu loader / e2e frozen", "cpu_over_finetune": "cpu loader / e2e fine-tune",
-              "features_over_decoder": "hdf5 features / decoder"}
+    lines += [
+        f"  epoch = {e['images']:,} images x {e['captions'] // e['images']} captions ({e['captions']:,}), "
+        "projected from the images/s",
+        "",
+        f"loader / training consumption (loader-only images/s over step-only images/s; goal >= {q['goal']}x)",
+    ]
+    labels = {
+        "dali_over_frozen": "dali (trainer) / e2e frozen",
+        "dali_over_finetune": "dali (trainer) / e2e fine-tune",
+        "cpu_over_frozen": "cpu loader / e2e frozen",
+        "cpu_over_finetune": "cpu loader / e2e fine-tune",
+        "features_over_decoder": "hdf5 features / decoder",
+    }
     for key, label in labels.items():
         lines.append(f"  {label:<32} {q[key]:6.2f}x  {'ok' if q[key] >= q['goal'] else 'below goal'}")
     if r["smoke"]:

@@ -11,14 +11,15 @@
 Every figure is batches after a warm-up, timed to the last byte on the device.
 `capgen bench gpu` (tools/bench/gpu.py) runs this too, beside the training side.
 """
+
 import os
 import warnings
 
 import torch
 
 from model.device import default_device
-from pipeline.loading.dali import CROP_AREA, CROP_ASPECT, JITTER, make_dali_loader
 from pipeline.loading.batches import ShardBatches
+from pipeline.loading.dali import CROP_AREA, CROP_ASPECT, JITTER, make_dali_loader
 from pipeline.shards.wds_index import read_samples, shard_tars
 from tools.bench.timing import loader_only
 
@@ -55,7 +56,7 @@ class TorchvisionBatches:
         for s in range(0, len(self.data) - self.batch_size + 1, self.batch_size):
             with warnings.catch_warnings():  # torchvision 0.29 deprecates it for TorchCodec; still the baseline
                 warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
-                images = decode_jpeg(self.data[s:s + self.batch_size], device=self.device)
+                images = decode_jpeg(self.data[s : s + self.batch_size], device=self.device)
             flips = torch.rand(len(images), generator=self.gen) < 0.5
             images = torch.stack([self.crop(x) for x in images]).float()
             images = torch.where(flips.to(self.device).view(-1, 1, 1, 1), images.flip(-1), images)
@@ -73,12 +74,23 @@ def run(shard_dir, batch_size=256, image_size=256, batches=50, warmup=5, device=
     device = default_device(device)
     cores = os.cpu_count() or 1
     gpu = device.type == "cuda"
-    results = {"device": torch.cuda.get_device_name(device) if gpu else f"CPU ({cores} cores)",
-               "batch_size": batch_size, "image_size": image_size, "quick": quick}
+    results = {
+        "device": torch.cuda.get_device_name(device) if gpu else f"CPU ({cores} cores)",
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "quick": quick,
+    }
 
-    dali = make_dali_loader(shard_dir, batch_size, image_size, train=True,
-                            device_id=(device.index or 0) if gpu else None,
-                            num_threads=min(cores, 8) if gpu else cores, shard_id=0, num_shards=1)
+    dali = make_dali_loader(
+        shard_dir,
+        batch_size,
+        image_size,
+        train=True,
+        device_id=(device.index or 0) if gpu else None,
+        num_threads=min(cores, 8) if gpu else cores,
+        shard_id=0,
+        num_shards=1,
+    )
     on_dali = loader_only(dali, batches, warmup, device)
     results["dali"] = on_dali["images_per_s"]
     results["dali_threads"] = min(cores, 8) if gpu else cores
@@ -94,19 +106,29 @@ def run(shard_dir, batch_size=256, image_size=256, batches=50, warmup=5, device=
     tars = shard_tars(shard_dir)
     dataset = ShardBatches(tars, os.path.join(shard_dir, "tokens.npz"), batch_size, shuffle=True)
     workers = min(cores, len(tars))
-    cpu = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
-                                      pin_memory=gpu, prefetch_factor=4 if workers else None,
-                                      persistent_workers=workers > 0)
+    cpu = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=gpu,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=workers > 0,
+    )
     results["cpu"] = loader_only(cpu, batches, warmup, torch.device("cpu"))["images_per_s"]
     results["cpu_workers"] = workers
     return results
 
 
 def report(r):
-    lines = [f"loaders on {r['device']}: batch {r['batch_size']}, {r['image_size']}x{r['image_size']}, "
-             "images/s (ratio to the cpu loader)"]
-    names = {"dali": "dali decode + augment", "torchvision": "torchvision decode_jpeg + augment",
-             "cpu": f"cpu webdataset loader ({r['cpu_workers']} workers)"}
+    lines = [
+        f"loaders on {r['device']}: batch {r['batch_size']}, {r['image_size']}x{r['image_size']}, "
+        "images/s (ratio to the cpu loader)"
+    ]
+    names = {
+        "dali": "dali decode + augment",
+        "torchvision": "torchvision decode_jpeg + augment",
+        "cpu": f"cpu webdataset loader ({r['cpu_workers']} workers)",
+    }
     for key, name in names.items():
         lines.append(f"  {name:<40} {r[key]:>10.0f}  {r[key] / r['cpu']:5.2f}x")
     if r["quick"]:

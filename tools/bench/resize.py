@@ -9,6 +9,7 @@ reference for every method; PIL's bicubic is the bar (a method qualifies within
 methods are timed interleaved, round by round (tools/bench/timing.best_of), so
 a machine that slows down mid-run slows them all alike.
 """
+
 import functools
 import os
 
@@ -30,6 +31,7 @@ def _decode(data):
 def _pil(filter_, reducing_gap=None):
     def run(data, size):
         return np.asarray(Image.fromarray(_decode(data)).resize((size, size), filter_, reducing_gap=reducing_gap))
+
     return run
 
 
@@ -41,17 +43,20 @@ def _torch(data, size):
 
 def _cv2_area(data, size):
     import cv2
+
     return cv2.resize(_decode(data), (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _vips_thumbnail(data, size):
     import pyvips
+
     im = pyvips.Image.thumbnail_buffer(data, size, height=size, size="force")
     return np.ndarray(buffer=im.write_to_memory(), dtype=np.uint8, shape=(im.height, im.width, im.bands))
 
 
 def _vips_resize(data, size):
     import pyvips
+
     a = _decode(data)
     im = pyvips.Image.new_from_memory(a.data, a.shape[1], a.shape[0], 3, "uchar")
     im = im.resize(size / a.shape[1], vscale=size / a.shape[0], kernel="cubic")
@@ -60,6 +65,7 @@ def _vips_resize(data, size):
 
 def _vips_reduce(data, size):
     import pyvips
+
     a = _decode(data)
     im = pyvips.Image.new_from_memory(a.data, a.shape[1], a.shape[0], 3, "uchar")
     im = im.reducev(a.shape[0] / size, kernel="cubic").reduceh(a.shape[1] / size, kernel="cubic")
@@ -100,15 +106,18 @@ def _available(module):
 
 def _one_thread():
     os.environ.setdefault("VIPS_CONCURRENCY", "1")  # read when libvips starts
-    for module, call in (("torch", lambda m: m.set_num_threads(1)), ("cv2", lambda m: m.setNumThreads(1)),
-                         ("pyvips", lambda m: (m.concurrency_set(1), m.cache_set_max(0)))):
+    for module, call in (
+        ("torch", lambda m: m.set_num_threads(1)),
+        ("cv2", lambda m: m.setNumThreads(1)),
+        ("pyvips", lambda m: (m.concurrency_set(1), m.cache_set_max(0))),
+    ):
         if _available(module):
             call(__import__(module))
 
 
 def psnr(a, b):
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def _each(fn, jpegs, size):
@@ -124,8 +133,9 @@ def bench_resize(jpegs, size=256, rounds=3):
     for fn, _, _ in here.values():
         for d in jpegs[:3]:  # warm up (library start, kernels)
             fn(d, size)
-    best = best_of([functools.partial(_each, fn, jpegs, size) for fn, _, _ in here.values()], rounds, 0,
-                   torch.device("cpu"))
+    best = best_of(
+        [functools.partial(_each, fn, jpegs, size) for fn, _, _ in here.values()], rounds, 0, torch.device("cpu")
+    )
     rows = [{"method": name, "missing": module} for name, (_, _, module) in METHODS.items() if name not in here]
     for (name, (fn, decodes, _)), seconds in zip(here.items(), best):
         quality = None
@@ -142,9 +152,11 @@ def bench_resize(jpegs, size=256, rounds=3):
 
 
 def format_resize(rows, n, size=256):
-    lines = [f"resize {n} photographic 640x480 JPEGs -> {size}x{size}, one thread, per image; "
-             f"PSNR vs PIL LANCZOS of the full decode",
-             f"{'method':40s} {'total ms':>8s} {'resize ms':>9s} {'PSNR dB':>8s}  within {MARGIN_DB} dB of PIL bicubic"]
+    lines = [
+        f"resize {n} photographic 640x480 JPEGs -> {size}x{size}, one thread, per image; "
+        f"PSNR vs PIL LANCZOS of the full decode",
+        f"{'method':40s} {'total ms':>8s} {'resize ms':>9s} {'PSNR dB':>8s}  within {MARGIN_DB} dB of PIL bicubic",
+    ]
     for r in rows:
         if "missing" in r:
             lines.append(f"{r['method']:40s} not installed ({r['missing']})")

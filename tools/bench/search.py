@@ -9,6 +9,7 @@ random values: the weights and features do not change the arithmetic) and a rand
 - Q queries in one pass against Q passes of one query each (what the server's batcher
   gains), and the ratio.
 """
+
 import os
 import tempfile
 
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.nets.decoder import Decoder
 from model.device import default_device
+from model.nets.decoder import Decoder
 from model.retrieval.index import ImageIndex, Query
 from pipeline.loading.features import FeatureFile, FeatureWriter
 from tools.bench.timing import best_of, seconds
@@ -28,8 +29,9 @@ QUERY = [1, *range(4, 10), 2]  # <start>, six words, <end>: "a red circle left o
 
 def synthetic_cache(path, n, seed=0):
     rng = np.random.default_rng(seed)
-    writer = FeatureWriter(path, n, GRID, CHANNELS, {"encoder": "resnet18", "stop": "layer3", "image_size": 128,
-                                                     "shard_set": ""})
+    writer = FeatureWriter(
+        path, n, GRID, CHANNELS, {"encoder": "resnet18", "stop": "layer3", "image_size": 128, "shard_set": ""}
+    )
     for i in range(0, n, 500):
         rows = min(500, n - i)
         writer.write(np.arange(i, i + rows), rng.standard_normal((rows, GRID, CHANNELS), dtype=np.float32))
@@ -56,30 +58,48 @@ def run(images=5000, queries=8, baseline_images=200, rounds=3, device=None, thre
         cache, held = FeatureFile(path), {}
         load_s = seconds(lambda: held.update(features=cache.read(0, images)), device)
         features = held["features"]
-        prepare_s = seconds(lambda: held.update(index=ImageIndex(decoder, features, cache.image_ids, device=device)),
-                            device)
+        prepare_s = seconds(
+            lambda: held.update(index=ImageIndex(decoder, features, cache.image_ids, device=device)), device
+        )
     index = held["index"]
     one = [Query("q", QUERY, [])]
     many = [Query(f"q{i}", QUERY, []) for i in range(queries)]
     tokens = torch.tensor(QUERY, device=device)[None, None]
     subset = torch.from_numpy(features[:baseline_images])
-    one_s, base_s = best_of([lambda: index.score(one), lambda: per_image(decoder, subset, tokens, device)],
-                            rounds, 1, device)
-    batched_s, serial_s = best_of([lambda: index.score(many), lambda: [index.score(one) for _ in many]],
-                                  max(1, rounds - 1), 0, device)
+    one_s, base_s = best_of(
+        [lambda: index.score(one), lambda: per_image(decoder, subset, tokens, device)], rounds, 1, device
+    )
+    batched_s, serial_s = best_of(
+        [lambda: index.score(many), lambda: [index.score(one) for _ in many]], max(1, rounds - 1), 0, device
+    )
     ours, base = images / one_s, baseline_images / base_s
-    return {"device": str(device), "threads": torch.get_num_threads(), "images": images,
-            "query_tokens": len(QUERY), "prepare_s": prepare_s, "load_s": load_s,
-            "one_query_s": one_s, "images_per_s": ours, "baseline_images_per_s": base, "ratio": ours / base,
-            "queries": queries, "batched_queries_per_s": queries / batched_s,
-            "serial_queries_per_s": queries / serial_s, "batch_ratio": serial_s / batched_s}
+    return {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "images": images,
+        "query_tokens": len(QUERY),
+        "prepare_s": prepare_s,
+        "load_s": load_s,
+        "one_query_s": one_s,
+        "images_per_s": ours,
+        "baseline_images_per_s": base,
+        "ratio": ours / base,
+        "queries": queries,
+        "batched_queries_per_s": queries / batched_s,
+        "serial_queries_per_s": queries / serial_s,
+        "batch_ratio": serial_s / batched_s,
+    }
 
 
 def report(r):
-    return "\n".join([
-        f"search on {r['device']} ({r['threads']} threads): {r['images']} images of 8x8x256 features, 256-d decoder, "
-        f"a query of {r['query_tokens']} tokens; cache read in {r['load_s']:.2f} s, index prepared in {r['prepare_s']:.2f} s",
-        f"one query: {r['one_query_s']:.3f} s = {r['images_per_s']:.0f} images/s; per-image Decoder.forward loop "
-        f"{r['baseline_images_per_s']:.0f} images/s; ratio {r['ratio']:.1f}x",
-        f"{r['queries']} queries in one pass: {r['batched_queries_per_s']:.2f} queries/s; one at a time "
-        f"{r['serial_queries_per_s']:.2f} queries/s; ratio {r['batch_ratio']:.2f}x"])
+    return "\n".join(
+        [
+            f"search on {r['device']} ({r['threads']} threads): {r['images']} images of 8x8x256 features, "
+            f"256-d decoder, a query of {r['query_tokens']} tokens; cache read in {r['load_s']:.2f} s, "
+            f"index prepared in {r['prepare_s']:.2f} s",
+            f"one query: {r['one_query_s']:.3f} s = {r['images_per_s']:.0f} images/s; per-image Decoder.forward loop "
+            f"{r['baseline_images_per_s']:.0f} images/s; ratio {r['ratio']:.1f}x",
+            f"{r['queries']} queries in one pass: {r['batched_queries_per_s']:.2f} queries/s; one at a time "
+            f"{r['serial_queries_per_s']:.2f} queries/s; ratio {r['batch_ratio']:.2f}x",
+        ]
+    )

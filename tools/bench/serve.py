@@ -7,6 +7,7 @@ uploads `concurrency` at a time (throughput). Every answer must be 200 and
 carry the baseline's best caption for its image; anything else is an error.
 Client and server share this machine's cores, which the figures include.
 """
+
 import asyncio
 import contextlib
 import io
@@ -53,8 +54,10 @@ def baseline(captioner, images, calls, beam):
     decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
     best = [captioner.caption([img], beam=beam)[0]["captions"][0]["text"] for img in decoded]  # also warms up
     start = time.perf_counter()
-    latencies = [seconds(lambda: captioner.caption([decoded[i % len(decoded)]], beam=beam), captioner.device)
-                 for i in range(calls)]
+    images = [decoded[i % len(decoded)] for i in range(calls)]
+    latencies = [
+        seconds(lambda image=image: captioner.caption([image], beam=beam), captioner.device) for image in images
+    ]
     return best, latencies, time.perf_counter() - start
 
 
@@ -64,6 +67,7 @@ async def load(url, images, expected, requests, concurrency):
     next_index = iter(range(requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
         async def worker():
             for i in next_index:
                 k = i % len(images)
@@ -83,8 +87,9 @@ async def load(url, images, expected, requests, concurrency):
         return latencies, errors, time.perf_counter() - start
 
 
-def run(checkpoint, requests=500, concurrency=8, n_images=8, baseline_calls=None, beam=3, threads=None, url=None,
-        echo=print):
+def run(
+    checkpoint, requests=500, concurrency=8, n_images=8, baseline_calls=None, beam=3, threads=None, url=None, echo=print
+):
     """url: bench that running server (serving `checkpoint` with `beam`) instead of starting one."""
     if threads:
         torch.set_num_threads(threads)  # the server gets the same below
@@ -93,33 +98,50 @@ def run(checkpoint, requests=500, concurrency=8, n_images=8, baseline_calls=None
         raise CapgenError("bench serve: --requests, --concurrency and --images must be at least 1")
     images = make_images(n_images)
     calls = baseline_calls or min(requests, 100)
-    echo(f"bench serve: {checkpoint}, {n_images} distinct 640x480 JPEGs, beam {beam}, "
-         f"cpu, torch threads {torch.get_num_threads()}")
+    echo(
+        f"bench serve: {checkpoint}, {n_images} distinct 640x480 JPEGs, beam {beam}, "
+        f"cpu, torch threads {torch.get_num_threads()}"
+    )
     captioner = Captioner.load(checkpoint)
     expected, model_lat, model_wall = baseline(captioner, images, calls, beam)
     del captioner
     model_rate = calls / model_wall
-    echo(f"in process (model only, sequential): {calls} captions, {model_rate:.1f}/s, "
-         f"p50 {percentile(model_lat, 50):.1f} ms, p95 {percentile(model_lat, 95):.1f} ms")
+    echo(
+        f"in process (model only, sequential): {calls} captions, {model_rate:.1f}/s, "
+        f"p50 {percentile(model_lat, 50):.1f} ms, p95 {percentile(model_lat, 95):.1f} ms"
+    )
     args = ["--beam", str(beam), "--threads", str(torch.get_num_threads()), "--log-level", "warning"]
     with contextlib.nullcontext(url) if url else running_server(checkpoint, args) as url:
         one_lat, one_errors, _ = asyncio.run(load(url, images, expected, calls, 1))
         latencies, errors, wall = asyncio.run(load(url, images, expected, requests, concurrency))
     errors = one_errors + errors
     extra = percentile(one_lat, 50) - percentile(model_lat, 50)
-    echo(f"server (HTTP, 1 at a time): {calls} requests, p50 {percentile(one_lat, 50):.1f} ms, "
-         f"p95 {percentile(one_lat, 95):.1f} ms: {extra:+.1f} ms per request over the model "
-         "(upload, decode, HTTP, JSON)")
+    echo(
+        f"server (HTTP, 1 at a time): {calls} requests, p50 {percentile(one_lat, 50):.1f} ms, "
+        f"p95 {percentile(one_lat, 95):.1f} ms: {extra:+.1f} ms per request over the model "
+        "(upload, decode, HTTP, JSON)"
+    )
     rate = requests / wall
-    echo(f"server (HTTP, {concurrency} concurrent): {requests} requests, {rate:.1f}/s, "
-         f"p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms, "
-         f"errors {len(errors)}")
+    echo(
+        f"server (HTTP, {concurrency} concurrent): {requests} requests, {rate:.1f}/s, "
+        f"p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms, "
+        f"errors {len(errors)}"
+    )
     # Requests share the one model (micro-batched), so their latency includes the wait; throughput is the figure.
     echo(f"throughput server / in process: {rate / model_rate:.2f}x")
     for line in errors[:5]:
         echo("  " + line)
-    return {"baseline_rps": model_rate, "rps": rate, "ratio": rate / model_rate,
-            "requests": requests, "concurrency": concurrency, "rate": rate, "model_rate": model_rate,
-            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
-            "model_p50_ms": percentile(model_lat, 50), "one_p50_ms": percentile(one_lat, 50),
-            "errors": len(errors)}
+    return {
+        "baseline_rps": model_rate,
+        "rps": rate,
+        "ratio": rate / model_rate,
+        "requests": requests,
+        "concurrency": concurrency,
+        "rate": rate,
+        "model_rate": model_rate,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "model_p50_ms": percentile(model_lat, 50),
+        "one_p50_ms": percentile(one_lat, 50),
+        "errors": len(errors),
+    }

@@ -9,6 +9,7 @@ tar, fsync, sha256, vocabulary) with 1 worker and with every core; the figures
 are the best of a few interleaved rounds. --resize adds the per-image resize
 table (tools/bench/resize.py).
 """
+
 import io
 import itertools
 import json
@@ -21,15 +22,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.imaging import decode as imaging_decode
-
 from pipeline.imaging import convert as imaging
+from pipeline.imaging import decode as imaging_decode
 from pipeline.shards.build import available_cores
 from tools.bench.timing import best_of
 from tools.serve.process import capgen_command
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina",
-          "hubble_deep_field", "stereo_motorcycle")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "retina",
+    "hubble_deep_field",
+    "stereo_motorcycle",
+)
 
 
 def photos():
@@ -72,8 +80,9 @@ def make_dataset(root, n, seed=0, width=640, height=480):
         paths.append(path)
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
         for k in range(5):
-            annotations.append({"id": 5 * i + k + 1, "image_id": image_id,
-                                "caption": f"a photograph number {i} seen in view {k}"})
+            annotations.append(
+                {"id": 5 * i + k + 1, "image_id": image_id, "caption": f"a photograph number {i} seen in view {k}"}
+            )
     with open(os.path.join(root, "annotations", "captions_train2014.json"), "w") as f:
         json.dump({"images": images, "annotations": annotations}, f)
     return paths
@@ -95,9 +104,25 @@ def convert_only(paths, size=256):
 
 def build_cli(root, out, workers, shard_size):
     """One whole `capgen shards build` run of root's train2014 into out (a new folder)."""
-    cmd = capgen_command() + ["shards", "build", "--coco-root", root, "--split", "train2014", "--out", out,
-                              "--name", "bench", "--shard-size", str(shard_size), "--workers", str(workers),
-                              "--min-freq", "1", "--quiet"]
+    cmd = capgen_command() + [
+        "shards",
+        "build",
+        "--coco-root",
+        root,
+        "--split",
+        "train2014",
+        "--out",
+        out,
+        "--name",
+        "bench",
+        "--shard-size",
+        str(shard_size),
+        "--workers",
+        str(workers),
+        "--min-freq",
+        "1",
+        "--quiet",
+    ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
 
 
@@ -118,12 +143,16 @@ def bench_shards(images=None, rounds=3, workers=None, tmp=None, resize=False):
         def build_with(w):  # a new folder per build: no deletion on the clock
             return lambda: build_cli(coco, os.path.join(root, f"out-{next(builds)}"), w, shard_size)
 
-        fns = {"naive": lambda: naive(paths), "convert": lambda: convert_only(paths),
-               **{w: build_with(w) for w in counts}}
+        fns = {
+            "naive": lambda: naive(paths),
+            "convert": lambda: convert_only(paths),
+            **{w: build_with(w) for w in counts},
+        }
         best = dict(zip(fns, best_of(list(fns.values()), rounds, 0, torch.device("cpu"))))
         table = None
         if resize:
             from tools.bench.resize import bench_resize
+
             jpegs = []
             for p in paths[:64]:
                 with open(p, "rb") as f:
@@ -133,14 +162,24 @@ def bench_shards(images=None, rounds=3, workers=None, tmp=None, resize=False):
         shutil.rmtree(root, ignore_errors=True)
     rate = {k: images / v for k, v in best.items()}
     return {
-        "images": images, "rounds": rounds, "cores": cores, "shard_size": shard_size,
+        "images": images,
+        "rounds": rounds,
+        "cores": cores,
+        "shard_size": shard_size,
         "naive_images_per_s": rate["naive"],
         "convert_images_per_s": rate["convert"],
-        "build": [{"workers": w, "images_per_s": rate[w], "vs_naive": rate[w] / rate["naive"],
-                   "per_worker_vs_naive": rate[w] / w / rate["naive"],
-                   "scaling": rate[w] / rate[counts[0]] * counts[0] / w}
-                  for w in counts],
-        "resize": table, "resize_images": min(64, images) if resize else None,
+        "build": [
+            {
+                "workers": w,
+                "images_per_s": rate[w],
+                "vs_naive": rate[w] / rate["naive"],
+                "per_worker_vs_naive": rate[w] / w / rate["naive"],
+                "scaling": rate[w] / rate[counts[0]] * counts[0] / w,
+            }
+            for w in counts
+        ],
+        "resize": table,
+        "resize_images": min(64, images) if resize else None,
     }
 
 
@@ -148,24 +187,34 @@ def summary(r):
     """The --json object: images/s of the naive loop and of each whole CLI build, and the
     largest worker count's images/s per worker over the naive loop's."""
     last = r["build"][-1]
-    out = {"naive": r["naive_images_per_s"], "build": {str(b["workers"]): b["images_per_s"] for b in r["build"]},
-           "ratio_per_core": last["per_worker_vs_naive"], "ratio": r["build"][0]["vs_naive"],
-           "convert": r["convert_images_per_s"], "images": r["images"], "cores": r["cores"]}
+    out = {
+        "naive": r["naive_images_per_s"],
+        "build": {str(b["workers"]): b["images_per_s"] for b in r["build"]},
+        "ratio_per_core": last["per_worker_vs_naive"],
+        "ratio": r["build"][0]["vs_naive"],
+        "convert": r["convert_images_per_s"],
+        "images": r["images"],
+        "cores": r["cores"],
+    }
     if r["resize"] is not None:
         out["resize"] = r["resize"]
     return out
 
 
 def format_report(r):
-    lines = [f"{r['images']} photographic 640x480 JPEGs (q90) -> 256x256, {r['cores']} cores, "
-             f"best of {r['rounds']} rounds, shards of {r['shard_size']}",
-             f"naive PIL loop (1 process)      {r['naive_images_per_s']:8.1f} images/s",
-             f"pipeline.imaging (1 process)    {r['convert_images_per_s']:8.1f} images/s   "
-             f"{r['convert_images_per_s'] / r['naive_images_per_s']:.2f}x naive"]
+    lines = [
+        f"{r['images']} photographic 640x480 JPEGs (q90) -> 256x256, {r['cores']} cores, "
+        f"best of {r['rounds']} rounds, shards of {r['shard_size']}",
+        f"naive PIL loop (1 process)      {r['naive_images_per_s']:8.1f} images/s",
+        f"pipeline.imaging (1 process)    {r['convert_images_per_s']:8.1f} images/s   "
+        f"{r['convert_images_per_s'] / r['naive_images_per_s']:.2f}x naive",
+    ]
     for b in r["build"]:
-        lines.append(f"capgen shards build, {b['workers']:2d} worker(s) {b['images_per_s']:7.1f} images/s   "
-                     f"{b['vs_naive']:.2f}x naive, {b['per_worker_vs_naive']:.2f}x per worker, "
-                     f"scaling efficiency {b['scaling']:.0%}")
+        lines.append(
+            f"capgen shards build, {b['workers']:2d} worker(s) {b['images_per_s']:7.1f} images/s   "
+            f"{b['vs_naive']:.2f}x naive, {b['per_worker_vs_naive']:.2f}x per worker, "
+            f"scaling efficiency {b['scaling']:.0%}"
+        )
     return "\n".join(lines)
 
 
@@ -174,5 +223,6 @@ def run(images=None, rounds=3, workers=None, resize=False, echo=print):
     echo(format_report(r))
     if r["resize"] is not None:
         from tools.bench.resize import format_resize
+
         echo(format_resize(r["resize"], r["resize_images"]))
     return r

@@ -1,5 +1,6 @@
 """How the benchmarks time: device sync, best-of rounds, steady-state steps over endless
 batch streams, and the GPU's busy % while they run."""
+
 import shutil
 import subprocess
 import threading
@@ -65,8 +66,13 @@ def timed(step, batches, steps, warmup, device):
             images += step(next(it))
         sync(device)
         elapsed = time.perf_counter() - start
-    return {"images_per_s": images / elapsed, "seconds": elapsed, "images": images,
-            "gpu_busy": busy.mean, "gpu_busy_source": busy.source}
+    return {
+        "images_per_s": images / elapsed,
+        "seconds": elapsed,
+        "images": images,
+        "gpu_busy": busy.mean,
+        "gpu_busy_source": busy.source,
+    }
 
 
 def loader_only(loader, batches, warmup, device):
@@ -94,9 +100,17 @@ class GpuBusy:
         elif shutil.which("nvidia-smi"):
             self.source = "nvidia-smi"
             self._proc = subprocess.Popen(
-                ["nvidia-smi", f"--id={self._index()}", "--query-gpu=utilization.gpu",
-                 "--format=csv,noheader,nounits", f"-lms={int(self.period * 1000)}"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                [
+                    "nvidia-smi",
+                    f"--id={self._index()}",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    f"-lms={int(self.period * 1000)}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             self._thread = threading.Thread(target=self._read_lines, daemon=True)
         if self._thread is not None:
             self._thread.start()

@@ -16,8 +16,8 @@ still captioning (rounded up to a multiple of 8) and their most captions still
 going, the output layer and loss only on the valid predictions. Caption lengths
 are drawn like COCO's (about 10.5 words on average, most between 8 and 16).
 Row-steps: the decoder steps per caption, on average (ours: the rows its image
-group runs, sum of n_t * g_t over the batch's captions; the baseline: its own length). Same shapes, decoder sizes, optimizer
-(Adam), learning rate and clipping threshold (TrainArgs'; gradients clipped by
+group runs, sum of n_t * g_t over the batch's captions; the baseline: its own length).
+Same shapes, decoder sizes, optimizer (Adam), learning rate and clipping threshold (TrainArgs'; gradients clipped by
 value as there), precision and device, measured in the same run:
 iterations interleaved (ours, baseline, ours, ...), each side's best one kept,
 so a busy machine slows both alike.
@@ -26,24 +26,47 @@ Beam search: one batched call over B images against a loop over the same
 images one at a time (the same beam search with B=1, as the common
 single-image caption_image_beam_search is used).
 """
+
 import copy
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from model.nets.decoder import Decoder, train_plan
 from model.device import default_device
+from model.nets.decoder import Decoder, train_plan
 from model.nets.search import beam_search
 from model.train.args import TrainArgs
 from pipeline.text import END, START
 from tools.bench.timing import best_of
 
 TRAINER_DIMS = (TrainArgs.embed_dim, TrainArgs.attention_dim, TrainArgs.hidden_dim)
-FULL = {"images": 32, "per_image": 5, "T": 22, "C": 2048, "vocab": 10000, "dims": TRAINER_DIMS, "grids": (64, 196),
-        "beam_images": 64, "beam": 3, "iters": 3, "warmup": 1}
-QUICK = {"images": 4, "per_image": 5, "T": 22, "C": 64, "vocab": 300, "dims": (32, 32, 32), "grids": (16,),
-         "beam_images": 6, "beam": 3, "iters": 1, "warmup": 1}
+FULL = {
+    "images": 32,
+    "per_image": 5,
+    "T": 22,
+    "C": 2048,
+    "vocab": 10000,
+    "dims": TRAINER_DIMS,
+    "grids": (64, 196),
+    "beam_images": 64,
+    "beam": 3,
+    "iters": 3,
+    "warmup": 1,
+}
+QUICK = {
+    "images": 4,
+    "per_image": 5,
+    "T": 22,
+    "C": 64,
+    "vocab": 300,
+    "dims": (32, 32, 32),
+    "grids": (16,),
+    "beam_images": 6,
+    "beam": 3,
+    "iters": 1,
+    "warmup": 1,
+}
 
 
 def baseline_attention(att, encoder_out, decoder_hidden):
@@ -113,6 +136,7 @@ def _train_step(dec, loss_fn, amp, device, compiled=False):
         loss.backward()
         torch.nn.utils.clip_grad_value_(dec.parameters(), TrainArgs.grad_clip)
         opt.step()
+
     return step
 
 
@@ -145,11 +169,21 @@ def bench_step(P, cfg, device, amp, compiled=False):
         warmup.append(cfg["warmup"] + 2)  # compile, then CUDA graph capture
     widths = train_plan(host_lengths).widths
     t_ours, t_base, *t_compiled = best_of(steps, cfg["iters"], warmup, device)
-    out = {"P": P, "C": C, "images": B, "per_image": K, "T": T, "vocab": V,
-           "baseline_decode_steps": int(lengths.max()) - 1, "ours_decode_steps": len(widths),
-           "baseline_row_steps": float((lengths - 1).float().mean()), "ours_row_steps": sum(n * g for n, g in widths) / (B * K),
-           "ours_captions_per_s": B * K / t_ours, "baseline_captions_per_s": B * K / t_base,
-           "ratio": t_base / t_ours}
+    out = {
+        "P": P,
+        "C": C,
+        "images": B,
+        "per_image": K,
+        "T": T,
+        "vocab": V,
+        "baseline_decode_steps": int(lengths.max()) - 1,
+        "ours_decode_steps": len(widths),
+        "baseline_row_steps": float((lengths - 1).float().mean()),
+        "ours_row_steps": sum(n * g for n, g in widths) / (B * K),
+        "ours_captions_per_s": B * K / t_ours,
+        "baseline_captions_per_s": B * K / t_base,
+        "ratio": t_base / t_ours,
+    }
     if compiled:
         out.update(compiled_captions_per_s=B * K / t_compiled[0], compiled_ratio=t_base / t_compiled[0])
     return out
@@ -170,12 +204,19 @@ def bench_beam(P, cfg, device, amp):
 
     def one_by_one():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out["single"] = [beam_search(dec, features[i:i + 1], beam=k, max_len=max_len)[0] for i in range(B)]
+            out["single"] = [beam_search(dec, features[i : i + 1], beam=k, max_len=max_len)[0] for i in range(B)]
 
     t_batched, t_single = best_of([batched, one_by_one], cfg["iters"], cfg["warmup"], device)
     same = sum(a[0].tokens == b[0].tokens for a, b in zip(out["batched"], out["single"]))
-    return {"P": P, "images": B, "beam": k, "ours_images_per_s": B / t_batched,
-            "baseline_images_per_s": B / t_single, "ratio": t_single / t_batched, "same_best_caption": same / B}
+    return {
+        "P": P,
+        "images": B,
+        "beam": k,
+        "ours_images_per_s": B / t_batched,
+        "baseline_images_per_s": B / t_single,
+        "ratio": t_single / t_batched,
+        "same_best_caption": same / B,
+    }
 
 
 def device_name(device):
@@ -192,9 +233,14 @@ def bench_train(quick=False, device=None, amp=None, compiled=False):
     cfg = QUICK if quick else FULL
     device = default_device(device)
     amp = device.type == "cuda" if amp is None else amp
-    return {"device": device_name(device), "amp": "bf16" if amp else "fp32", "quick": quick, "compiled": compiled,
-            "step": [bench_step(P, cfg, device, amp, compiled) for P in cfg["grids"]],
-            "beam": bench_beam(cfg["grids"][0], cfg, device, amp)}
+    return {
+        "device": device_name(device),
+        "amp": "bf16" if amp else "fp32",
+        "quick": quick,
+        "compiled": compiled,
+        "step": [bench_step(P, cfg, device, amp, compiled) for P in cfg["grids"]],
+        "beam": bench_beam(cfg["grids"][0], cfg, device, amp),
+    }
 
 
 def format_report(r):
@@ -206,25 +252,42 @@ def format_report(r):
             f"{s['baseline_captions_per_s']:.0f} captions/s (steps {s['ours_decode_steps']} / "
             f"{s['baseline_decode_steps']}, row-steps per caption {s['ours_row_steps']:.1f} / "
             f"{s['baseline_row_steps']:.1f}, both shrinking), "
-            f"ratio {s['ratio']:.2f}x")
+            f"ratio {s['ratio']:.2f}x"
+        )
         if "compiled_ratio" in s:
-            lines.append(f"            ours compiled: {s['compiled_captions_per_s']:.0f} captions/s, "
-                         f"ratio {s['compiled_ratio']:.2f}x")
+            lines.append(
+                f"            ours compiled: {s['compiled_captions_per_s']:.0f} captions/s, "
+                f"ratio {s['compiled_ratio']:.2f}x"
+            )
     b = r["beam"]
     lines.append(
         f"beam search batch {b['images']}, k={b['beam']}, P={b['P']}: batched {b['ours_images_per_s']:.1f} images/s, "
         f"one at a time {b['baseline_images_per_s']:.1f} images/s, ratio {b['ratio']:.2f}x "
-        f"(same best caption: {b['same_best_caption']:.0%})")
+        f"(same best caption: {b['same_best_caption']:.0%})"
+    )
     return "\n".join(lines)
 
 
 def summary(r):
     """The figures `--json` prints: captions/s per grid for the step, images/s for beam search."""
     b = r["beam"]
-    return {"step": [{"P": s["P"], "ours": s["ours_captions_per_s"], "baseline": s["baseline_captions_per_s"],
-                      "ratio": s["ratio"]} for s in r["step"]],
-            "beam": {"batch": b["images"], "ours": b["ours_images_per_s"], "baseline": b["baseline_images_per_s"],
-                     "ratio": b["ratio"]}}
+    return {
+        "step": [
+            {
+                "P": s["P"],
+                "ours": s["ours_captions_per_s"],
+                "baseline": s["baseline_captions_per_s"],
+                "ratio": s["ratio"],
+            }
+            for s in r["step"]
+        ],
+        "beam": {
+            "batch": b["images"],
+            "ours": b["ours_images_per_s"],
+            "baseline": b["baseline_images_per_s"],
+            "ratio": b["ratio"],
+        },
+    }
 
 
 def run(quick=False, device=None, compiled=False, threads=None):

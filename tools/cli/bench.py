@@ -1,4 +1,5 @@
 """`capgen bench ...`: every benchmark command (the benchmarks live in tools/bench/)."""
+
 import click
 
 from pipeline.errors import CapgenError
@@ -9,28 +10,52 @@ def bench():
     """Throughput benchmarks, each against a baseline measured in the same run."""
 
 
-
 @bench.command("serve")
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder (a run).")
 @click.option("--requests", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--images", "n_images", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Distinct synthetic JPEGs the requests cycle through.")
+@click.option(
+    "--images",
+    "n_images",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Distinct synthetic JPEGs the requests cycle through.",
+)
 @click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch threads, here and in the server (default: torch's).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Torch threads, here and in the server (default: torch's).",
+)
 @click.option("--url", default=None, help="Load this running server (of --checkpoint) instead of starting one.")
 @click.option("--quick", is_flag=True, help="Smoke test: 24 requests, 4 at a time, 12 baseline captions.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Last stdout line: baseline_rps, rps, ratio, p50_ms, p95_ms, errors as one JSON object.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Last stdout line: baseline_rps, rps, ratio, p50_ms, p95_ms, errors as one JSON object.",
+)
 def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url, quick, as_json):
     """HTTP load on a local `capgen serve` vs. the same images captioned in process."""
     import json
+
     from tools.bench.serve import run
+
     if quick:
         requests, concurrency, n_images = 24, 4, 4
-    r = run(checkpoint, requests, concurrency, n_images, baseline_calls=12 if quick else None, beam=beam,
-            threads=threads, url=url, echo=click.echo)
+    r = run(
+        checkpoint,
+        requests,
+        concurrency,
+        n_images,
+        baseline_calls=12 if quick else None,
+        beam=beam,
+        threads=threads,
+        url=url,
+        echo=click.echo,
+    )
     if as_json:
         click.echo(json.dumps({k: r[k] for k in ("baseline_rps", "rps", "ratio", "p50_ms", "p95_ms", "errors")}))
     if r["errors"]:
@@ -38,10 +63,19 @@ def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url,
 
 
 @bench.command("search")
-@click.option("--images", type=click.IntRange(min=1), default=5000, show_default=True, help="Rows of the synthetic cache.")
-@click.option("--queries", type=click.IntRange(min=1), default=8, show_default=True, help="Queries of the batched pass.")
-@click.option("--baseline-images", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Images the per-image baseline loop scores.")
+@click.option(
+    "--images", type=click.IntRange(min=1), default=5000, show_default=True, help="Rows of the synthetic cache."
+)
+@click.option(
+    "--queries", type=click.IntRange(min=1), default=8, show_default=True, help="Queries of the batched pass."
+)
+@click.option(
+    "--baseline-images",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Images the per-image baseline loop scores.",
+)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: torch's).")
 @click.option("--quick", is_flag=True, help="Smoke test: 300 images, 2 queries, 20 baseline images, 1 round.")
@@ -49,7 +83,9 @@ def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url,
 def bench_search_cmd(images, queries, baseline_images, device, threads, quick, json_out):
     """Text-to-image scoring: one query over N images vs. a per-image loop; Q queries in one pass vs. one by one."""
     import json
+
     from tools.bench.search import report, run
+
     if quick:
         images, queries, baseline_images = 300, 2, 20
     r = run(images, queries, baseline_images, rounds=1 if quick else 3, device=device, threads=threads)
@@ -61,15 +97,25 @@ def bench_search_cmd(images, queries, baseline_images, device, threads, quick, j
 @bench.command("train")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present).")
 @click.option("--quick", is_flag=True, help="Smoke test: tiny shapes, one timed step each.")
-@click.option("--compile", "compiled", is_flag=True,
-              help="Also time our step under torch.compile (CUDA graphs on a GPU; minutes to compile).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch CPU threads (default: torch's; 1 measures steadier on a shared machine).")
+@click.option(
+    "--compile",
+    "compiled",
+    is_flag=True,
+    help="Also time our step under torch.compile (CUDA graphs on a GPU; minutes to compile).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Torch CPU threads (default: torch's; 1 measures steadier on a shared machine).",
+)
 @click.option("--json", "json_out", is_flag=True, help="Also print the figures as one JSON object, the last line.")
 def bench_train_cmd(device, quick, compiled, threads, json_out):
     """Decoder training step and batched beam search vs. the common implementation (sgrvinod's)."""
     import json
+
     from tools.bench.train import run, summary
+
     r = run(quick=quick, device=device, compiled=compiled, threads=threads)
     if json_out:
         click.echo(json.dumps(summary(r)))
@@ -86,7 +132,9 @@ def bench_train_cmd(device, quick, compiled, threads, json_out):
 def bench_loaders(shard_dir, batch_size, image_size, batches, device, quick, json_out):
     """Loader-only images/s: DALI vs torchvision decode_jpeg vs the CPU webdataset loader."""
     import json
+
     from tools.bench.loaders import report, run
+
     r = run(shard_dir, batch_size, image_size, batches, device=device, quick=quick)
     click.echo(report(r))
     if json_out:
@@ -94,28 +142,60 @@ def bench_loaders(shard_dir, batch_size, image_size, batches, device, quick, jso
 
 
 @bench.command("gpu")
-@click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False),
-              help="Shard set (256 px for COCO-like figures) [default: a synthetic one, made in a temp folder].")
-@click.option("--features", type=click.Path(exists=True, dir_okay=False),
-              help="Feature cache .h5 of the shards [default: extracted into a temp folder].")
+@click.option(
+    "--shards",
+    "shard_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Shard set (256 px for COCO-like figures) [default: a synthetic one, made in a temp folder].",
+)
+@click.option(
+    "--features",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Feature cache .h5 of the shards [default: extracted into a temp folder].",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Images per step.")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Timed steps per run.")
 @click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature loader processes [default: min(cores, 8)].")
-@click.option("--vocab-size", type=click.IntRange(min=1), default=None,
-              help="Decoder output size [default: 10000, COCO-like; --quick: the set's].")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Feature loader processes [default: min(cores, 8)]."
+)
+@click.option(
+    "--vocab-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Decoder output size [default: 10000, COCO-like; --quick: the set's].",
+)
 @click.option("--device", default=None, help="cuda or cuda:N (default: cuda when present).")
-@click.option("--quick", is_flag=True,
-              help="Smoke test (runs on a CPU too): batch 4, 2 steps, tiny shapes; not figures.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), is_flag=False, flag_value="-",
-              help="All figures as one JSON object: printed as the last line, or written to the file given.")
+@click.option(
+    "--quick", is_flag=True, help="Smoke test (runs on a CPU too): batch 4, 2 steps, tiny shapes; not figures."
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    is_flag=False,
+    flag_value="-",
+    help="All figures as one JSON object: printed as the last line, or written to the file given.",
+)
 def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab_size, device, quick, json_out):
     """Loaders and training (features / end to end frozen / fine-tuned) on one GPU: images/s, busy %, epoch."""
     import json
+
     from pipeline.atomic import atomic_write
     from tools.bench.gpu import report, run
-    r = run(shard_dir, features, batch_size, steps, warmup, device=device, quick=quick, workers=workers,
-            vocab_size=vocab_size, echo=lambda msg: click.echo(msg, err=True))
+
+    r = run(
+        shard_dir,
+        features,
+        batch_size,
+        steps,
+        warmup,
+        device=device,
+        quick=quick,
+        workers=workers,
+        vocab_size=vocab_size,
+        echo=lambda msg: click.echo(msg, err=True),
+    )
     click.echo(report(r))
     if json_out == "-":
         click.echo(json.dumps(r))
@@ -135,7 +215,9 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
 def bench_shards_cmd(images, rounds, workers, resize, quick, as_json):
     """Whole `capgen shards build` runs, images/s, vs. a naive PIL loop on the same photographic JPEGs."""
     import json
+
     from tools.bench.shards import run, summary
+
     if quick:
         images, rounds = images or 24, 1
     r = run(images, rounds, list(workers) or None, resize=resize, echo=click.echo)

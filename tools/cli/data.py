@@ -1,4 +1,5 @@
 """`capgen synth`, `capgen shards ...` and `capgen vocab`: data before the model."""
+
 import click
 
 
@@ -6,22 +7,27 @@ import click
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--images", type=int, required=True, help="Total images (train2014 + val2014).")
 @click.option("--seed", type=click.IntRange(min=0), required=True, help="Same seed, same bytes.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="Share of images in val2014.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of images in val2014.")
 @click.option("--width", type=int, default=640, show_default=True)
 @click.option("--height", type=int, default=480, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: cores, for 200+ images).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Processes (default: cores, for 200+ images)."
+)
 def synth(out, images, seed, val_fraction, width, height, workers):
     """Write a synthetic COCO 2014 captions dataset of shapes to OUT."""
     import time
+
     from pipeline.synth.generator import synthesize
+
     start = time.perf_counter()
     counts = synthesize(out, images, seed, val_fraction, width, height, workers)
     k = counts["karpathy"]
-    click.echo(f"{out}: {counts['images']} images (train2014 {counts['train2014']}, "
-               f"val2014 {counts['val2014']}: Karpathy val {k['val']} test {k['test']} "
-               f"restval {k['restval']}), {counts['captions']} captions "
-               f"in {time.perf_counter() - start:.1f} s")
+    click.echo(
+        f"{out}: {counts['images']} images (train2014 {counts['train2014']}, "
+        f"val2014 {counts['val2014']}: Karpathy val {k['val']} test {k['test']} "
+        f"restval {k['restval']}), {counts['captions']} captions "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
 
 
 @click.group()
@@ -30,59 +36,117 @@ def shards():
 
 
 @shards.command("build")
-@click.option("--coco-root", type=click.Path(file_okay=False),
-              help="COCO 2014 folder (annotations/, train2014/, val2014/).")
+@click.option(
+    "--coco-root", type=click.Path(file_okay=False), help="COCO 2014 folder (annotations/, train2014/, val2014/)."
+)
 @click.option("--split", type=click.Choice(["train2014", "val2014"]), help="COCO split (with --coco-root).")
-@click.option("--karpathy", type=click.Path(dir_okay=False), help="Karpathy's dataset_coco.json (instead of --split); images under --coco-root if given, "
-                   "else beside the file.")
+@click.option(
+    "--karpathy",
+    type=click.Path(dir_okay=False),
+    help="Karpathy's dataset_coco.json (instead of --split); images under --coco-root if given, else beside the file.",
+)
 @click.option("--karpathy-split", type=click.Choice(["train", "val", "test"]), help="train takes restval too.")
-@click.option("--captions", type=click.Path(dir_okay=False),
-              help="Your own captions: metadata.jsonl (Hugging Face imagefolder), .csv or .tsv.")
-@click.option("--images", "images_dir", type=click.Path(file_okay=False),
-              help="Image folder of --captions (or --karpathy) [default: beside the file].")
-@click.option("--captions-split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
-              help="Which images of --captions to build.")
+@click.option(
+    "--captions",
+    type=click.Path(dir_okay=False),
+    help="Your own captions: metadata.jsonl (Hugging Face imagefolder), .csv or .tsv.",
+)
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(file_okay=False),
+    help="Image folder of --captions (or --karpathy) [default: beside the file].",
+)
+@click.option(
+    "--captions-split",
+    type=click.Choice(["train", "val", "test"]),
+    default="train",
+    show_default=True,
+    help="Which images of --captions to build.",
+)
 @click.option("--file-column", help="Image file column of --captions [default: file_name].")
 @click.option("--caption-column", help="Caption column of --captions [default: caption, else text].")
 @click.option("--split-column", help="Split column of --captions (train/val/test) [default: split, if present].")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Split --captions by a hash of the file name instead: this share is val.")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Split --captions by a hash of the file name instead: this share is val.",
+)
 @click.option("--out", type=click.Path(file_okay=False), help="Shard set folder [default: shards/NAME].")
 @click.option("--name", help="Shard file prefix [default: coco-SPLIT, karpathy-SPLIT or captions-SPLIT].")
 @click.option("--image-size", type=click.IntRange(min=8), default=256, show_default=True)
-@click.option("--resize-mode", type=click.Choice(["stretch", "center-crop", "pad"]), default="stretch",
-              show_default=True)
-@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
-              help="JPEG quality of the samples.")
+@click.option(
+    "--resize-mode", type=click.Choice(["stretch", "center-crop", "pad"]), default="stretch", show_default=True
+)
+@click.option(
+    "--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality of the samples."
+)
 @click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Images per shard.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: cores].")
-@click.option("--num-jobs", type=click.IntRange(min=1), default=None,
-              help="Jobs sharing the build [default: $SLURM_ARRAY_TASK_COUNT, else 1].")
-@click.option("--job-index", type=click.IntRange(min=0), default=None,
-              help="This job: builds shards k with k mod NUM_JOBS == JOB_INDEX "
-                   "[default: the Slurm array task's index, else 0].")
-@click.option("--vocab", "vocab_path", type=click.Path(dir_okay=False),
-              help="Training vocab.json to reuse (val/test sets).")
-@click.option("--preset", type=click.Choice(["seed", "coco"]), default="seed", show_default=True,
-              help="Caption cleaning.")
+@click.option(
+    "--num-jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Jobs sharing the build [default: $SLURM_ARRAY_TASK_COUNT, else 1].",
+)
+@click.option(
+    "--job-index",
+    type=click.IntRange(min=0),
+    default=None,
+    help="This job: builds shards k with k mod NUM_JOBS == JOB_INDEX [default: the Slurm array task's index, else 0].",
+)
+@click.option(
+    "--vocab", "vocab_path", type=click.Path(dir_okay=False), help="Training vocab.json to reuse (val/test sets)."
+)
+@click.option(
+    "--preset", type=click.Choice(["seed", "coco"]), default="seed", show_default=True, help="Caption cleaning."
+)
 @click.option("--min-freq", type=click.IntRange(min=1), default=5, show_default=True, help="Rarer words become <unk>.")
 @click.option("--captions-per-image", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--index/--no-index", default=True, show_default=True, help="Write DALI index files (NAME-000000.idx).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def shards_build(coco_root, split, karpathy, karpathy_split, captions, images_dir, captions_split, file_column,
-                 caption_column, split_column, val_fraction, out, name, image_size, resize_mode, quality,
-                 shard_size, workers, num_jobs, job_index, vocab_path, preset, min_freq, captions_per_image,
-                 index, quiet):
+def shards_build(
+    coco_root,
+    split,
+    karpathy,
+    karpathy_split,
+    captions,
+    images_dir,
+    captions_split,
+    file_column,
+    caption_column,
+    split_column,
+    val_fraction,
+    out,
+    name,
+    image_size,
+    resize_mode,
+    quality,
+    shard_size,
+    workers,
+    num_jobs,
+    job_index,
+    vocab_path,
+    preset,
+    min_freq,
+    captions_per_image,
+    index,
+    quiet,
+):
     """Decode COCO 2014, a Karpathy split or your own captions file once into verified WebDataset shards."""
     import os
+
+    from pipeline.cluster import array_job
     from pipeline.shards import build as sh
     from pipeline.sources.coco import read_coco, read_karpathy
-    from pipeline.cluster import array_job
+
     num_jobs, job_index = array_job(num_jobs, job_index)
     table = {}
     if captions:
-        source, table = _captions_source(captions, images_dir, captions_split, file_column, caption_column,
-                                         split_column, val_fraction)
+        source, table = _captions_source(
+            captions, images_dir, captions_split, file_column, caption_column, split_column, val_fraction
+        )
         name = name or f"captions-{captions_split}"
         evaluation = captions_split != "train"
     elif any(v is not None for v in (file_column, caption_column, split_column, val_fraction)):
@@ -100,17 +164,43 @@ def shards_build(coco_root, split, karpathy, karpathy_split, captions, images_di
         raise click.UsageError("give --coco-root with --split, --karpathy with --karpathy-split, or --captions")
     out = out or os.path.join("shards", name)
     if evaluation and not vocab_path and num_jobs == 1:
-        click.echo(f"capgen: warning: {name} builds its own vocabulary; pass --vocab TRAIN/vocab.json "
-                   "to share the training one", err=True)
-    args = {"coco_root": coco_root, "split": split, "karpathy": karpathy, "karpathy_split": karpathy_split,
-            "name": name, "image_size": image_size, "resize_mode": resize_mode, "quality": quality,
-            "shard_size": shard_size, "vocab": vocab_path, "preset": preset, "min_freq": min_freq,
-            "captions_per_image": captions_per_image, **table}
-    opts = sh.Options(name=name, image_size=image_size, resize_mode=resize_mode, quality=quality,
-                      shard_size=shard_size)
-    r = sh.build(source, out, opts, args, workers=workers, num_jobs=num_jobs, job_index=job_index,
-                 vocab=vocab_path, preset=preset, min_freq=min_freq, captions_per_image=captions_per_image,
-                 index=index, progress=not quiet)
+        click.echo(
+            f"capgen: warning: {name} builds its own vocabulary; pass --vocab TRAIN/vocab.json "
+            "to share the training one",
+            err=True,
+        )
+    args = {
+        "coco_root": coco_root,
+        "split": split,
+        "karpathy": karpathy,
+        "karpathy_split": karpathy_split,
+        "name": name,
+        "image_size": image_size,
+        "resize_mode": resize_mode,
+        "quality": quality,
+        "shard_size": shard_size,
+        "vocab": vocab_path,
+        "preset": preset,
+        "min_freq": min_freq,
+        "captions_per_image": captions_per_image,
+        **table,
+    }
+    opts = sh.Options(name=name, image_size=image_size, resize_mode=resize_mode, quality=quality, shard_size=shard_size)
+    r = sh.build(
+        source,
+        out,
+        opts,
+        args,
+        workers=workers,
+        num_jobs=num_jobs,
+        job_index=job_index,
+        vocab=vocab_path,
+        preset=preset,
+        min_freq=min_freq,
+        captions_per_image=captions_per_image,
+        index=index,
+        progress=not quiet,
+    )
     job = r["job"]
     images = sum(s["samples"] for s in job["shards"])
     reasons = {}
@@ -121,25 +211,38 @@ def shards_build(coco_root, split, karpathy, karpathy_split, captions, images_di
         skipped += f"; bad captions {job['bad_captions']}"
     size = sum(s["bytes"] for s in job["shards"])
     where = f"job {job_index} of {num_jobs}: " if num_jobs > 1 else ""
-    click.echo(f"{out}: {where}{images} images, {sum(s['captions'] for s in job['shards'])} captions in "
-               f"{len(job['shards'])} shards ({r['built']} built, {r['reused']} kept), {size / 1e6:.1f} MB, "
-               f"skipped: {skipped}; {r['elapsed']:.1f} s ({images / max(r['elapsed'], 1e-9):.0f} images/s)")
+    click.echo(
+        f"{out}: {where}{images} images, {sum(s['captions'] for s in job['shards'])} captions in "
+        f"{len(job['shards'])} shards ({r['built']} built, {r['reused']} kept), {size / 1e6:.1f} MB, "
+        f"skipped: {skipped}; {r['elapsed']:.1f} s ({images / max(r['elapsed'], 1e-9):.0f} images/s)"
+    )
     if num_jobs > 1:
         click.echo(f"{out}: when all {num_jobs} jobs are done: capgen shards merge JOB_FOLDER... [--out SET]")
 
 
-def _captions_source(captions, images_dir, captions_split, file_column, caption_column, split_column,
-                     val_fraction):
+def _captions_source(captions, images_dir, captions_split, file_column, caption_column, split_column, val_fraction):
     """Your own captions file's records, and what the manifest's build_args record of it."""
     from pipeline.sources.caption_table import read_caption_table
-    source = read_caption_table(captions, captions_split, images_dir, file_column, caption_column,
-                                split_column, val_fraction)
+
+    source = read_caption_table(
+        captions, captions_split, images_dir, file_column, caption_column, split_column, val_fraction
+    )
     set_aside = ", ".join(f"{k} {v}" for k, v in source.dropped.items()) or "none"
-    click.echo(f"{captions}: {source.rows} rows, {len(source.records)} {captions_split} images; "
-               f"set aside: {set_aside}", err=True)
-    return source, {"captions": captions, "images": images_dir, "captions_split": captions_split,
-                    "file_column": file_column, "caption_column": caption_column, "split_column": split_column,
-                    "val_fraction": val_fraction, "rows": source.rows, "rows_set_aside": source.dropped}
+    click.echo(
+        f"{captions}: {source.rows} rows, {len(source.records)} {captions_split} images; set aside: {set_aside}",
+        err=True,
+    )
+    return source, {
+        "captions": captions,
+        "images": images_dir,
+        "captions_split": captions_split,
+        "file_column": file_column,
+        "caption_column": caption_column,
+        "split_column": split_column,
+        "val_fraction": val_fraction,
+        "rows": source.rows,
+        "rows_set_aside": source.dropped,
+    }
 
 
 @shards.command("verify")
@@ -147,6 +250,7 @@ def _captions_source(captions, images_dir, captions_split, file_column, caption_
 def shards_verify(shard_dir):
     """Re-hash every shard against manifest.json and count its samples."""
     from pipeline.shards.shardset import read_manifest, verify
+
     problems = verify(shard_dir)
     for line in problems:
         click.echo(f"capgen: error: {line}", err=True)
@@ -162,6 +266,7 @@ def shards_verify(shard_dir):
 def shards_index(shard_dir, force):
     """Write DALI index files (NAME-000000.idx) for every shard of a set."""
     from pipeline.shards.wds_index import index_shards
+
     done = index_shards(shard_dir, force=force)
     written = sum(w for _, _, w in done)
     click.echo(f"{shard_dir}: {len(done)} shards, {written} index files written, {len(done) - written} current")
@@ -173,10 +278,13 @@ def shards_index(shard_dir, force):
 def shards_merge(dirs, out):
     """Join the jobs of a --num-jobs build (one folder or several) into one shard set."""
     from pipeline.shards.merge import merge
+
     m = merge(dirs, out)
     c = m["counts"]
-    click.echo(f"{out or dirs[0]}: {len(m['shards'])} shards, {c['images']} images, {c['captions']} captions; "
-               f"skipped: {', '.join(f'{k} {v}' for k, v in c['skipped'].items()) or 'none'}: verified")
+    click.echo(
+        f"{out or dirs[0]}: {len(m['shards'])} shards, {c['images']} images, {c['captions']} captions; "
+        f"skipped: {', '.join(f'{k} {v}' for k, v in c['skipped'].items()) or 'none'}: verified"
+    )
 
 
 @click.command("vocab")
@@ -188,6 +296,9 @@ def shards_merge(dirs, out):
 def vocab_cmd(shard_dir, preset, min_freq, vocab_path, captions_per_image):
     """Rebuild vocab.json and tokens.npz from the captions inside the shards (images untouched)."""
     from pipeline.shards.text_files import rebuild_text
+
     t = rebuild_text(shard_dir, preset, min_freq, vocab_path, captions_per_image)["text"]
-    click.echo(f"{shard_dir}: vocabulary of {t['vocab_size']} words (preset {t['preset']}, min freq "
-               f"{t['min_freq']}{', from ' + vocab_path if vocab_path else ''}), tokens.npz rewritten")
+    click.echo(
+        f"{shard_dir}: vocabulary of {t['vocab_size']} words (preset {t['preset']}, min freq "
+        f"{t['min_freq']}{', from ' + vocab_path if vocab_path else ''}), tokens.npz rewritten"
+    )

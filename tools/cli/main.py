@@ -3,6 +3,7 @@
 The commands live beside this file by kind (data, train, caption, bench);
 this file gathers them into one group and turns a CapgenError into one line.
 """
+
 import os
 import sys
 
@@ -20,9 +21,21 @@ def cli():
     """capgen: image captions, from COCO to a web page."""
 
 
-for command in (cli_data.synth, cli_data.shards, cli_data.vocab_cmd, cli_train.train, cli_train.runs,
-                cli_train.features, cli_caption.eval_, cli_caption.search, cli_caption.score, cli_caption.caption,
-                cli_caption.serve, cli_caption.demo, cli_bench.bench):
+for command in (
+    cli_data.synth,
+    cli_data.shards,
+    cli_data.vocab_cmd,
+    cli_train.train,
+    cli_train.runs,
+    cli_train.features,
+    cli_caption.eval_,
+    cli_caption.search,
+    cli_caption.score,
+    cli_caption.caption,
+    cli_caption.serve,
+    cli_caption.demo,
+    cli_bench.bench,
+):
     cli.add_command(command)
 
 
@@ -47,4 +60,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-

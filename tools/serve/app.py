@@ -7,6 +7,7 @@ decoded and preprocessed in request threads (a bad one fails there, alone);
 the model thread captions those that arrive within a few ms as one batch
 (tools/serve/batcher.py).
 """
+
 import asyncio
 import contextlib
 import errno
@@ -67,22 +68,21 @@ def read_image(data, max_pixels=MAX_PIXELS):
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as err:
-        raise BadUpload(413, f"image too large: {err}")
+        raise BadUpload(413, f"image too large: {err}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         if data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
-            raise BadUpload(400, "corrupt image: the header cannot be read")
-        raise BadUpload(415, "not an image (expected JPEG, PNG, WebP, GIF, BMP or TIFF)")
+            raise BadUpload(400, "corrupt image: the header cannot be read") from None
+        raise BadUpload(415, "not an image (expected JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
     width, height = image.size
     # The header gives the size; refuse before decoding a single pixel.
     if width * height > max_pixels:
-        raise BadUpload(413, f"image too large: {width}x{height} = {width * height} pixels; "
-                             f"the limit is {max_pixels}")
+        raise BadUpload(413, f"image too large: {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if width == 0 or height == 0:
         raise BadUpload(400, f"corrupt image: size {width}x{height}")
     try:
         image.load()
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
-        raise BadUpload(400, f"corrupt {image.format} image: {err}")
+        raise BadUpload(400, f"corrupt {image.format} image: {err}") from None
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block is no reason to refuse the pixels
@@ -112,7 +112,7 @@ async def read_upload(request, max_bytes):
     try:
         form = await parser.parse()
     except MultiPartException as err:
-        raise BadUpload(400, f"bad multipart form: {err.message}")
+        raise BadUpload(400, f"bad multipart form: {err.message}") from None
     try:
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
@@ -151,8 +151,17 @@ def _model_calls(captioner, beam, topk):
     return (lambda image: image), lambda images: captioner.caption(images, beam=beam, topk=topk)
 
 
-def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS,
-               info=None, batch_window_ms=WINDOW_S * 1000, max_batch=MAX_BATCH):
+def create_app(
+    captioner,
+    *,
+    beam=3,
+    topk=3,
+    max_upload_bytes=MAX_UPLOAD_BYTES,
+    max_pixels=MAX_PIXELS,
+    info=None,
+    batch_window_ms=WINDOW_S * 1000,
+    max_batch=MAX_BATCH,
+):
     """The FastAPI app around a loaded captioner (anything with `caption(images, beam, topk)`)."""
     prepare, run = _model_calls(captioner, beam, topk)
     batcher = Batcher(run, window=batch_window_ms / 1000, max_batch=max_batch)
@@ -167,8 +176,15 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
     # At most two uploads decoded at once (a full-size image is large); the batch holds model-sized tensors.
     admitted = threading.BoundedSemaphore(2)
     resize_mode = getattr(captioner, "image", {}).get("resize_mode", "stretch")
-    settings = {"beam": beam, "topk": topk, "max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
-                "resize_mode": resize_mode, "batch_window_ms": batch_window_ms, "max_batch": max_batch}
+    settings = {
+        "beam": beam,
+        "topk": topk,
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": max_pixels,
+        "resize_mode": resize_mode,
+        "batch_window_ms": batch_window_ms,
+        "max_batch": max_batch,
+    }
     settings.update(info or {})
 
     def prepare_bytes(data):
@@ -177,7 +193,7 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
             try:
                 return prepare(image), image.size
             except CapgenError as err:  # the captioner's word for an image it cannot use
-                raise BadUpload(400, str(err))
+                raise BadUpload(400, str(err)) from None
 
     def prepare_and_submit(data):
         with batcher.coming():
@@ -189,8 +205,12 @@ def create_app(captioner, *, beam=3, topk=3, max_upload_bytes=MAX_UPLOAD_BYTES, 
         result, _, seconds = await asyncio.wrap_future(future)
         # region: the box of the image (in its pixels) that the attention grid covers;
         # model_ms: the model time of the batch this image was captioned in.
-        return dict(result, image={"width": size[0], "height": size[1]},
-                    region=attention_region(size, resize_mode), model_ms=round(seconds * 1000, 2))
+        return dict(
+            result,
+            image={"width": size[0], "height": size[1]},
+            region=attention_region(size, resize_mode),
+            model_ms=round(seconds * 1000, 2),
+        )
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -234,8 +254,9 @@ def listening_socket(host, port):
     if not host:  # getaddrinfo would take '' for every interface
         raise CapgenError("--host: empty (127.0.0.1 serves this machine only, 0.0.0.0 every interface)")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as err:
         raise CapgenError(f"{host}:{port}: cannot listen ({err.strerror or err})") from None
@@ -249,8 +270,20 @@ def listening_socket(host, port):
     return sock
 
 
-def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb=10, max_pixels=MAX_PIXELS,
-          threads=None, log_level="info", batch_window_ms=WINDOW_S * 1000, max_batch=MAX_BATCH, index=None):
+def serve(
+    checkpoint,
+    host="127.0.0.1",
+    port=8000,
+    beam=3,
+    topk=3,
+    max_upload_mb=10,
+    max_pixels=MAX_PIXELS,
+    threads=None,
+    log_level="info",
+    batch_window_ms=WINDOW_S * 1000,
+    max_batch=MAX_BATCH,
+    index=None,
+):
     """Load the checkpoint once, warm it up, and serve until interrupted; `index`: a feature cache
     or shard set for the search box (tools/serve/search_box.py)."""
     if threads:
@@ -265,16 +298,27 @@ def serve(checkpoint, host="127.0.0.1", port=8000, beam=3, topk=3, max_upload_mb
     start = time.perf_counter()
     captioner = Captioner.load(checkpoint)
     captioner.caption([Image.new("RGB", (64, 64), (127, 127, 127))], beam=beam, topk=topk)
-    print(f"capgen serve: loaded {checkpoint} in {time.perf_counter() - start:.1f}s; "
-          f"http://{host}:{port}/", file=sys.stderr, flush=True)
-    app = create_app(captioner, beam=beam, topk=topk, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                     max_pixels=max_pixels, info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))},
-                     batch_window_ms=batch_window_ms, max_batch=max_batch)
+    print(
+        f"capgen serve: loaded {checkpoint} in {time.perf_counter() - start:.1f}s; http://{host}:{port}/",
+        file=sys.stderr,
+        flush=True,
+    )
+    app = create_app(
+        captioner,
+        beam=beam,
+        topk=topk,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))},
+        batch_window_ms=batch_window_ms,
+        max_batch=max_batch,
+    )
     if index:
         mount_search(app, load_search(checkpoint, index, captioner))
     # Connections past the limit get 503 at once instead of queueing uploads in memory.
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=log_level == "info",
-                                           limit_concurrency=MAX_CONNECTIONS))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level=log_level, access_log=log_level == "info", limit_concurrency=MAX_CONNECTIONS)
+    )
     with sock:
         server.run(sockets=[sock])
     if not server.started:

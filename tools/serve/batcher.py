@@ -10,6 +10,7 @@ HOLD_WINDOWS windows): clients answered together come back together, and
 their decodes finish a few ms apart. If a batch call fails,
 its items run one by one, so only the item at fault fails.
 """
+
 import contextlib
 import queue
 import threading

@@ -1,4 +1,5 @@
 """`capgen serve` in a child process on a free loopback port, for the tests and `capgen bench serve`."""
+
 import contextlib
 import os
 import socket

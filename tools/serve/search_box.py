@@ -3,6 +3,7 @@ arriving together are scored in one pass over the indexed images (tools/serve/ba
 
 `mount_search(app, search)` adds the routes to the app of tools/serve/app.py.
 """
+
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -11,16 +12,18 @@ from model.retrieval.source import load_index
 from pipeline.errors import CapgenError
 from tools.serve.batcher import Batcher
 
-WINDOW_S = 0.005     # how long the first query of a batch waits for others
-MAX_BATCH = 32       # queries scored in one pass
+WINDOW_S = 0.005  # how long the first query of a batch waits for others
+MAX_BATCH = 32  # queries scored in one pass
 MAX_TOP = 100
 
 
 def _scorer(index):
     """Batcher's run for search items (query, top): every query against the index in one pass."""
+
     def run(items):
         answers = index.search([query for query, _ in items], max(top for _, top in items))
         return [{**answer, "results": answer["results"][:top]} for (_, top), answer in zip(items, answers)]
+
     return run
 
 
@@ -53,8 +56,12 @@ def mount_search(app, search):
 
     @app.get("/api/search/info")
     def info():
-        return {"images": len(search.index), "index": search.name, "thumbnails": search.members is not None,
-                "max_k": MAX_TOP}
+        return {
+            "images": len(search.index),
+            "index": search.name,
+            "thumbnails": search.members is not None,
+            "max_k": MAX_TOP,
+        }
 
     @app.get("/api/search")
     async def find(q: str = "", k: str = "10"):
