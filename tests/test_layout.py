@@ -22,7 +22,6 @@ KNOWN_LONG = {
     "model/train/loop.py:fit",
     "tools/demo.py",
     "tools/caption_files.py:caption_files",
-    "tools/serve/app.py:create_app",
     "tools/cli/data.py:shards_build",
     "tools/bench/gpu.py",
 }
