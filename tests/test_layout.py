@@ -22,7 +22,6 @@ KNOWN_LONG = {
     "model/train/loop.py:fit",
     "tools/caption_files.py:caption_files",
     "tools/cli/data.py:shards_build",
-    "tools/bench/gpu.py",
 }
 
 
