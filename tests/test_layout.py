@@ -20,7 +20,6 @@ KNOWN_LONG = {
     "pipeline/loading/loader.py:make_loader",
     "model/train/loop.py",
     "model/train/loop.py:fit",
-    "tools/cli/data.py:shards_build",
 }
 
 
