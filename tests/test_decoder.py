@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.nets.decoder import Decoder, caption_loss, caption_mask, decode_steps, top5_accuracy, train_plan, trim_steps
+from model.nets.decoder import Decoder, top5_accuracy, train_plan
 from model.nets.search import greedy
 from pipeline.text import END, PAD, START
+from tools.bench.padded_decoder import caption_loss, caption_mask, decode_steps, padded_forward, trim_steps
 from tools.bench.train import baseline_loss, bench_train, synthetic_batch
 
 V, C, P = 40, 16, 6
@@ -29,7 +30,7 @@ def batch(B=3, K=4, T=9, seed=1):
 def test_shapes_and_attention_sums_to_one():
     dec = small()
     features, tokens, lengths = batch()
-    logits, alphas = dec(features, tokens, lengths)
+    logits, alphas = padded_forward(dec, features, tokens, lengths)
     assert logits.shape == (3, 4, 8, V) and alphas.shape == (3, 4, 8, P)
     torch.testing.assert_close(alphas.sum(-1), torch.ones(3, 4, 8))
     assert (alphas >= 0).all()
@@ -38,9 +39,9 @@ def test_shapes_and_attention_sums_to_one():
 def test_captions_of_an_image_share_its_features_but_not_their_state():
     dec = small().eval()
     features, tokens, _ = batch()
-    logits, alphas = dec(features, tokens)
+    logits, alphas = padded_forward(dec, features, tokens)
     for k in range(tokens.shape[1]):
-        one, a = dec(features, tokens[:, k : k + 1])
+        one, a = padded_forward(dec, features, tokens[:, k : k + 1])
         torch.testing.assert_close(one[:, 0], logits[:, k])
         torch.testing.assert_close(a[:, 0], alphas[:, k])
 
@@ -48,7 +49,7 @@ def test_captions_of_an_image_share_its_features_but_not_their_state():
 def test_step_api_matches_teacher_forcing():
     dec = small().eval()
     features, tokens, _ = batch()
-    logits, _ = dec(features, tokens)
+    logits, _ = padded_forward(dec, features, tokens)
     ctx = dec.prepare(features)
     h, c = ctx.h[:, None].expand(3, 4, -1), ctx.c[:, None].expand(3, 4, -1)
     for t in range(tokens.shape[2] - 1):
@@ -61,9 +62,9 @@ def test_feature_standardisation():
     dec = small().eval()
     features, tokens, _ = batch()
     mean, std = torch.rand(C) * 3, torch.rand(C) + 0.5
-    expected, _ = dec(((features - mean) / std), tokens)
+    expected, _ = padded_forward(dec, ((features - mean) / std), tokens)
     dec.set_feature_stats(mean, std)
-    got, _ = dec(features, tokens)
+    got, _ = padded_forward(dec, features, tokens)
     torch.testing.assert_close(got, expected)
     assert set(dec.state_dict()) >= {"feature_mean", "feature_std"}
 
@@ -71,7 +72,7 @@ def test_feature_standardisation():
 def test_loss_counts_only_valid_steps():
     dec = small()
     features, tokens, lengths = batch()
-    logits, alphas = dec(features, tokens)
+    logits, alphas = padded_forward(dec, features, tokens)
     total, stats = caption_loss(logits, alphas, tokens, lengths, alpha_c=0.7)
     ce, n, att = 0.0, 0, 0.0
     for b in range(3):
@@ -107,7 +108,7 @@ def test_trimmed_steps_give_the_padded_loss_and_every_gradient():
 
     def loss_and_grads(toks):
         dec.zero_grad()
-        loss, stats = caption_loss(*dec(features, toks), toks, lengths, alpha_c=0.7)
+        loss, stats = caption_loss(*padded_forward(dec, features, toks), toks, lengths, alpha_c=0.7)
         loss.backward()
         return loss.detach(), stats, {n: p.grad.clone() for n, p in dec.named_parameters()}
 
@@ -141,7 +142,7 @@ def padded_and_shrunk(dec, features, tokens, lengths, alpha_c=0.7):
     """(loss, stats, grads) of the fully padded forward + caption_loss, and of train_loss."""
     out = []
     for fn in (
-        lambda: caption_loss(*dec(features, tokens), tokens, lengths, alpha_c),
+        lambda: caption_loss(*padded_forward(dec, features, tokens), tokens, lengths, alpha_c),
         lambda: dec.train_loss(features, tokens, train_plan(lengths, multiple=2), alpha_c),
     ):
         dec.zero_grad()
@@ -172,7 +173,7 @@ def test_shrinking_batch_gives_the_padded_loss_and_every_gradient(case):
     for key in ("ce", "att"):
         torch.testing.assert_close(stats[key], full_stats[key], rtol=1e-12, atol=1e-12)
     assert int(stats["tokens"]) == int(full_stats["tokens"]) == int((lengths - 1).sum())
-    logits, _ = dec(features, tokens)
+    logits, _ = padded_forward(dec, features, tokens)
     top5 = top5_accuracy(logits, tokens[:, :, 1:], caption_mask(lengths, 13))
     torch.testing.assert_close(stats["top5"], top5)
     assert list(grads) == list(full_grads)
@@ -192,7 +193,7 @@ def test_a_tiny_model_learns_its_captions_by_heart():
     dec = small(seed=0)
     opt = torch.optim.Adam(dec.parameters(), lr=0.02)
     for _ in range(150):
-        loss, _ = caption_loss(*dec(features, tokens), tokens, lengths)
+        loss, _ = caption_loss(*padded_forward(dec, features, tokens), tokens, lengths)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -204,7 +205,7 @@ def test_baseline_port_computes_the_same_loss_and_gradients():
     dec = small().eval()
     features, tokens, lengths = batch(B=3, K=5, T=12)
     B, K, T = tokens.shape
-    ours, _ = caption_loss(*dec(features, tokens), tokens, lengths)
+    ours, _ = caption_loss(*padded_forward(dec, features, tokens), tokens, lengths)
     g_ours = torch.autograd.grad(ours, [dec.fc.weight, dec.attention.feature_att.weight])
     base = baseline_loss(dec, features.repeat_interleave(K, 0), tokens.view(B * K, T), lengths.view(B * K, 1))
     g_base = torch.autograd.grad(base, [dec.fc.weight, dec.attention.feature_att.weight])

@@ -20,11 +20,6 @@ KNOWN_LONG = {
     "pipeline/loading/loader.py:make_loader",
     "model/train/loop.py",
     "model/train/loop.py:fit",
-    "tools/demo.py",
-    "tools/caption_files.py:caption_files",
-    "tools/serve/app.py:create_app",
-    "tools/cli/data.py:shards_build",
-    "tools/bench/gpu.py",
 }
 
 

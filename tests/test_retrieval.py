@@ -19,6 +19,7 @@ from model.retrieval.source import load_index
 from pipeline.errors import CapgenError
 from pipeline.loading.features import FeatureFile
 from pipeline.shards.shardset import read_captions
+from tools.bench.padded_decoder import padded_forward
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_scores_are_the_decoders_teacher_forced_mean_log_prob(checkpoint, cache,
     with torch.no_grad():
         for q, query in enumerate(queries):
             tokens = torch.tensor(query.tokens)[None, None].expand(12, 1, -1)
-            logits, _ = captioner.decoder(torch.from_numpy(features).float(), tokens)
+            logits, _ = padded_forward(captioner.decoder, torch.from_numpy(features).float(), tokens)
             log_probs = F.log_softmax(logits, -1).gather(3, tokens[:, :, 1:, None])
             assert torch.allclose(scores[:, q], log_probs.mean(dim=(1, 2, 3)), atol=1e-5)
     index.block_elements = 1  # one image per block: the same scores

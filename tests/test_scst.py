@@ -19,6 +19,7 @@ from model.train.scst import ScstModel, ScstStep, bad_endings, init_model, rewar
 from pipeline.loading.loader import make_loader
 from pipeline.loading.source import DataSource
 from pipeline.text import END, PAD
+from tools.bench.padded_decoder import padded_forward
 
 TINY = dict(batch_size=4, embed_dim=16, attention_dim=16, hidden_dim=16, workers=0, log_every=1, progress=False, seed=3)
 
@@ -47,7 +48,7 @@ def test_sampling_is_batched_reproducible_and_scored_like_teacher_forcing():
     # The per-token log-probs are the decoder's own for those tokens (teacher forcing).
     start = torch.ones(3, 5, 1, dtype=torch.long)
     lengths = (tokens != PAD).sum(dim=2) + 1
-    logits, _ = decoder(features, torch.cat([start, tokens], dim=2))
+    logits, _ = padded_forward(decoder, features, torch.cat([start, tokens], dim=2))
     forced = logits.log_softmax(-1).gather(3, tokens[..., None])[..., 0]
     mask = torch.arange(tokens.shape[2]) < (lengths[..., None] - 1)
     assert torch.allclose(logp, torch.where(mask, forced, torch.zeros(())), atol=1e-5)

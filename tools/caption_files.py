@@ -64,29 +64,26 @@ def caption_files(
             continue
         results = captioner.caption([img for _, img in readable], beam=beam, topk=min(topk, beam))
         for (path, image), r in zip(readable, results):
-            caps = [{"text": c["text"], "score": round(float(c["score"]), 4)} for c in r["captions"]]
             if on_result is not None:
                 on_result(path, image, r)
-            if as_json:
-                attention = [[round(float(a), 5) for a in row] for row in r["attention"]]
-                out(
-                    json.dumps(
-                        {
-                            "image": path,
-                            "captions": caps,
-                            "words": r["words"],
-                            "attention": attention,
-                            "grid": r["grid"],
-                        }
-                    )
-                )
-            else:
-                out(path)
-                for c in caps:
-                    out(f"  {c['score']:9.4f}  {c['text']}")
+            write_result(path, r, as_json, out)
         bar.update(len(paths[start : start + chunk]))
     bar.close()
     return failed
+
+
+def write_result(path, r, as_json, out):
+    """One image's Captioner result through out: a JSON line (captions, words, attention, grid), or
+    its path then one line per caption, score first."""
+    caps = [{"text": c["text"], "score": round(float(c["score"]), 4)} for c in r["captions"]]
+    if as_json:
+        attention = [[round(float(a), 5) for a in row] for row in r["attention"]]
+        line = {"image": path, "captions": caps, "words": r["words"], "attention": attention, "grid": r["grid"]}
+        out(json.dumps(line))
+    else:
+        out(path)
+        for c in caps:
+            out(f"  {c['score']:9.4f}  {c['text']}")
 
 
 def _above(bar, write):

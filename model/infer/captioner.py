@@ -4,13 +4,21 @@
 (model/runs/checkpoint_config.py) names the encoder, the decoder and the preprocessing.
 A checkpoint trained on cached features may leave the encoder out: it is then
 rebuilt from its config weights ("imagenet" from the torch cache, or a file).
+
+From Python:
+
+    captioner = Captioner.load("runs/demo/best")
+    [result] = captioner.caption([PIL.Image.open("photo.jpg")], beam=3)
+    result["captions"][0]["text"]
 """
+
+from __future__ import annotations
 
 import warnings
 
 import numpy as np
 import torch
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from model.nets.decoder import Decoder
 from model.nets.encoder import build_encoder
@@ -49,7 +57,7 @@ def preprocess(img, size, resize_mode, mean, std):
 class Captioner:
     """encoder + decoder + vocabulary on `device`; `config` is the checkpoint's (model/runs/checkpoint_config.py)."""
 
-    def __init__(self, encoder, decoder, vocab, config, device="cpu"):
+    def __init__(self, encoder, decoder: Decoder, vocab, config: dict, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device).eval()
         self.decoder = decoder.to(self.device).eval()
@@ -59,7 +67,11 @@ class Captioner:
         self.grid = list(encoder.grid(self.image["size"]))
 
     @classmethod
-    def load(cls, ckpt_dir, device="cpu"):
+    def load(cls, ckpt_dir: str, device: str | torch.device = "cpu") -> Captioner:
+        """The captioner of a checkpoint folder (a run's best/ or last/, or the run folder), on device.
+
+        CapgenError when the folder holds no checkpoint, or its weights or vocabulary do not match
+        its config."""
         state, config, vocab, _ = checkpoint.load(ckpt_dir, trainer=False)
         try:
             encoder, decoder = _build(config, state)
@@ -74,18 +86,24 @@ class Captioner:
             )
         return cls(encoder, decoder, vocab, config, device)
 
-    def preprocess(self, img):
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """PIL image (any mode, EXIF-rotated upright) -> the encoder's normalised input [3, size, size],
+        resized as the checkpoint's shards were. CapgenError for an image that cannot be read."""
         try:
             return preprocess(img, self.image["size"], self.image["resize_mode"], self.image["mean"], self.image["std"])
         except (OSError, ValueError) as err:
             raise CapgenError(f"{getattr(img, 'filename', '') or 'image'}: cannot read image ({err})") from None
 
     @torch.inference_mode()
-    def caption(self, images, beam=3, topk=3, length_norm=False, batch_size=16):
+    def caption(
+        self, images: list[Image.Image], beam: int = 3, topk: int = 3, length_norm: bool = False, batch_size: int = 16
+    ) -> list[dict]:
         """PIL images -> [{"captions": [{"text", "score"}], "words", "attention", "grid"}], one per image.
 
+        beam: the beam width; topk: the captions kept per image (at most beam), best first;
         score: sum of log-probs (ranked by it, or per token with length_norm);
-        words/attention: the best caption, one [P] list (row-major over grid) per word."""
+        words/attention: the best caption, one [P] list (row-major over grid) per word;
+        grid: [rows, columns] of the attention. Images run batch_size at a time."""
         out = []
         for i in range(0, len(images), batch_size):
             x = torch.stack([self.preprocess(img) for img in images[i : i + batch_size]])
@@ -93,7 +111,7 @@ class Captioner:
         return out
 
     @torch.inference_mode()
-    def caption_tensors(self, x, beam=3, topk=3, length_norm=False):
+    def caption_tensors(self, x: torch.Tensor, beam: int = 3, topk: int = 3, length_norm: bool = False) -> list[dict]:
         """caption() of preprocessed images x [B, 3, size, size] (from .preprocess), as one batch."""
         x = x.to(self.device)
         if self.device.type == "cuda":

@@ -4,13 +4,14 @@ Shapes carry a group axis G beside the image axis B: the K captions of an image
 in training, the k beams in search. Features stay [B, P, C] and their attention
 projection [B, P, A] is computed once per batch (`prepare`); each step attends
 from h [B, G, H] with a batched matmul, so features are never copied per caption
-or per beam. `forward` runs every step for every caption (the loss masks the
-padding). Training runs `train_loss` instead: images sorted by their longest
+or per beam. Training runs `train_loss`: images sorted by their longest
 caption, the captions of each by length, step t runs [n_t, g_t]: the images
 still captioning (n_t rounded up to a multiple of IMAGE_MULTIPLE, so that
 torch.compile and CUDA graphs see a few shapes) and their most captions still
 going; the output layer and the loss run on the valid predictions only. Same
-loss and gradients as the fully padded batch.
+loss and gradients as the fully padded batch (every step for every caption, the
+loss masking the padding: the reference in tools/bench/padded_decoder.py).
+Search runs `prepare` once, then `step`.
 """
 
 from typing import NamedTuple
@@ -19,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STEP_MULTIPLE = 4  # trim_steps rounds a batch's steps up to a multiple of this (or the table's full length)
 IMAGE_MULTIPLE = 8  # train_loss rounds a step's active images up to a multiple of this (or the batch)
 
 
@@ -111,29 +111,9 @@ class Decoder(nn.Module):
         h, c = self.lstm(x.reshape(B * G, -1), (h.reshape(B * G, H), c.reshape(B * G, H)))
         return h.view(B, G, H), c.view(B, G, H), alpha
 
-    def forward(self, features, tokens, lengths=None):
-        """Teacher forcing. features [B,P,C], tokens [B,K,T] -> logits [B,K,T-1,V], alphas [B,K,T-1,P].
-
-        `lengths` is not needed here (every step runs; `loss` masks); it is accepted
-        so callers can pass the batch as it comes.
-        """
-        B, K = tokens.shape[:2]
-        ctx = self.prepare(features)
-        # unbind: its backward is one stack, where per-step slicing would zero-fill [B,K,T,E] each step.
-        embs = self.embedding(tokens[:, :, :-1]).unbind(dim=2)
-        h = ctx.h[:, None].expand(B, K, -1)
-        c = ctx.c[:, None].expand(B, K, -1)
-        hs, alphas = [], []
-        for emb in embs:
-            h, c, alpha = self.advance(ctx, emb, h, c)
-            hs.append(h)
-            alphas.append(alpha)
-        logits = self.fc(self.dropout(torch.stack(hs, dim=2)))
-        return logits, torch.stack(alphas, dim=2)
-
     def train_loss(self, features, tokens, plan, alpha_c=1.0):
         """Teacher forcing over a shrinking batch: features [B,P,C], tokens [B,K,T], plan (`train_plan`
-        of the lengths) -> (loss, stats): `caption_loss` of `forward`'s logits (same value and
+        of the lengths) -> (loss, stats): the masked loss of the fully padded batch (same value and
         gradients), its stats plus "top5" (top-5 accuracy), computed on the valid predictions only."""
         B, K = tokens.shape[:2]
         ctx = self.prepare(features[plan.order])
@@ -153,27 +133,10 @@ class Decoder(nn.Module):
         targets = tokens[:, :, 1:].flatten(0, 1)[plan.dest, plan.step]
         return packed_loss(logits, torch.cat(alphas)[plan.rows], targets, plan.dest, B * K, alpha_c)
 
-    @staticmethod
-    def loss(logits, alphas, tokens, lengths, alpha_c=1.0):
-        """See `caption_loss`."""
-        return caption_loss(logits, alphas, tokens, lengths, alpha_c)
-
     def step(self, ctx, prev, h, c):
         """Search step. prev [B,G] token ids, h/c [B,G,H] -> log_probs [B,G,V] (float32), alpha [B,G,P], h, c."""
         h, c, alpha = self.advance(ctx, self.embedding(prev), h, c)
         return F.log_softmax(self.fc(self.dropout(h)).float(), dim=-1), alpha, h, c
-
-
-def decode_steps(longest, full, multiple=STEP_MULTIPLE):
-    """Decoder steps for a batch whose longest caption has `longest` tokens (<start>/<end> included):
-    its longest-1 predictions rounded up to a multiple of `multiple`, at most `full` (T-1)."""
-    return min(-(-(longest - 1) // multiple) * multiple, full)
-
-
-def trim_steps(tokens, longest, multiple=STEP_MULTIPLE):
-    """tokens [B,K,T] -> [B,K,steps+1]: only the columns the batch's `longest` caption needs
-    (`decode_steps`); a view. Everything cut is <pad>, which the loss masks anyway."""
-    return tokens[:, :, : decode_steps(int(longest), tokens.shape[2] - 1, multiple) + 1]
 
 
 def train_plan(lengths, multiple=IMAGE_MULTIPLE):
@@ -196,8 +159,10 @@ def train_plan(lengths, multiple=IMAGE_MULTIPLE):
 
 
 def packed_loss(logits, alphas, targets, dest, captions, alpha_c=1.0):
-    """`caption_loss` on the valid predictions only: logits [N,V], alphas [N,P], targets [N], dest [N]
-    their caption among `captions`. Returns (loss, stats), stats as in caption_loss plus "top5"."""
+    """The masked caption loss on the valid predictions only: logits [N,V], alphas [N,P], targets [N],
+    dest [N] their caption among `captions`. Cross-entropy over the predicted words and <end>, plus the
+    doubly stochastic attention term alpha_c * mean((1 - sum_t alpha)^2) over every caption. Returns
+    (loss, stats): "loss", "ce", "att", "tokens" (detached tensors, no device sync) and "top5"."""
     n = targets.numel()
     ce = F.cross_entropy(wide(logits), targets.long(), reduction="sum") / max(n, 1)
     att_sums = alphas.new_zeros(captions, alphas.shape[1]).index_add(0, dest, alphas)
@@ -217,26 +182,6 @@ def packed_loss(logits, alphas, targets, dest, captions, alpha_c=1.0):
 def wide(x):
     """x in float32 at least: the loss of a bf16 forward in float32, of a float64 one in float64."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def caption_mask(lengths, steps):
-    """[B, K] lengths (with <start>/<end>) -> [B, K, steps] bool: which predictions count."""
-    return torch.arange(steps, device=lengths.device) < (lengths[..., None] - 1)
-
-
-def caption_loss(logits, alphas, tokens, lengths, alpha_c=1.0):
-    """Masked cross-entropy over the predicted words and <end>, plus the doubly
-    stochastic attention term alpha_c * mean((1 - sum_t alpha)^2) over valid steps.
-    Returns (loss, stats) with stats as detached tensors (no device sync)."""
-    steps = logits.shape[2]
-    mask = caption_mask(lengths, steps)
-    targets = tokens[:, :, 1:].long()
-    ce = F.cross_entropy(wide(logits.flatten(0, 2)), targets.flatten(), reduction="none").view_as(mask)
-    n = mask.sum()
-    ce = (ce * mask).sum() / n.clamp_min(1)
-    att = alpha_c * ((1.0 - (wide(alphas) * mask[..., None]).sum(dim=2)) ** 2).mean()
-    total = ce + att
-    return total, {"loss": total.detach(), "ce": ce.detach(), "att": att.detach(), "tokens": n}
 
 
 def top5_accuracy(logits, targets, mask):

@@ -8,7 +8,11 @@ it (hash, samples, skipped images) lands in .parts/. A rerun keeps every shard
 whose hash matches its record, so a killed build resumes and ends with the
 same bytes. A single job finishes the set itself; the jobs of a --num-jobs
 build are joined by pipeline/shards/merge.py. The folder's layout: pipeline/shards/shardset.py.
+
+From Python: `build(read_coco(root, "train2014"), "shards/train", Options(name="coco-train2014"), {})`.
 """
+from __future__ import annotations
+
 import glob
 import hashlib
 import json
@@ -20,6 +24,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -37,6 +42,9 @@ from pipeline.shards.shardset import FORMAT, PARTS, file_sha256, part_path, shar
 from pipeline.shards.tar_writer import TarWriter
 from pipeline.text import Vocabulary
 
+if TYPE_CHECKING:
+    from pipeline.sources.coco import ImageRecord, Source
+
 MTIME = 1_400_000_000  # fixed member time (2014-05-13): same input, same bytes
 
 
@@ -49,7 +57,8 @@ class Options:
     quality: int = imaging.QUALITY
     shard_size: int = 1000
 
-    def fingerprint(self, annotation_sha256):
+    def fingerprint(self, annotation_sha256: str) -> dict:
+        """What a shard's bytes depend on: these options, the annotation file's hash, the software."""
         return {"format": FORMAT, "name": self.name, "image_size": self.image_size,
                 "resize_mode": self.resize_mode, "quality": self.quality,
                 "shard_size": self.shard_size, "annotation_sha256": annotation_sha256,
@@ -158,7 +167,8 @@ def build_task(task, progress):
 
 # ---------------------------------------------------------------- running the tasks
 
-def available_cores():
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), the default number of workers."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -234,8 +244,9 @@ def _run_pool(tasks, bar, workers):
 
 # ---------------------------------------------------------------- a build
 
-def plan(records, shard_size):
-    """Records with captions in image-id order, cut into shards; and those without."""
+def plan(records: list[ImageRecord], shard_size: int) -> tuple[list[list[ImageRecord]], list[ImageRecord]]:
+    """(shards, no_captions): the records with captions in image-id order, cut into shards of
+    shard_size (shard k holds records[k*S:(k+1)*S]); and those without captions."""
     records = sorted(records, key=lambda r: r.image_id)
     keep = [r for r in records if r.captions]
     no_captions = [r for r in records if not r.captions]
@@ -259,12 +270,24 @@ def _check(out, opts, num_jobs, job_index):
         raise CapgenError(f"{out}: shard set name {opts.name!r} must be letters, digits, '_', '.', '-'")
 
 
-def build(source, out, opts, build_args, workers=None, num_jobs=1, job_index=0,
-          vocab=None, preset="seed", min_freq=5, captions_per_image=5, index=True, progress=True):
+def build(source: Source, out: str, opts: Options, build_args: dict, workers: int | None = None,
+          num_jobs: int = 1, job_index: int = 0, vocab: str | None = None, preset: str = "seed",
+          min_freq: int = 5, captions_per_image: int = 5, index: bool = True, progress: bool = True) -> dict:
     """Build this job's shards into out; a single job also finalizes the set
-    (manifest.json, skipped.txt, vocab.json, tokens.npz). Returns a summary dict.
-    The build holds out's lock (a job of a --num-jobs build: its own slot's), so a
-    second build into the same folder stops at once."""
+    (manifest.json, skipped.txt, vocab.json, tokens.npz).
+
+    source: the records (pipeline/sources: read_coco, read_karpathy, read_caption_table);
+    opts: what decides the bytes (name, image size, resize mode, JPEG quality, shard size);
+    build_args: recorded as is in the manifest (e.g. the command's options). workers:
+    processes (default: available_cores()). num_jobs, job_index: this job builds shards
+    k with k % num_jobs == job_index (join them with pipeline/shards/merge.py). vocab: a
+    training vocab.json to reuse, else the set's own from preset and min_freq, keeping
+    captions_per_image per image. index: write DALI index files; progress: a tqdm bar.
+
+    Returns {"job": this job's manifest, "elapsed": seconds, "built", "reused": shard counts},
+    with "manifest" (the set's) for a single job. The build holds out's lock (a job of a
+    --num-jobs build: its own slot's), so a second build into the same folder stops at once.
+    CapgenError for bad options, no images with captions, or a folder that cannot be written."""
     _check(out, opts, num_jobs, job_index)
     vocab_obj = Vocabulary.load(vocab) if vocab else None
     chunks, no_captions = plan(source.records, opts.shard_size)

@@ -14,6 +14,8 @@ missing image files and images left without captions are the builder's to count,
 as for COCO. Only a missing file or column is an error.
 """
 
+from __future__ import annotations
+
 import csv
 import hashlib
 import io
@@ -35,14 +37,28 @@ ID_BITS = 53
 
 @dataclass
 class TableSource(Source):
+    """A Source with the rows read and those set aside by reason."""
+
     dropped: dict = field(default_factory=dict)  # reason -> rows (or captions) set aside
     rows: int = 0
 
 
 def read_caption_table(
-    path, split="train", images=None, file_column=None, caption_column=None, split_column=None, val_fraction=None
-):
-    """The images of one split of a captions file; images: their folder (default: the file's)."""
+    path: str | os.PathLike,
+    split: str = "train",
+    images: str | os.PathLike | None = None,
+    file_column: str | None = None,
+    caption_column: str | None = None,
+    split_column: str | None = None,
+    val_fraction: float | None = None,
+) -> TableSource:
+    """The images of one split of a captions file (metadata.jsonl, .csv or .tsv).
+
+    split: "train", "val" or "test". images: the image folder (default: the file's).
+    file_column, caption_column, split_column: the columns to read (default: file_name; caption,
+    else text; split, if present). val_fraction: split by a hash of the file name instead, this
+    share val. Returns a TableSource, records sorted by image id, with the rows read and those set
+    aside by reason. CapgenError for a missing file or column, or no images in the split."""
     path = os.fspath(path)
     if split not in SPLITS:
         raise CapgenError(f"{path}: unknown split {split!r} (expected one of {', '.join(SPLITS)})")

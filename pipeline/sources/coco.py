@@ -16,6 +16,8 @@ Malformed entries are either left out and counted, or a one-line error:
   Karpathy entry without a split, is refused (CapgenError).
 """
 
+from __future__ import annotations
+
 import json
 import os
 from collections import Counter, defaultdict
@@ -29,18 +31,23 @@ KARPATHY_SPLITS = ("train", "val", "test")
 
 @dataclass
 class ImageRecord:
+    """One image of a source: its id, file name, path on disk, split and raw captions."""
+
     image_id: int
     file_name: str
     path: str
     split: str
-    captions: list = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
     width: int | None = None
     height: int | None = None
 
 
 @dataclass
 class Source:
-    records: list
+    """What a reader returns: the records of one split (sorted by image id), the file they came from,
+    and what was left out: captions of unlisted images, bad captions, skipped entries."""
+
+    records: list[ImageRecord]
     annotation_path: str
     orphan_captions: int = 0
     # Keyword-only, so that subclasses' positional fields come first (pipeline/sources/caption_table.py's).
@@ -117,8 +124,12 @@ def _coco_captions(data, image_ids):
     return captions, orphans, bad
 
 
-def read_coco(root, split):
-    """root/annotations/captions_{split}.json with images in root/{split}/."""
+def read_coco(root: str, split: str) -> Source:
+    """The images of one COCO 2014 split: root/annotations/captions_{split}.json, images in root/{split}/.
+
+    split: "train2014" or "val2014". Returns a Source, records sorted by image id, each with its raw
+    captions (images without any kept: the shard builder counts them). CapgenError for an unknown
+    split, a missing or malformed file."""
     if split not in COCO_SPLITS:
         raise CapgenError(f"{root}: unknown COCO split {split!r} (expected one of {', '.join(COCO_SPLITS)})")
     path = os.path.join(root, "annotations", f"captions_{split}.json")
@@ -179,10 +190,12 @@ def _karpathy_record(path, k, img, image_root):
     )
 
 
-def read_karpathy(path, split, image_root=None, train_includes_restval=True):
-    """Karpathy's dataset_coco.json; image paths are image_root/filepath/filename.
+def read_karpathy(path: str, split: str, image_root: str | None = None, train_includes_restval: bool = True) -> Source:
+    """The images of one split of Karpathy's dataset_coco.json; image paths are image_root/filepath/filename.
 
-    The 'train' split takes 'restval' too, as the common recipe does (113K images).
+    split: "train", "val" or "test"; the 'train' split takes 'restval' too, as the common recipe does
+    (113K images), unless train_includes_restval is False. image_root: default the file's folder.
+    Returns a Source, records sorted by image id. CapgenError for an unknown split or a malformed file.
     """
     if split not in KARPATHY_SPLITS:
         raise CapgenError(f"{path}: unknown Karpathy split {split!r} (expected one of {', '.join(KARPATHY_SPLITS)})")

@@ -345,8 +345,21 @@ def write_karpathy(out, layout, results):
     _write_json(os.path.join(out, "dataset_coco.json"), {"images": entries, "dataset": "coco"})
 
 
-def synthesize(out, images, seed, val_fraction=0.2, width=640, height=480, workers=None):
-    """Write the synthetic dataset under out; return counts."""
+def synthesize(
+    out: str,
+    images: int,
+    seed: int,
+    val_fraction: float = 0.2,
+    width: int = 640,
+    height: int = 480,
+    workers: int | None = None,
+) -> dict:
+    """Write the synthetic dataset (COCO 2014 layout, scenes, Karpathy splits) under out; same seed,
+    same bytes, whatever the number of workers (processes; default: up to 8 cores for 200+ images, else 1).
+
+    images: train2014 + val2014; val_fraction: the share in val2014; width, height: of every image.
+    Returns counts: {"images", "train2014", "val2014", "captions", "karpathy": {"val", "test", "restval"}}.
+    CapgenError for bad sizes or counts, or a folder that cannot be written."""
     if images < 1:
         raise CapgenError(f"{out}: --images must be at least 1, got {images}")
     if not 0 <= val_fraction < 1:

@@ -1,5 +1,7 @@
 """`capgen synth`, `capgen shards ...` and `capgen vocab`: data before the model."""
 
+from types import SimpleNamespace
+
 import click
 
 
@@ -106,101 +108,87 @@ def shards():
 @click.option("--captions-per-image", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--index/--no-index", default=True, show_default=True, help="Write DALI index files (NAME-000000.idx).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def shards_build(
-    coco_root,
-    split,
-    karpathy,
-    karpathy_split,
-    captions,
-    images_dir,
-    captions_split,
-    file_column,
-    caption_column,
-    split_column,
-    val_fraction,
-    out,
-    name,
-    image_size,
-    resize_mode,
-    quality,
-    shard_size,
-    workers,
-    num_jobs,
-    job_index,
-    vocab_path,
-    preset,
-    min_freq,
-    captions_per_image,
-    index,
-    quiet,
-):
+def shards_build(**options):
     """Decode COCO 2014, a Karpathy split or your own captions file once into verified WebDataset shards."""
+    _build_shards(SimpleNamespace(**options))
+
+
+def _build_shards(o):
+    """`capgen shards build`'s work; o: its options by name."""
     import os
 
     from pipeline.cluster import array_job
     from pipeline.shards import build as sh
-    from pipeline.sources.coco import read_coco, read_karpathy
 
-    num_jobs, job_index = array_job(num_jobs, job_index)
-    table = {}
-    if captions:
-        source, table = _captions_source(
-            captions, images_dir, captions_split, file_column, caption_column, split_column, val_fraction
-        )
-        name = name or f"captions-{captions_split}"
-        evaluation = captions_split != "train"
-    elif any(v is not None for v in (file_column, caption_column, split_column, val_fraction)):
-        raise click.UsageError("--file-column, --caption-column, --split-column and --val-fraction need --captions")
-    elif karpathy and karpathy_split:
-        source = read_karpathy(karpathy, karpathy_split, image_root=images_dir or coco_root)
-        name = name or f"karpathy-{karpathy_split}"
-        evaluation = karpathy_split != "train"
-        table = {"images": images_dir} if images_dir else {}
-    elif coco_root and split:
-        source = read_coco(coco_root, split)
-        name = name or f"coco-{split}"
-        evaluation = split != "train2014"
-    else:
-        raise click.UsageError("give --coco-root with --split, --karpathy with --karpathy-split, or --captions")
-    out = out or os.path.join("shards", name)
-    if evaluation and not vocab_path and num_jobs == 1:
+    num_jobs, job_index = array_job(o.num_jobs, o.job_index)
+    source, name, evaluation, table = _shards_source(o)
+    out = o.out or os.path.join("shards", name)
+    if evaluation and not o.vocab_path and num_jobs == 1:
         click.echo(
             f"capgen: warning: {name} builds its own vocabulary; pass --vocab TRAIN/vocab.json "
             "to share the training one",
             err=True,
         )
     args = {
-        "coco_root": coco_root,
-        "split": split,
-        "karpathy": karpathy,
-        "karpathy_split": karpathy_split,
+        "coco_root": o.coco_root,
+        "split": o.split,
+        "karpathy": o.karpathy,
+        "karpathy_split": o.karpathy_split,
         "name": name,
-        "image_size": image_size,
-        "resize_mode": resize_mode,
-        "quality": quality,
-        "shard_size": shard_size,
-        "vocab": vocab_path,
-        "preset": preset,
-        "min_freq": min_freq,
-        "captions_per_image": captions_per_image,
+        "image_size": o.image_size,
+        "resize_mode": o.resize_mode,
+        "quality": o.quality,
+        "shard_size": o.shard_size,
+        "vocab": o.vocab_path,
+        "preset": o.preset,
+        "min_freq": o.min_freq,
+        "captions_per_image": o.captions_per_image,
         **table,
     }
-    opts = sh.Options(name=name, image_size=image_size, resize_mode=resize_mode, quality=quality, shard_size=shard_size)
+    opts = sh.Options(
+        name=name, image_size=o.image_size, resize_mode=o.resize_mode, quality=o.quality, shard_size=o.shard_size
+    )
     r = sh.build(
         source,
         out,
         opts,
         args,
-        workers=workers,
+        workers=o.workers,
         num_jobs=num_jobs,
         job_index=job_index,
-        vocab=vocab_path,
-        preset=preset,
-        min_freq=min_freq,
-        captions_per_image=captions_per_image,
-        index=index,
-        progress=not quiet,
+        vocab=o.vocab_path,
+        preset=o.preset,
+        min_freq=o.min_freq,
+        captions_per_image=o.captions_per_image,
+        index=o.index,
+        progress=not o.quiet,
     )
+    _echo_build(out, r, num_jobs, job_index)
+
+
+def _shards_source(o):
+    """(source, name, evaluation, table) of `capgen shards build`'s options: the records to build,
+    the set's name, whether it is an evaluation set, and what build_args record of a captions table."""
+    from pipeline.sources.coco import read_coco, read_karpathy
+
+    if o.captions:
+        source, table = _captions_source(
+            o.captions, o.images_dir, o.captions_split, o.file_column, o.caption_column, o.split_column, o.val_fraction
+        )
+        return source, o.name or f"captions-{o.captions_split}", o.captions_split != "train", table
+    if any(v is not None for v in (o.file_column, o.caption_column, o.split_column, o.val_fraction)):
+        raise click.UsageError("--file-column, --caption-column, --split-column and --val-fraction need --captions")
+    if o.karpathy and o.karpathy_split:
+        source = read_karpathy(o.karpathy, o.karpathy_split, image_root=o.images_dir or o.coco_root)
+        table = {"images": o.images_dir} if o.images_dir else {}
+        return source, o.name or f"karpathy-{o.karpathy_split}", o.karpathy_split != "train", table
+    if o.coco_root and o.split:
+        return read_coco(o.coco_root, o.split), o.name or f"coco-{o.split}", o.split != "train2014", {}
+    raise click.UsageError("give --coco-root with --split, --karpathy with --karpathy-split, or --captions")
+
+
+def _echo_build(out, r, num_jobs, job_index):
+    """The one line of a finished build (sh.build's answer r), and what a job of many does next."""
     job = r["job"]
     images = sum(s["samples"] for s in job["shards"])
     reasons = {}

@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Protocol
 
 import torch
 import uvicorn
@@ -50,6 +51,12 @@ DRAIN_BYTES = 16 * 1024 * 1024
 # anything else is not an image (415).
 SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 log = logging.getLogger("capgen.serve")
+
+
+class ImageCaptioner(Protocol):
+    """What create_app needs of a model: one result dict per image (Captioner.caption's)."""
+
+    def caption(self, images: list, beam: int = 3, topk: int = 3) -> list[dict]: ...
 
 
 class BadUpload(Exception):
@@ -151,66 +158,46 @@ def _model_calls(captioner, beam, topk):
     return (lambda image: image), lambda images: captioner.caption(images, beam=beam, topk=topk)
 
 
-def create_app(
-    captioner,
-    *,
-    beam=3,
-    topk=3,
-    max_upload_bytes=MAX_UPLOAD_BYTES,
-    max_pixels=MAX_PIXELS,
-    info=None,
-    batch_window_ms=WINDOW_S * 1000,
-    max_batch=MAX_BATCH,
-):
-    """The FastAPI app around a loaded captioner (anything with `caption(images, beam, topk)`)."""
-    prepare, run = _model_calls(captioner, beam, topk)
-    batcher = Batcher(run, window=batch_window_ms / 1000, max_batch=max_batch)
+class CaptionService:
+    """The app's captioning: uploads decoded two at a time in request threads, then captioned by the
+    model thread in batches (tools/serve/batcher.py)."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        yield
-        await run_in_threadpool(batcher.close)
+    def __init__(self, captioner, beam, topk, max_pixels, batch_window_ms, max_batch):
+        self.prepare, run = _model_calls(captioner, beam, topk)
+        self.batcher = Batcher(run, window=batch_window_ms / 1000, max_batch=max_batch)
+        # At most two uploads decoded at once (a full-size image is large); the batch holds model-sized tensors.
+        self.admitted = threading.BoundedSemaphore(2)
+        self.max_pixels = max_pixels
+        self.resize_mode = getattr(captioner, "image", {}).get("resize_mode", "stretch")
 
-    app = FastAPI(title="capgen", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.batcher = batcher
-    # At most two uploads decoded at once (a full-size image is large); the batch holds model-sized tensors.
-    admitted = threading.BoundedSemaphore(2)
-    resize_mode = getattr(captioner, "image", {}).get("resize_mode", "stretch")
-    settings = {
-        "beam": beam,
-        "topk": topk,
-        "max_upload_bytes": max_upload_bytes,
-        "max_pixels": max_pixels,
-        "resize_mode": resize_mode,
-        "batch_window_ms": batch_window_ms,
-        "max_batch": max_batch,
-    }
-    settings.update(info or {})
-
-    def prepare_bytes(data):
-        with admitted:
-            image = read_image(data, max_pixels)
+    def prepare_bytes(self, data):
+        with self.admitted:
+            image = read_image(data, self.max_pixels)
             try:
-                return prepare(image), image.size
+                return self.prepare(image), image.size
             except CapgenError as err:  # the captioner's word for an image it cannot use
                 raise BadUpload(400, str(err)) from None
 
-    def prepare_and_submit(data):
-        with batcher.coming():
-            item, size = prepare_bytes(data)
-            return batcher.submit(item), size
+    def prepare_and_submit(self, data):
+        with self.batcher.coming():
+            item, size = self.prepare_bytes(data)
+            return self.batcher.submit(item), size
 
-    async def caption_bytes(data):
-        future, size = await run_in_threadpool(prepare_and_submit, data)
+    async def caption_bytes(self, data):
+        future, size = await run_in_threadpool(self.prepare_and_submit, data)
         result, _, seconds = await asyncio.wrap_future(future)
         # region: the box of the image (in its pixels) that the attention grid covers;
         # model_ms: the model time of the batch this image was captioned in.
         return dict(
             result,
             image={"width": size[0], "height": size[1]},
-            region=attention_region(size, resize_mode),
+            region=attention_region(size, self.resize_mode),
             model_ms=round(seconds * 1000, 2),
         )
+
+
+def add_pages(app, service, settings):
+    """GET / (the web page) and /healthz (the settings and the batch sizes so far)."""
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -218,7 +205,11 @@ def create_app(
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", **settings, "batches": dict(sorted(batcher.batch_sizes.items()))}
+        return {"status": "ok", **settings, "batches": dict(sorted(service.batcher.batch_sizes.items()))}
+
+
+def add_caption_route(app, service, max_upload_bytes):
+    """POST /api/caption: an upload's captions, or a 4xx answer {"error": ...} for a bad one."""
 
     @app.post("/api/caption")
     async def caption(request: Request):
@@ -226,7 +217,7 @@ def create_app(
             data = await read_upload(request, max_upload_bytes)
             # Decoding and the model run in other threads so the event loop keeps answering. JSONResponse
             # directly: the result is plain lists and floats, FastAPI's encoder walk would cost more.
-            return JSONResponse(await caption_bytes(data))
+            return JSONResponse(await service.caption_bytes(data))
         except BadUpload as err:
             log.info("refused upload: %s %s", err.status, err.message)
             headers = None if await drain(request, max_upload_bytes + DRAIN_BYTES) else {"Connection": "close"}
@@ -235,6 +226,10 @@ def create_app(
             client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
             log.info("upload aborted: %s closed the connection", client)
             return JSONResponse({"error": "upload aborted"}, status_code=400)
+
+
+def add_error_handlers(app):
+    """Every error as JSON {"error": ...}: HTTP errors with their status, anything else a logged 500."""
 
     @app.exception_handler(HTTPException)
     async def http_error(request, err):
@@ -245,6 +240,49 @@ def create_app(
         log.exception("error answering %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error: {type(err).__name__}"}, status_code=500)
 
+
+def create_app(
+    captioner: ImageCaptioner,
+    *,
+    beam: int = 3,
+    topk: int = 3,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = MAX_PIXELS,
+    info: dict | None = None,
+    batch_window_ms: float = WINDOW_S * 1000,
+    max_batch: int = MAX_BATCH,
+) -> FastAPI:
+    """The FastAPI app around a loaded captioner: the web page at /, POST /api/caption, /healthz.
+
+    captioner: a Captioner (model/infer/captioner.py), or anything with `caption(images, beam, topk)`
+    returning one result dict per image. beam, topk: the search's beam width and the words kept per
+    step. max_upload_bytes, max_pixels: larger uploads get 413. info: extra entries for /healthz.
+    batch_window_ms, max_batch: how long the model thread gathers uploads into one batch, and its
+    largest batch. The app's lifespan closes the batcher (app.state.batcher); use it as an ASGI app
+    (uvicorn, or starlette's TestClient as a context manager).
+    """
+    service = CaptionService(captioner, beam, topk, max_pixels, batch_window_ms, max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await run_in_threadpool(service.batcher.close)
+
+    app = FastAPI(title="capgen", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.batcher = service.batcher
+    settings = {
+        "beam": beam,
+        "topk": topk,
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": max_pixels,
+        "resize_mode": service.resize_mode,
+        "batch_window_ms": batch_window_ms,
+        "max_batch": max_batch,
+    }
+    settings.update(info or {})
+    add_pages(app, service, settings)
+    add_caption_route(app, service, max_upload_bytes)
+    add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
