@@ -5,7 +5,8 @@ BLEU-4 from real decoding; bf16 autocast, torch.compile, DDP; checkpoint / exact
 helpers, which the benchmarks use too), resume, then per epoch `train_one_epoch`, validate
 (model/infer/decode.py), log (model/runs/log.py) and save (model/runs/checkpoint.py's TrainState).
 With --scst the epoch is model/train/scst.py's self-critical one, from --init's weights, and
-validation CIDEr (not BLEU-4) drives the schedule, early stopping and `best`.
+validation CIDEr (not BLEU-4) drives the schedule, early stopping and `best`: fit decides
+which (model/runs/selection.py) and records it in the run's TrainState.metric.
 
 Reproducibility: with the CPU loaders the batch order is a function of (seed, epoch)
 (pipeline/loading/batches.py) and the dropout RNG is reseeded from (seed, epoch, rank) at each
@@ -36,6 +37,7 @@ from model.runs import checkpoint
 from model.runs.checkpoint import TrainState
 from model.runs.checkpoint_config import model_state, split_state, trained_config
 from model.runs.log import Log, plot_curve
+from model.runs.selection import SELECT_SCST, SELECT_XE, label
 from model.train.build import (
     build_model,
     build_optimizer,
@@ -110,10 +112,8 @@ def fit(args, device, rank=0, world=1):
     if resuming and world > 1:
         dist.barrier()
     encoder, decoder, model, config, optimizer, scheduler = _build(args, train_src, vocab, device, resuming)
-    metric = "CIDEr" if args.scst else "Bleu_4"
-    state = TrainState(seed=args.seed)
-    if resuming:
-        state = _resume(last_dir, args, encoder, decoder, optimizer, scheduler)
+    state = _resume(last_dir, args, encoder, decoder, optimizer, scheduler) if resuming else TrainState(args.seed)
+    state.metric = SELECT_SCST if args.scst else SELECT_XE  # what selects `best`, recorded in trainer.pt
     if lead:
         os.makedirs(args.out, exist_ok=True)
         write_run_args(args, train_src, val_src)
@@ -158,9 +158,9 @@ def fit(args, device, rank=0, world=1):
             if lead
             else None
         )
-        improved = _end_epoch(state, epoch, _broadcast(scores, world), scheduler, metric)
+        improved = _end_epoch(state, epoch, _broadcast(scores, world), scheduler)
         if lead:
-            _report(args, log, state, optimizer, metric)
+            _report(args, log, state, optimizer)
             weights = model_state(encoder, decoder)
             _check_finite(args, epoch, state, weights)
             _save(args, state, optimizer, scheduler, weights, config, vocab, improved)
@@ -187,7 +187,7 @@ def fit(args, device, rank=0, world=1):
         "early_stopped": stopped,
         "best_dir": best_dir,
         "last_dir": last_dir,
-        "metric": metric,
+        "metric": state.metric,
     }
 
 
@@ -301,10 +301,10 @@ def _broadcast(scores, world):
     return scores
 
 
-def _end_epoch(state, epoch, scores, scheduler, metric="Bleu_4"):
-    """Count the epoch in `state` and step the LR schedule; True when val `metric` (BLEU-4; CIDEr
-    for SCST) improved (a non-finite score never does)."""
-    score = scores[metric]
+def _end_epoch(state, epoch, scores, scheduler):
+    """Count the epoch in `state` and step the LR schedule; True when the val score that
+    state.metric names (BLEU-4; CIDEr for SCST) improved (a non-finite score never does)."""
+    score = scores[state.metric]
     step_scheduler(scheduler, score)
     improved = math.isfinite(score) and score > state.best
     state.best, state.bad_epochs = (score, 0) if improved else (state.best, state.bad_epochs + 1)
@@ -312,7 +312,7 @@ def _end_epoch(state, epoch, scores, scheduler, metric="Bleu_4"):
     return improved
 
 
-def _report(args, log, state, optimizer, metric="Bleu_4"):
+def _report(args, log, state, optimizer):
     lr = optimizer.param_groups[0]["lr"]
     log.write(
         {
@@ -322,12 +322,12 @@ def _report(args, log, state, optimizer, metric="Bleu_4"):
             **{k: round(v, 6) for k, v in state.scores.items()},
             "lr": lr,
             "best": round(state.best, 6),
+            "metric": state.metric,
             "beam": args.beam,
         }
     )
-    name = {"Bleu_4": "BLEU-4"}.get(metric, metric)
     tqdm.write(
-        f"epoch {state.epoch}/{args.epochs}: val {name} {state.scores[metric]:.4f} "
+        f"epoch {state.epoch}/{args.epochs}: val {label(state.metric)} {state.scores[state.metric]:.4f} "
         f"(best {state.best:.4f}), lr {lr:.2e}",
         file=sys.stderr,
     )
@@ -341,8 +341,8 @@ def diverged(args, epoch, step):
 
 
 def _check_finite(args, epoch, state, weights):
-    """Refuse to save a model with non-finite weights or validation score."""
-    bad = not math.isfinite(state.scores["Bleu_4"]) or not all(
+    """Refuse to save a model with non-finite weights or validation score (the one that selects `best`)."""
+    bad = not math.isfinite(state.scores[state.metric]) or not all(
         bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()
     )
     if bad:
