@@ -75,8 +75,15 @@ class TrainState:
 ADDED = ("metric",)  # TrainState fields an older trainer.pt may lack
 
 
-def save(path, model_state, config, vocab, train_state=None):
-    """Write the checkpoint folder `path` atomically (train_state: a TrainState); returns path.
+def save(
+    path: str | os.PathLike,
+    model_state: dict[str, torch.Tensor],
+    config: dict,
+    vocab: Vocabulary,
+    train_state: TrainState | None = None,
+) -> str | os.PathLike:
+    """Write the checkpoint folder `path` atomically: the weights, config.json (config, the
+    vocabulary and the weights' sha256) and, given a TrainState, trainer.pt; returns path.
     An OS error (disk full, ...) is a one-line CapgenError; the previous folder survives."""
     try:
         with atomic_dir(path) as tmp:
@@ -109,7 +116,7 @@ def _write(folder, model_state, config, vocab, train_state):
             torch.save(train_state.to_dict(), f)
 
 
-def resolve(path):
+def resolve(path: str | os.PathLike) -> str:
     """The checkpoint folder `path` names: itself, the NAME.old a save interrupted mid-swap
     left, or for a run folder its best (else its last), each with the same fallback."""
     path = os.path.normpath(os.fspath(path))
@@ -134,8 +141,13 @@ def _is_run(path):
     )
 
 
-def load(path, trainer=True):
-    """-> (state_dict, config, vocab, TrainState or None). trainer=False skips trainer.pt."""
+def load(
+    path: str | os.PathLike, trainer: bool = True
+) -> tuple[dict[str, torch.Tensor], dict, Vocabulary, TrainState | None]:
+    """(weights, config, vocabulary, TrainState or None) of the checkpoint `path` resolves to;
+    the weights' sha256 is checked against config.json's, and trainer.pt (skipped with
+    trainer=False; None when absent) read as plain containers only. A missing, corrupt or
+    foreign folder is a one-line CapgenError."""
     path = resolve(path)
     config, vocab = read_config(path)
     weights = os.path.join(path, WEIGHTS)

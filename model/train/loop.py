@@ -36,6 +36,7 @@ from model.runs.checkpoint import TrainState
 from model.runs.checkpoint_config import model_state, split_state, trained_config
 from model.runs.log import Log
 from model.runs.selection import SELECT_SCST, SELECT_XE
+from model.train.args import TrainArgs
 from model.train.build import (
     build_model,
     build_optimizer,
@@ -80,8 +81,14 @@ def _device(args, local_rank):
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def train(args):
-    """Train per `args` (TrainArgs); returns {"best": score, "epochs": n, "best_dir": path, ...}."""
+def train(args: TrainArgs) -> dict:
+    """Train per `args`, as one process or as a rank of torchrun's (joining its process group),
+    holding args.out's lock on rank 0; a resume with args.resume picks up RUN/last.
+
+    Returns {"best": the best val score, "metric": the score's name ("Bleu_4", "CIDEr" for
+    --scst), "epochs": epochs done, "step": optimizer steps done, "early_stopped": bool,
+    "best_dir": RUN/best, "last_dir": RUN/last}. Bad inputs, a diverged run or an unreadable
+    data set raise a one-line CapgenError."""
     torch.manual_seed(args.seed)
     rank, world, local_rank, own_group = _dist_setup(args.device)
     device = _device(args, local_rank)
