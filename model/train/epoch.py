@@ -57,20 +57,26 @@ def _join(module):
 def log_train(log, train_step, seen, t0, epoch, step, bar, last=False):
     """One host sync per log interval: averages over the steps since the last record."""
     loss, ce, hits, n, steps = train_step.take()
+    values = {"loss": loss / steps, "ce": ce / steps, "top5": hits / max(n, 1)}
+    return write_train(values, ("loss", "top5"), log, train_step, seen, t0, epoch, step, bar, last)
+
+
+def write_train(values, shown, log, train_step, seen, t0, epoch, step, bar, last):
+    """Write a train record: its position, `values` (the step's averages since the last
+    record), the lr, images/s since t0 and whether it ends the epoch; show the `shown` values
+    on the progress bar. Returns (0, now): the next interval's image count and start."""
     elapsed = time.perf_counter() - t0
     record = {
         "type": "train",
         "epoch": epoch,
         "step": step,
-        "loss": loss / steps,
-        "ce": ce / steps,
-        "top5": hits / max(n, 1),
+        **values,
         "lr": train_step.optimizer.param_groups[0]["lr"],
         "samples_per_s": round(seen / max(elapsed, 1e-9), 2),
         "end_of_epoch": last,
     }
     log.write(record)
-    bar.set_postfix(loss=f"{record['loss']:.3f}", top5=f"{record['top5']:.3f}")
+    bar.set_postfix({k: f"{record[k]:.3f}" for k in shown})
     return 0, time.perf_counter()
 
 
