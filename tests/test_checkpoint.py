@@ -89,6 +89,22 @@ def test_round_trip(tmp_path, parts):
     assert checkpoint.load(tmp_path / "ckpt", trainer=False)[3] is None
 
 
+def test_trainer_state_without_a_metric_reads_as_bleu_4(tmp_path, parts):
+    """trainer.pt written before TrainState.metric: its best was selected by BLEU-4."""
+    vocab = parts[2]
+    ts = trainer_state(Decoder(len(vocab), 8, 4, 4, 4))
+    assert ts.metric == "Bleu_4"
+    checkpoint.save(tmp_path / "ckpt", {"w": torch.ones(2)}, {}, vocab, dataclasses.replace(ts, metric="CIDEr"))
+    assert checkpoint.load(tmp_path / "ckpt")[3].metric == "CIDEr"
+    old = {k: v for k, v in ts.to_dict().items() if k != "metric"}
+    torch.save(old, tmp_path / "ckpt" / "trainer.pt")
+    assert_same(checkpoint.load(tmp_path / "ckpt")[3], ts)
+    del old["best"]
+    torch.save(old, tmp_path / "ckpt" / "trainer.pt")
+    with pytest.raises(CapgenError, match=r"trainer\.pt: not a capgen trainer state \(no best\)"):
+        checkpoint.load(tmp_path / "ckpt")
+
+
 def test_rng_state_restores_every_generator():
     state = checkpoint.rng_state()
     first = (random.random(), np.random.rand(), torch.rand(1))

@@ -139,6 +139,7 @@ def test_runs_table_and_json(first, tmp_path):
     val = [r for r in read_log(os.path.join(first, "log.jsonl")) if r["type"] == "val"]
     best = max(val, key=lambda r: r["Bleu_4"])
     assert [(r["epochs"], r["steps"]) for r in rows] == [(2, 12), (1, 6)]
+    assert rows[0]["metric"] == rows[1]["metric"] == "Bleu_4"
     assert rows[0]["best_Bleu_4"] == best["Bleu_4"] and rows[0]["best_epoch"] == best["epoch"] + 1
     assert rows[0]["seconds"] == round(sum(r["seconds"] for r in val), 1) > 0
     assert rows[0]["options"] == rows[1]["options"] and rows[0]["options"]["batch_size"] == 4
@@ -163,4 +164,5 @@ def test_runs_table_and_json(first, tmp_path):
         "seed",
     ]
     assert table[0].split() == ["run", "run", "short"]
+    assert table[1].split()[:3] == ["best", "Bleu", "4"]
     assert table[3].split() == ["epochs", "2", "1"] and table[8].split() == ["batch_size", "4", "4"]

@@ -13,6 +13,7 @@ from model.nets.caption_model import CaptionModel
 from model.nets.decoder import Decoder
 from model.nets.search import sample
 from model.runs.log import read_log
+from model.runs.summary import run_summary, runs_table
 from model.train.args import TrainArgs
 from model.train.loop import train
 from model.train.scst import ScstModel, ScstStep, bad_endings, init_model, reward_scorer
@@ -124,6 +125,23 @@ def test_train_scst_from_features_resumes_exactly(data, tmp_path):
     with open(os.path.join(whole, "best", "config.json")) as f:
         training = json.load(f)["config"]["training"]
     assert training["scst"]["samples"] == 3 and training["scst"]["baseline"] == "mean"
+
+
+def test_runs_summary_shows_an_scst_run_best_by_cider(data, tmp_path):
+    run = str(tmp_path / "scst")
+    train(scst_args(data, run, epochs=2))
+    val = [r for r in read_log(os.path.join(run, "log.jsonl")) if r["type"] == "val"]
+    best = max(val, key=lambda r: r["CIDEr"])
+    assert [r["metric"] for r in val] == ["CIDEr", "CIDEr"]
+    summary = run_summary(run)
+    assert summary["metric"] == "CIDEr" and "best_Bleu_4" not in summary
+    assert summary["best_CIDEr"] == best["CIDEr"] == val[-1]["best"]
+    assert summary["best_epoch"] == best["epoch"] + 1
+    table = runs_table([summary]).splitlines()
+    assert table[1].split() == ["best", "CIDEr", f"{best['CIDEr']:.4f}"]
+    both = runs_table([run_summary(data["ce"]), summary]).splitlines()
+    ce = run_summary(data["ce"])["best_Bleu_4"]
+    assert both[1].split() == ["best", f"{ce:.4f}", "Bleu_4", f"{best['CIDEr']:.4f}", "CIDEr"]
 
 
 def test_cli_scst_from_shards_with_greedy_baseline(data, tmp_path):

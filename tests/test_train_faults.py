@@ -149,6 +149,22 @@ def test_reconcile_restores_best_from_old_and_from_last(data, whole, tmp_path):
         assert same(weights(run / "best"), weights(run / "last"))
 
 
+def test_resume_restores_a_lost_best_of_an_scst_run_from_last(data, whole, tmp_path):
+    """The SCST twin of the above: best selected by CIDEr, which last/'s trainer state names."""
+    run = tmp_path / "scst"
+    init = os.path.join(whole, "best")
+    train(args(data, run, epochs=1, scst=True, init=init, scst_samples=2))
+    state = torch.load(run / "last" / "trainer.pt", weights_only=True)
+    assert state["metric"] == "CIDEr" and state["scores"]["CIDEr"] == state["best"] >= 0
+    assert state["scores"]["Bleu_4"] != state["best"]  # what reconcile compared before
+    shutil.rmtree(run / "best")  # lost after last/ recorded the better score
+    result = train(args(data, run, epochs=1, scst=True, init=init, scst_samples=2, resume=True))
+    assert result["metric"] == "CIDEr" and result["best"] == state["best"] and result["epochs"] == 1
+    assert same(weights(run / "best"), weights(run / "last"))
+    assert checkpoint.trainer_best(run / "best") == checkpoint.trainer_best(run / "last") == state["best"]
+    assert checkpoint.load(run / "best")[3].metric == "CIDEr"
+
+
 # ---------------------------------------------------------------- checkpoint forms and hashes
 
 

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
+from model.runs.selection import UNRECORDED
 from pipeline.atomic import atomic_dir, atomic_write
 from pipeline.errors import CapgenError, read_bytes
 from pipeline.text import Vocabulary
@@ -38,31 +39,51 @@ WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
 
 @dataclass
 class TrainState:
-    """Where a training run stands after an epoch: trainer.pt holds exactly its fields."""
+    """Where a training run stands after an epoch: trainer.pt holds exactly its fields, as
+    plain values (str, float, int and containers of them, tensors in the optimizer's and the
+    RNG's states). `metric` names the validation score that selects `best`
+    (model/runs/selection.py); trainer.pt files written before it was recorded read as
+    selection.UNRECORDED."""
 
     seed: int
     epoch: int = 0  # epochs done
     step: int = 0  # optimizer steps done
-    best: float = -1.0  # best validation BLEU-4 so far
+    best: float = -1.0  # best validation `metric` so far
+    metric: str = UNRECORDED  # the key of `scores` that selects `best`: "Bleu_4", "CIDEr" for SCST
     bad_epochs: int = 0  # epochs since `best` last improved
     scores: dict | None = None  # the last validation's
     optimizer: dict | None = None  # optimizer.state_dict()
     scheduler: dict | None = None  # scheduler.state_dict()
     rng: dict | None = None  # rng_state()
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
+        """The fields as the plain dict trainer.pt holds."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d, path):
-        missing = [f.name for f in fields(cls) if f.name not in d] if isinstance(d, dict) else ["a dict"]
+    def from_dict(cls, d: dict, path: str | os.PathLike) -> "TrainState":
+        """The state trainer.pt's dict `d` holds (`path` names it in errors); a field added
+        since it was written (ADDED) takes its default."""
+        if not isinstance(d, dict):
+            raise CapgenError(f"{path}: not a capgen trainer state (no a dict)")
+        missing = [f.name for f in fields(cls) if f.name not in d and f.name not in ADDED]
         if missing:
             raise CapgenError(f"{path}: not a capgen trainer state (no {missing[0]})")
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-def save(path, model_state, config, vocab, train_state=None):
-    """Write the checkpoint folder `path` atomically (train_state: a TrainState); returns path.
+ADDED = ("metric",)  # TrainState fields an older trainer.pt may lack
+
+
+def save(
+    path: str | os.PathLike,
+    model_state: dict[str, torch.Tensor],
+    config: dict,
+    vocab: Vocabulary,
+    train_state: TrainState | None = None,
+) -> str | os.PathLike:
+    """Write the checkpoint folder `path` atomically: the weights, config.json (config, the
+    vocabulary and the weights' sha256) and, given a TrainState, trainer.pt; returns path.
     An OS error (disk full, ...) is a one-line CapgenError; the previous folder survives."""
     try:
         with atomic_dir(path) as tmp:
@@ -95,7 +116,7 @@ def _write(folder, model_state, config, vocab, train_state):
             torch.save(train_state.to_dict(), f)
 
 
-def resolve(path):
+def resolve(path: str | os.PathLike) -> str:
     """The checkpoint folder `path` names: itself, the NAME.old a save interrupted mid-swap
     left, or for a run folder its best (else its last), each with the same fallback."""
     path = os.path.normpath(os.fspath(path))
@@ -120,8 +141,13 @@ def _is_run(path):
     )
 
 
-def load(path, trainer=True):
-    """-> (state_dict, config, vocab, TrainState or None). trainer=False skips trainer.pt."""
+def load(
+    path: str | os.PathLike, trainer: bool = True
+) -> tuple[dict[str, torch.Tensor], dict, Vocabulary, TrainState | None]:
+    """(weights, config, vocabulary, TrainState or None) of the checkpoint `path` resolves to;
+    the weights' sha256 is checked against config.json's, and trainer.pt (skipped with
+    trainer=False; None when absent) read as plain containers only. A missing, corrupt or
+    foreign folder is a one-line CapgenError."""
     path = resolve(path)
     config, vocab = read_config(path)
     weights = os.path.join(path, WEIGHTS)
@@ -202,19 +228,23 @@ def set_rng_state(state):
 # ---------------------------------------------------------------- a run's best and last
 
 
-def trainer_best(folder):
+def trainer_best(folder: str | os.PathLike) -> float | None:
     """The best score the checkpoint folder's trainer.pt records, or None."""
-    path = os.path.join(folder, TRAINER)
-    if not os.path.isfile(path):
-        return None
-    best = TrainState.from_dict(load_trainer_state(path), path).best
+    state = _trainer_state(folder)
+    best = state.best if state is not None else -1.0
     return best if math.isfinite(best) and best >= 0 else None
 
 
-def reconcile(run):
+def _trainer_state(folder):
+    path = os.path.join(folder, TRAINER)
+    return TrainState.from_dict(load_trainer_state(path), path) if os.path.isfile(path) else None
+
+
+def reconcile(run: str | os.PathLike) -> None:
     """Before a resume: finish swaps a kill interrupted (NAME.old -> NAME, drop NAME.tmp),
     then make RUN/best hold the best score RUN/last records (copied from last when last
-    is that epoch; a run of older code could have saved them in the other order)."""
+    is that epoch, its scores' value of the metric its state selects by; a run of older
+    code could have saved them in the other order)."""
     for name in ("best", "last"):
         final = os.path.join(run, name)
         shutil.rmtree(final + ".tmp", ignore_errors=True)
@@ -225,8 +255,8 @@ def reconcile(run):
     recorded = trainer_best(last) if os.path.isdir(last) else None
     if recorded is None or (os.path.isdir(best) and (trainer_best(best) or -1.0) >= recorded):
         return
-    state = TrainState.from_dict(load_trainer_state(os.path.join(last, TRAINER)), last)
-    if (state.scores or {}).get("Bleu_4") == recorded:
+    state = _trainer_state(last)
+    if (state.scores or {}).get(state.metric) == recorded:
         with atomic_dir(best) as tmp:
             for name in os.listdir(last):
                 shutil.copy2(os.path.join(last, name), os.path.join(tmp, name))

@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+from model.runs.selection import label, recorded_metric
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
 
@@ -118,7 +119,8 @@ def read_log(path):
 
 
 def plot_curve(log_path, png_path):
-    """Training loss per logged step and validation BLEU-4 per epoch, as a PNG."""
+    """Training loss per logged step and, per epoch, the validation score that selects the
+    run's best (its val records' "metric": BLEU-4, CIDEr for SCST runs), as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,15 +128,17 @@ def plot_curve(log_path, png_path):
 
     records = read_log(log_path)
     train = [r for r in records if r.get("type") == "train" and "loss" in r and "step" in r]
-    val = [r for r in records if r.get("type") == "val" and "Bleu_4" in r and "step" in r]
+    val = [r for r in records if r.get("type") == "val" and "step" in r]
+    metric = recorded_metric(val)
+    val = [r for r in val if metric in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss", color="tab:blue")
     if val:
         ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in val], [r["Bleu_4"] for r in val], "o-", color="tab:red")
-        ax2.set_ylabel("validation BLEU-4", color="tab:red")
+        ax2.plot([r["step"] for r in val], [r[metric] for r in val], "o-", color="tab:red")
+        ax2.set_ylabel(f"validation {label(metric)}", color="tab:red")
     ax.set_title(os.path.basename(os.path.dirname(os.path.abspath(log_path))) or "training")
     fig.tight_layout()
     try:

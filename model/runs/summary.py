@@ -6,6 +6,7 @@ import os
 
 from model.runs import checkpoint
 from model.runs.log import read_log
+from model.runs.selection import UNRECORDED, recorded_metric
 from pipeline.errors import CapgenError
 
 # The options a reader compares runs by (all of them are in RUN/args.json).
@@ -23,14 +24,16 @@ KEY_OPTIONS = (
 )
 
 
-def run_summary(folder):
-    """{run, epochs, steps, best_Bleu_4, best_epoch (1-based), seconds, early_stopped, options}."""
+def run_summary(folder: str | os.PathLike) -> dict:
+    """{run, epochs, steps, metric, best_<metric>, best_epoch (1-based), seconds, early_stopped,
+    options}: `metric` is the val score that selected the run's best (model/runs/selection.py:
+    Bleu_4, CIDEr for SCST runs), as its log records (else its trainer state) name it, and
+    best_<metric> (best_Bleu_4, best_CIDEr) its best value."""
     log_path = os.path.join(folder, "log.jsonl")
     if not os.path.isfile(log_path):
         raise CapgenError(f"{folder}: no log.jsonl (not a run folder?)")
     records = read_log(log_path)
     val = [r for r in records if r.get("type") == "val"]
-    best = max(val, key=lambda r: r["Bleu_4"], default=None)
     args_path = os.path.join(folder, "args.json")
     options = {}
     if os.path.isfile(args_path):
@@ -38,11 +41,14 @@ def run_summary(folder):
             options = json.load(f).get("args", {})
     trainer = os.path.join(folder, "last", checkpoint.TRAINER)
     state = checkpoint.load_trainer_state(trainer) if os.path.isfile(trainer) else {}
+    metric = recorded_metric(val, state.get("metric", UNRECORDED))
+    best = max((r for r in val if metric in r), key=lambda r: r[metric], default=None)
     return {
         "run": os.fspath(folder),
         "epochs": state.get("epoch", len(val)),
         "steps": state.get("step", max((r.get("step", 0) for r in records), default=0)),
-        "best_Bleu_4": best["Bleu_4"] if best else None,
+        "metric": metric,
+        f"best_{metric}": best[metric] if best else None,
         "best_epoch": best["epoch"] + 1 if best else None,
         "seconds": round(sum(r.get("seconds", 0.0) for r in val), 1),
         "early_stopped": any(r.get("type") == "stop" for r in records),
@@ -60,12 +66,22 @@ def _cell(value):
     return str(value)
 
 
-def runs_table(summaries):
-    """One row per field, one column per run (as `capgen runs` prints it)."""
-    rows = [("run", [os.path.basename(os.path.abspath(s["run"])) for s in summaries])]
+def _best_row(summaries):
+    """("best <metric>", cells) when the runs share their metric, else ("best", "<value> <metric>" cells)."""
+    metrics = [s["metric"] for s in summaries]
+    cells = [_cell(s[f"best_{m}"]) for s, m in zip(summaries, metrics)]
+    if len(set(metrics)) == 1:
+        return f"best {metrics[0]}".replace("_", " "), cells
+    return "best", [f"{c} {m}" for c, m in zip(cells, metrics)]
+
+
+def runs_table(summaries: list[dict]) -> str:
+    """One row per field, one column per run (as `capgen runs` prints it); the best row names
+    the metric that selected each run's best (best Bleu 4, best CIDEr)."""
+    rows = [("run", [os.path.basename(os.path.abspath(s["run"])) for s in summaries]), _best_row(summaries)]
     rows += [
         (key.replace("_", " "), [_cell(s[key]) for s in summaries])
-        for key in ("best_Bleu_4", "best_epoch", "epochs", "steps", "seconds", "early_stopped")
+        for key in ("best_epoch", "epochs", "steps", "seconds", "early_stopped")
     ]
     rows += [(key, [_cell(s["options"][key]) for s in summaries]) for key in KEY_OPTIONS]
     width = max(len(k) for k, _ in rows)

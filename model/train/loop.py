@@ -2,10 +2,13 @@
 BLEU-4 from real decoding; bf16 autocast, torch.compile, DDP; checkpoint / exact resume.
 
 `train(args)` sets up the process, `fit` is the loop: build (model/train/build.py's
-helpers, which the benchmarks use too), resume, then per epoch `train_one_epoch`, validate
-(model/infer/decode.py), log (model/runs/log.py) and save (model/runs/checkpoint.py's TrainState).
+helpers, which the benchmarks use too), resume, then per epoch `train_one_epoch`
+(model/train/epoch.py), validate (model/infer/decode.py), then the epoch's end
+(model/train/epoch_end.py): the schedule, the log (model/runs/log.py) and the saves
+(model/runs/checkpoint.py's TrainState).
 With --scst the epoch is model/train/scst.py's self-critical one, from --init's weights, and
-validation CIDEr (not BLEU-4) drives the schedule, early stopping and `best`.
+validation CIDEr (not BLEU-4) drives the schedule, early stopping and `best`: fit decides
+which (model/runs/selection.py) and records it in the run's TrainState.metric.
 
 Reproducibility: with the CPU loaders the batch order is a function of (seed, epoch)
 (pipeline/loading/batches.py) and the dropout RNG is reseeded from (seed, epoch, rank) at each
@@ -22,28 +25,27 @@ logs and saves.
 
 import contextlib
 import dataclasses
-import math
 import os
-import sys
-import time
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from model.nets.caption_model import CaptionModel
 from model.runs import checkpoint
 from model.runs.checkpoint import TrainState
 from model.runs.checkpoint_config import model_state, split_state, trained_config
-from model.runs.log import Log, plot_curve
+from model.runs.log import Log
+from model.runs.selection import SELECT_SCST, SELECT_XE
+from model.train.args import TrainArgs
 from model.train.build import (
     build_model,
     build_optimizer,
     build_scheduler,
     build_train_loader,
     build_val_loader,
-    step_scheduler,
 )
+from model.train.epoch import log_train, train_one_epoch
+from model.train.epoch_end import check_finite, end_epoch, report, save
 from model.train.run_args import write_run_args
 from model.train.scst import ScstModel, ScstStep, init_model, log_scst, reward_scorer, val_cider
 from model.train.step import TrainStep
@@ -79,8 +81,14 @@ def _device(args, local_rank):
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def train(args):
-    """Train per `args` (TrainArgs); returns {"best": score, "epochs": n, "best_dir": path, ...}."""
+def train(args: TrainArgs) -> dict:
+    """Train per `args`, as one process or as a rank of torchrun's (joining its process group),
+    holding args.out's lock on rank 0; a resume with args.resume picks up RUN/last.
+
+    Returns {"best": the best val score, "metric": the score's name ("Bleu_4", "CIDEr" for
+    --scst), "epochs": epochs done, "step": optimizer steps done, "early_stopped": bool,
+    "best_dir": RUN/best, "last_dir": RUN/last}. Bad inputs, a diverged run or an unreadable
+    data set raise a one-line CapgenError."""
     torch.manual_seed(args.seed)
     rank, world, local_rank, own_group = _dist_setup(args.device)
     device = _device(args, local_rank)
@@ -98,11 +106,7 @@ def train(args):
 def fit(args, device, rank=0, world=1):
     """The training loop of this process (rank `rank` of `world`); returns `train`'s summary."""
     lead = rank == 0
-    train_src, val_src = DataSource(args.train), DataSource(args.val)
-    vocab = train_src.vocab()
-    if not train_src.image_size:
-        raise CapgenError(f"{args.train}: no image_size in its manifest or attributes")
-    check_same_inputs(train_src, val_src)
+    train_src, val_src, vocab = _sources(args)
     last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
     resuming = args.resume and os.path.isdir(checkpoint.resolve(last_dir))
     if resuming and lead:
@@ -110,26 +114,17 @@ def fit(args, device, rank=0, world=1):
     if resuming and world > 1:
         dist.barrier()
     encoder, decoder, model, config, optimizer, scheduler = _build(args, train_src, vocab, device, resuming)
-    metric = "CIDEr" if args.scst else "Bleu_4"
-    state = TrainState(seed=args.seed)
-    if resuming:
-        state = _resume(last_dir, args, encoder, decoder, optimizer, scheduler)
+    state = _resume(last_dir, args, encoder, decoder, optimizer, scheduler) if resuming else TrainState(args.seed)
+    state.metric = SELECT_SCST if args.scst else SELECT_XE  # what selects `best`, recorded in trainer.pt
     if lead:
         os.makedirs(args.out, exist_ok=True)
         write_run_args(args, train_src, val_src)
     log = Log(os.path.join(args.out, "log.jsonl"), lead, state.epoch if args.resume else None)
-    forward, joined = _wrap(
-        ScstModel(model, args.scst_samples, vocab.max_len) if args.scst else model, args, device, world
-    )
+    train_step, joined = _train_step(args, model, optimizer, train_src, vocab, device, world)
     loader = build_train_loader(args, train_src, device, rank, world)
     val_loader = build_val_loader(args, val_src) if lead else None
     refs = val_src.references() if lead else None
-    train_step = (
-        ScstStep(model, forward, optimizer, device, reward_scorer(train_src), vocab, args)
-        if args.scst
-        else TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
-    )
-    log_record = log_scst if args.scst else _log_train
+    log_record = log_scst if args.scst else log_train
 
     stopped = False
     for epoch in range(state.epoch, args.epochs):
@@ -142,44 +137,41 @@ def fit(args, device, rank=0, world=1):
             args, train_step, joined, loader, epoch, state.step, log, lead, log_record
         )
         _check_lost(args, loader, world)
-        per_rank = _gather(samples, world)
-        log.write(
-            {
-                "type": "epoch",
-                "epoch": epoch,
-                "step": state.step,
-                "world": world,
-                "samples": sum(per_rank),
-                "samples_per_rank": per_rank,
-            }
-        )
+        _log_epoch(log, epoch, state.step, samples, world)
         scores = (
             _validate(args, encoder, decoder, val_loader, val_src, vocab, refs, device, log, state.step)
             if lead
             else None
         )
-        improved = _end_epoch(state, epoch, _broadcast(scores, world), scheduler, metric)
+        improved = end_epoch(state, epoch, _broadcast(scores, world), scheduler)
         if lead:
-            _report(args, log, state, optimizer, metric)
+            report(args, log, state, optimizer)
             weights = model_state(encoder, decoder)
-            _check_finite(args, epoch, state, weights)
-            _save(args, state, optimizer, scheduler, weights, config, vocab, improved)
+            check_finite(args, epoch, state, weights)
+            save(args, state, optimizer, scheduler, weights, config, vocab, improved)
         if world > 1:
             dist.barrier()
         if state.bad_epochs >= args.patience:
             stopped = True
-            if lead:
-                log.write(
-                    {
-                        "type": "stop",
-                        "epoch": epoch,
-                        "step": state.step,
-                        "reason": "early stopping",
-                        "patience": args.patience,
-                    }
-                )
+            _log_stop(log, epoch, state.step, args.patience)
             break
     log.close()
+    return _result(state, stopped, best_dir, last_dir)
+
+
+def _sources(args):
+    """(train, val, vocabulary): the DataSources, checked to come from the same encoder,
+    preprocessing and vocabulary, and the train set's vocabulary."""
+    train_src, val_src = DataSource(args.train), DataSource(args.val)
+    vocab = train_src.vocab()
+    if not train_src.image_size:
+        raise CapgenError(f"{args.train}: no image_size in its manifest or attributes")
+    check_same_inputs(train_src, val_src)
+    return train_src, val_src, vocab
+
+
+def _result(state, stopped, best_dir, last_dir):
+    """`train`'s return value."""
     return {
         "best": state.best,
         "epochs": state.epoch,
@@ -187,8 +179,41 @@ def fit(args, device, rank=0, world=1):
         "early_stopped": stopped,
         "best_dir": best_dir,
         "last_dir": last_dir,
-        "metric": metric,
+        "metric": state.metric,
     }
+
+
+def _train_step(args, model, optimizer, train_src, vocab, device, world):
+    """(train_step, joined): the cross-entropy or SCST step, over the model as `_wrap` wraps it."""
+    forward, joined = _wrap(
+        ScstModel(model, args.scst_samples, vocab.max_len) if args.scst else model, args, device, world
+    )
+    train_step = (
+        ScstStep(model, forward, optimizer, device, reward_scorer(train_src), vocab, args)
+        if args.scst
+        else TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
+    )
+    return train_step, joined
+
+
+def _log_epoch(log, epoch, step, samples, world):
+    """The epoch record: every rank's sample count (every rank gathers them; rank 0 writes it)."""
+    per_rank = _gather(samples, world)
+    log.write(
+        {
+            "type": "epoch",
+            "epoch": epoch,
+            "step": step,
+            "world": world,
+            "samples": sum(per_rank),
+            "samples_per_rank": per_rank,
+        }
+    )
+
+
+def _log_stop(log, epoch, step, patience):
+    """The early stop record (rank 0)."""
+    log.write({"type": "stop", "epoch": epoch, "step": step, "reason": "early stopping", "patience": patience})
 
 
 def _build(args, train_src, vocab, device, resuming):
@@ -301,54 +326,6 @@ def _broadcast(scores, world):
     return scores
 
 
-def _end_epoch(state, epoch, scores, scheduler, metric="Bleu_4"):
-    """Count the epoch in `state` and step the LR schedule; True when val `metric` (BLEU-4; CIDEr
-    for SCST) improved (a non-finite score never does)."""
-    score = scores[metric]
-    step_scheduler(scheduler, score)
-    improved = math.isfinite(score) and score > state.best
-    state.best, state.bad_epochs = (score, 0) if improved else (state.best, state.bad_epochs + 1)
-    state.epoch, state.scores = epoch + 1, scores
-    return improved
-
-
-def _report(args, log, state, optimizer, metric="Bleu_4"):
-    lr = optimizer.param_groups[0]["lr"]
-    log.write(
-        {
-            "type": "val",
-            "epoch": state.epoch - 1,
-            "step": state.step,
-            **{k: round(v, 6) for k, v in state.scores.items()},
-            "lr": lr,
-            "best": round(state.best, 6),
-            "beam": args.beam,
-        }
-    )
-    name = {"Bleu_4": "BLEU-4"}.get(metric, metric)
-    tqdm.write(
-        f"epoch {state.epoch}/{args.epochs}: val {name} {state.scores[metric]:.4f} "
-        f"(best {state.best:.4f}), lr {lr:.2e}",
-        file=sys.stderr,
-    )
-
-
-def diverged(args, epoch, step):
-    return CapgenError(
-        f"{args.out}: training diverged: non-finite loss by epoch {epoch + 1}, step {step} "
-        "(try a lower --decoder-lr); the last good checkpoints are kept"
-    )
-
-
-def _check_finite(args, epoch, state, weights):
-    """Refuse to save a model with non-finite weights or validation score."""
-    bad = not math.isfinite(state.scores["Bleu_4"]) or not all(
-        bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()
-    )
-    if bad:
-        raise diverged(args, epoch, state.step)
-
-
 def _check_lost(args, loader, world):
     """Fail when more than --max-lost of the epoch's samples could not be read."""
     if not hasattr(loader, "lost"):  # DALI: its reader fails on a bad shard itself
@@ -359,81 +336,3 @@ def _check_lost(args, loader, world):
             f"{args.train}: {lost} of {expected} samples could not be read this epoch "
             f"(more than --max-lost {args.max_lost:g}); see the warnings above"
         )
-
-
-def _save(args, state, optimizer, scheduler, weights, config, vocab, improved):
-    """RUN/best (when improved) then RUN/last, with the run's state; then the curve. In this
-    order a kill at any moment leaves a best/ (or best.old/) with the best score that last/
-    records (model/runs/checkpoint.py's reconcile finishes an interrupted swap)."""
-    state.optimizer, state.scheduler, state.rng = optimizer.state_dict(), scheduler.state_dict(), checkpoint.rng_state()
-    if improved:
-        checkpoint.save(os.path.join(args.out, "best"), weights, config, vocab, state)
-    checkpoint.save(os.path.join(args.out, "last"), weights, config, vocab, state)
-    plot_curve(os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "curve.png"))
-
-
-# ---------------------------------------------------------------- one epoch
-
-
-def train_one_epoch(args, train_step, joined, loader, epoch, step, log, lead, log_record):
-    """One pass over this rank's batches (cross-entropy or SCST steps); returns (global step,
-    images seen). log_record writes the step's averages at each log interval."""
-    seen, total, t0 = 0, 0, time.perf_counter()
-    desc = f"{'scst' if args.scst else 'epoch'} {epoch + 1}"
-    bar = tqdm(
-        total=loader.num_samples(),
-        unit="img",
-        desc=desc,
-        disable=not (lead and args.progress),
-        dynamic_ncols=True,
-        leave=False,
-    )
-    with _join(joined):
-        for batch in loader:
-            b = train_step(batch)
-            step += 1
-            seen, total = seen + b, total + b
-            bar.update(b)
-            if step % args.log_every == 0:
-                _check_loss(args, train_step, epoch, step)
-                seen, t0 = log_record(log, train_step, seen, t0, epoch, step, bar)
-        _check_loss(args, train_step, epoch, step)
-        if step % args.log_every and seen:
-            log_record(log, train_step, seen, t0, epoch, step, bar, last=True)
-    bar.close()
-    return step, total
-
-
-def _check_loss(args, train_step, epoch, step):
-    """The divergence guard: the step's device flag, read once per log interval (SCST
-    steps have none: their weights are checked before every save)."""
-    if hasattr(train_step, "all_finite") and not train_step.all_finite():
-        raise diverged(args, epoch, step)
-
-
-def _join(module):
-    if module is None:
-        return contextlib.nullcontext()
-    from torch.distributed.algorithms.join import Join
-
-    return Join([module])
-
-
-def _log_train(log, train_step, seen, t0, epoch, step, bar, last=False):
-    """One host sync per log interval: averages over the steps since the last record."""
-    loss, ce, hits, n, steps = train_step.take()
-    elapsed = time.perf_counter() - t0
-    record = {
-        "type": "train",
-        "epoch": epoch,
-        "step": step,
-        "loss": loss / steps,
-        "ce": ce / steps,
-        "top5": hits / max(n, 1),
-        "lr": train_step.optimizer.param_groups[0]["lr"],
-        "samples_per_s": round(seen / max(elapsed, 1e-9), 2),
-        "end_of_epoch": last,
-    }
-    log.write(record)
-    bar.set_postfix(loss=f"{record['loss']:.3f}", top5=f"{record['top5']:.3f}")
-    return 0, time.perf_counter()

@@ -17,6 +17,7 @@ from dataclasses import asdict, fields
 from model.train.args import TrainArgs
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
+from pipeline.loading.source import DataSource
 from pipeline.shards.shardset import file_sha256
 
 FORMAT = "capgen-run-args/1"
@@ -82,8 +83,10 @@ def run_record(args, train_src, val_src):
     }
 
 
-def write_run_args(args, train_src, val_src):
-    """Write OUT/args.json atomically; returns its path."""
+def write_run_args(args: TrainArgs, train_src: DataSource, val_src: DataSource) -> str:
+    """Write RUN/args.json (RUN: args.out) atomically: every TrainArgs field (paths made
+    absolute), the versions and the identity of the train and val data (see the module
+    docstring); returns its path. The trainer's rank 0 writes it at every start."""
     path = os.path.join(args.out, "args.json")
     with atomic_write(path, "w") as f:
         json.dump(run_record(args, train_src, val_src), f, indent=1, default=_plain)
@@ -96,8 +99,10 @@ def _plain(value):
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-def read_run_args(path):
-    """The TrainArgs fields of an args.json (a one-line error for anything else)."""
+def read_run_args(path: str | os.PathLike) -> dict:
+    """{TrainArgs field: value} from an args.json that write_run_args wrote (`capgen train
+    --config`); a missing file, bad JSON, another format or an option this capgen does not
+    know is a one-line CapgenError."""
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)

@@ -17,7 +17,6 @@ table (cleaned captions, cut to max_len words, rare words as <unk>).
 """
 
 import contextlib
-import time
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from model.infer.captioner import Captioner
 from model.nets.caption_model import to_device
 from model.nets.search import greedy, sample
 from model.train.cider import Cider
+from model.train.epoch import write_train
 from pipeline.errors import CapgenError
 from pipeline.text import END, PAD, UNK, TokenTable
 
@@ -162,20 +162,11 @@ def bad_endings(sampled, bad_ids):
 def log_scst(log, scst_step, seen, t0, epoch, step, bar, last=False):
     """The SCST train record: averages since the last one (one host sync per log interval)."""
     loss, reward, base, bad, n, steps = scst_step.take()
-    elapsed = time.perf_counter() - t0
-    record = {
-        "type": "train",
+    values = {
         "scst": True,
-        "epoch": epoch,
-        "step": step,
         "loss": loss / steps,
         "reward": reward / max(n, 1),
         "baseline": base / max(n, 1),
         "bad_endings": bad / max(n, 1),
-        "lr": scst_step.optimizer.param_groups[0]["lr"],
-        "samples_per_s": round(seen / max(elapsed, 1e-9), 2),
-        "end_of_epoch": last,
     }
-    log.write(record)
-    bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{record['loss']:.3f}")
-    return 0, time.perf_counter()
+    return write_train(values, ("reward", "loss"), log, scst_step, seen, t0, epoch, step, bar, last)

@@ -69,14 +69,14 @@ def _train_args(config, opts):
 )
 def train(config, **opts):
     """Train the captioner (multi-process: torchrun --nproc_per_node N -m tools.cli train ...)."""
+    from model.runs.selection import label
     from model.train.loop import train as run
 
     args = _train_args(config, opts)
     result = run(args)
     if int(os.environ.get("RANK", "0")) == 0:
-        metric = {"Bleu_4": "BLEU-4"}.get(result["metric"], result["metric"])
         click.echo(
-            f"{args.out}: {result['epochs']} epochs, {result['step']} steps, best val {metric} "
+            f"{args.out}: {result['epochs']} epochs, {result['step']} steps, best val {label(result['metric'])} "
             f"{result['best']:.4f}{' (early stop)' if result['early_stopped'] else ''}; "
             f"best checkpoint {result['best_dir']}"
         )
