@@ -240,6 +240,38 @@ def test_eval_retrieval(trained, capsys, monkeypatch, one_thread):
     assert r4["R@5"] == 1.0 and "P@1_scene" not in r4  # tiny_shards' manifests name no dataset: no default scenes
 
 
+def test_eval_and_retrieval_read_the_same_default_scenes(checkpoint, tmp_path, capsys, monkeypatch, one_thread):
+    """A set built with a relative --coco-root, evaluated from another folder: `capgen eval` and
+    `capgen eval --retrieval` both find the scenes file above the set (pipeline/synth/scenes.py's
+    default_scenes), not one relative to where they run."""
+    from pipeline.synth.generator import synthesize
+
+    built, elsewhere = tmp_path / "built", tmp_path / "elsewhere"
+    synthesize(str(built / "data"), 6, seed=5, val_fraction=0.0, width=48, height=40, workers=1)
+    elsewhere.mkdir()
+    monkeypatch.chdir(built)
+    build = ["shards", "build", "--coco-root", "data", "--split", "train2014", "--out", "sets/train"]
+    status, _, _ = capgen(
+        [*build, "--image-size", "128", "--workers", "1", "--min-freq", "1", "--quiet"], capsys, monkeypatch
+    )
+    assert status == 0
+    monkeypatch.chdir(elsewhere)
+    data, scenes = str(built / "sets" / "train"), str(built / "data" / "annotations" / "scenes_train2014.json")
+    status, out, _ = capgen(
+        ["eval", "--checkpoint", checkpoint, "--data", data, "--out", "results.json", "--beam", "1", "--quiet"],
+        capsys,
+        monkeypatch,
+    )
+    assert status == 0
+    assert out.splitlines()[0] == f"results.json: 6 images, beam 1, text preset coco, scenes {scenes}"
+    status, out, _ = capgen(
+        ["eval", "--checkpoint", checkpoint, "--data", data, "--retrieval", "--json", "--quiet"], capsys, monkeypatch
+    )
+    assert status == 0
+    r = json.loads(out.splitlines()[-1])
+    assert r["scenes"] == scenes and r["images"] == 6
+
+
 def test_bench_search_json(capsys, monkeypatch, one_thread):
     status, out, _ = capgen(["bench", "search", "--quick", "--json", "--device", "cpu"], capsys, monkeypatch)
     assert status == 0

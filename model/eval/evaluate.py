@@ -3,7 +3,8 @@
 The references are every raw caption of each image (the shard set's json
 components), scored as the official toolkit does (model.metrics.coco_scores).
 Where scene truth exists (`--scenes FILE`, or by default annotations/scenes_SPLIT.json
-under the COCO root that the shard set's manifest records, when that file is there),
+under the COCO root that the shard set's manifest records, when that file is there:
+pipeline/synth/scenes.py's default_scenes),
 each attribute's accuracy too (pipeline/synth/scenes.py's attribute_scores).
 """
 
@@ -20,8 +21,7 @@ from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
 from pipeline.loading.loader import make_loader
 from pipeline.loading.source import DataSource
-from pipeline.shards.shardset import read_manifest
-from pipeline.synth.scenes import ATTRIBUTES, attribute_scores, read_scenes
+from pipeline.synth.scenes import ATTRIBUTES, attribute_scores, default_scenes, read_scenes
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -70,15 +70,6 @@ def write_results(path, captions):
         json.dump(rows, f, ensure_ascii=False)
 
 
-def default_scenes(source):
-    """annotations/scenes_SPLIT.json of the COCO root recorded in the shard set's manifest, if it exists."""
-    args = read_manifest(source.shard_set).get("build_args") or {}
-    if not args.get("coco_root") or not args.get("split"):
-        return None
-    path = os.path.join(args["coco_root"], "annotations", f"scenes_{args['split']}.json")
-    return path if os.path.isfile(path) else None
-
-
 def scene_scores(captions, path):
     """attribute_scores of the captions against the scenes file `path`."""
     scenes = read_scenes(path)
@@ -91,7 +82,7 @@ def scene_scores(captions, path):
 def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False, scenes=None):
     """Caption `data`, write `out` (COCO results), score against all raw references.
 
-    scenes: a scenes file (default: `default_scenes`). The result also holds "per_image"
+    scenes: a scenes file (default: pipeline/synth/scenes.py's `default_scenes`). The result also holds "per_image"
     scores, the references ("refs"), the source, and "attributes" (attribute_scores, or
     None without scene truth) with "scenes" (the file used)."""
     captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device, progress)
@@ -104,7 +95,7 @@ def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, devi
         raise CapgenError(f"{source.shard_set}: no reference captions for image id {missing[0]}")
     per_image = {}
     scores = coco_scores(captions, refs, per_image)
-    scenes = scenes or default_scenes(source)
+    scenes = scenes or default_scenes(source.shard_set)
     attributes = scene_scores(captions, scenes) if scenes else None
     return {
         "scores": scores,

@@ -18,28 +18,9 @@ from model.retrieval.metrics import named_objects, recall_at, scene_has, source_
 from model.retrieval.source import load_index
 from pipeline.errors import CapgenError
 from pipeline.loading.source import DataSource
-from pipeline.shards.shardset import read_manifest
-from pipeline.synth.scenes import read_scenes
+from pipeline.synth.scenes import default_scenes, read_scenes
 
 QUERY_BATCH = 64  # queries scored in one pass over the images
-
-
-def default_scenes(shard_set):
-    """annotations/scenes_SPLIT.json of the dataset the shard set was built from, if it is there."""
-    try:
-        args = read_manifest(shard_set).get("build_args") or {}
-    except CapgenError:
-        return None
-    root, split = args.get("coco_root"), args.get("split")
-    if not root or not split:
-        return None
-    name = os.path.join(root, "annotations", f"scenes_{split}.json")
-    # A relative root is relative to where the build ran: here, or a folder above the set.
-    folders, folder = [""], os.path.abspath(shard_set)
-    while os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-        folders.append(folder)
-    return next((os.path.join(f, name) for f in folders if os.path.isfile(os.path.join(f, name))), None)
 
 
 def query_set(index, refs, vocab):
