@@ -2,14 +2,13 @@
 
 import contextlib
 import os
-import re
 
 import torch
 from tqdm import tqdm
 
 from model.device import default_device
 from model.nets.encoder import build_encoder, normalise
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, first_line
 from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.loading.features import FeatureWriter
 from pipeline.loading.loader import make_loader
@@ -70,7 +69,7 @@ def extract(
         _check_lost(shards, loader, max_lost, writer)
         writer.close(allow_fewer=True)
     except OSError as err:
-        raise CapgenError(f"{out}: cannot write the feature cache ({_first_line(err)})") from None
+        raise CapgenError(f"{out}: cannot write the feature cache ({first_line(err)})") from None
     return writer.rows
 
 
@@ -99,13 +98,3 @@ def _check_lost(shards, loader, max_lost, writer):
             f"{shards}: {lost} of {expected} samples could not be read "
             f"(more than --max-lost {max_lost:g}); see the warnings above"
         )
-
-
-def _first_line(err):
-    """h5py's OSError text runs over several lines; its 'error message = ...' is the cause."""
-    text = str(err)
-    found = re.search(r"error message = '([^']*)'", text)
-    if found:
-        return found.group(1)
-    lines = [line.strip() for line in (err.strerror or text).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__

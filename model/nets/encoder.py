@@ -15,7 +15,7 @@ from torch import nn
 from torchvision import models
 
 from model.nets.convnet import CONVNETS, ConvNet
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, first_line
 from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 ENCODER_SEED = 0  # random-init encoders are drawn from this seed (their weights are stored anyway)
@@ -166,7 +166,7 @@ def read_state_dict(path):
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read is the same bad file
-        raise CapgenError(f"{path}: cannot read weights ({str(err).splitlines()[0]})") from None
+        raise CapgenError(f"{path}: cannot read weights ({first_line(err)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

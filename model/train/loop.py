@@ -49,7 +49,7 @@ from model.train.scst import ScstModel, ScstStep, init_model, log_scst, reward_s
 from model.train.step import TrainStep
 from model.train.validate import validate
 from pipeline.cluster import dist_info
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, first_line
 from pipeline.folder_lock import folder_lock
 from pipeline.loading.batches import stream_seed
 from pipeline.loading.source import DataSource
@@ -257,7 +257,7 @@ def _resume(last_dir, args, encoder, decoder, optimizer, scheduler):
         encoder.load_state_dict(parts["encoder"])
         decoder.load_state_dict(parts["decoder"])
     except RuntimeError as err:
-        raise CapgenError(f"{last_dir}: does not match these options ({str(err).splitlines()[0]})") from None
+        raise CapgenError(f"{last_dir}: does not match these options ({first_line(err)})") from None
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
     checkpoint.set_rng_state(state.rng)
