@@ -11,7 +11,7 @@ from model.nets.encoder import build_encoder, normalise
 from pipeline.errors import CapgenError, first_line
 from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.loading.features import FeatureWriter
-from pipeline.loading.loader import make_loader
+from pipeline.loading.loader import check_lost, make_loader
 from pipeline.loading.source import DataSource
 
 
@@ -66,7 +66,11 @@ def extract(
     try:
         writer = FeatureWriter(out, source.num_samples, h * w, net.channels, attrs, state)
         _write_all(net, loader, writer, device, source.num_samples, progress)
-        _check_lost(shards, loader, max_lost, writer)
+        try:
+            check_lost(shards, *loader.lost(), max_lost)
+        except CapgenError:
+            writer.abort()
+            raise
         writer.close(allow_fewer=True)
     except OSError as err:
         raise CapgenError(f"{out}: cannot write the feature cache ({first_line(err)})") from None
@@ -88,13 +92,3 @@ def _write_all(net, loader, writer, device, total, progress):
     except BaseException:
         writer.abort()
         raise
-
-
-def _check_lost(shards, loader, max_lost, writer):
-    lost, expected = loader.lost()
-    if lost and (lost / max(expected, 1) > max_lost or writer.rows == 0):
-        writer.abort()
-        raise CapgenError(
-            f"{shards}: {lost} of {expected} samples could not be read "
-            f"(more than --max-lost {max_lost:g}); see the warnings above"
-        )

@@ -52,6 +52,7 @@ from pipeline.cluster import dist_info
 from pipeline.errors import CapgenError, first_line
 from pipeline.folder_lock import folder_lock
 from pipeline.loading.batches import stream_seed
+from pipeline.loading.loader import check_lost
 from pipeline.loading.source import DataSource
 from pipeline.loading.source_match import check_same_inputs
 
@@ -354,11 +355,7 @@ def _check_lost(args, loader, world):
     if not hasattr(loader, "lost"):  # DALI: its reader fails on a bad shard itself
         return
     lost, expected = (sum(x) for x in zip(*_gather(loader.lost(), world)))
-    if expected and lost / expected > args.max_lost:
-        raise CapgenError(
-            f"{args.train}: {lost} of {expected} samples could not be read this epoch "
-            f"(more than --max-lost {args.max_lost:g}); see the warnings above"
-        )
+    check_lost(args.train, lost, expected, args.max_lost, " this epoch")
 
 
 def _save(args, state, optimizer, scheduler, weights, config, vocab, improved):

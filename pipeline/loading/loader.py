@@ -71,6 +71,17 @@ class Loader:
                 yield item
 
 
+def check_lost(name, lost, expected, max_lost, when=""):
+    """Refuse a pass over `name` that lost more than `max_lost` (a share) of its `expected`
+    samples, or every one: CapgenError '<name>: L of E samples could not be read<when> ...'.
+    lost, expected: Loader.lost()'s counts (summed over ranks by a distributed caller)."""
+    if lost and (lost / max(expected, 1) > max_lost or lost >= expected):
+        raise CapgenError(
+            f"{name}: {lost} of {expected} samples could not be read{when} "
+            f"(more than --max-lost {max_lost:g}); see the warnings above"
+        )
+
+
 def make_loader(
     source,
     batch_size,
