@@ -125,9 +125,10 @@ def test_search_a_shard_set_and_its_cache(checkpoint, shards, cache, tmp_path, c
     assert lines[1].split() == ["1.", str(top["image_id"]), top["file_name"], f"{top['score']:.4f}"]
 
 
-def test_search_bad_inputs(checkpoint, shards, cache, tmp_path, capsys, monkeypatch):
+def test_search_bad_inputs(checkpoint, shards, cache, tiny_shards, tmp_path, capsys, monkeypatch):
     from model.infer.extract import extract
 
+    small = tiny_shards(images=12, seed=21, width=64, height=48, image_size=32, shard_size=5, preset="coco")
     other = str(make_checkpoint(tmp_path / "other", seed=1))  # another random encoder
     layer4 = str(tmp_path / "layer4.h5")
     with pytest.warns(UserWarning, match="random init"):
@@ -148,6 +149,19 @@ def test_search_bad_inputs(checkpoint, shards, cache, tmp_path, capsys, monkeypa
         (
             ["search", "--checkpoint", checkpoint, "--data", cache, "--cache", str(tmp_path / "x.h5"), "red"],
             f"--cache: {cache} is a feature cache already",
+        ),
+        # model/infer/source_check.py: search and eval check a source alike
+        (
+            ["search", "--checkpoint", checkpoint, "--data", small, "red"],
+            f"{small}: images are 32 px, {checkpoint} wants 128",
+        ),
+        (
+            ["eval", "--checkpoint", checkpoint, "--data", small, "--out", str(tmp_path / "r.json")],
+            f"{small}: images are 32 px, {checkpoint} wants 128",
+        ),
+        (
+            ["eval", "--checkpoint", other, "--data", cache, "--out", str(tmp_path / "r.json")],
+            f"{cache}: features come from other resnet18 weights than the checkpoint's encoder",
         ),
     ]
     for args, message in cases:

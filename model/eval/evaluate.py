@@ -11,12 +11,11 @@ each attribute's accuracy too (pipeline/synth/scenes.py's attribute_scores).
 import json
 import os
 
-import numpy as np
-
 from model.device import default_device
 from model.eval.metrics import coco_scores
 from model.infer.captioner import Captioner
 from model.infer.decode import decode_source
+from model.infer.source_check import check_source
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
 from pipeline.loading.loader import make_loader
@@ -26,38 +25,13 @@ from pipeline.synth.scenes import ATTRIBUTES, attribute_scores, default_scenes, 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
-def check_features(source, encoder, config):
-    """A feature cache must come from the checkpoint's encoder, or its features mean nothing."""
-    attrs = source.cache.attrs
-    want = {
-        "encoder": config["encoder"]["name"],
-        "stop": config["encoder"]["stop"],
-        "image_size": config["image"]["size"],
-    }
-    for key, value in want.items():
-        if attrs.get(key) != value:
-            raise CapgenError(
-                f"{source.path}: features from {key} {attrs.get(key)!r}, the checkpoint's encoder has {value!r}"
-            )
-    stored = source.cache.encoder_state()
-    mine = encoder.state_dict()
-    for key in ("conv1.weight", "layer1.0.conv1.weight"):
-        if key in stored and key in mine and not np.array_equal(stored[key], mine[key].cpu().numpy()):
-            raise CapgenError(
-                f"{source.path}: features come from other {attrs['encoder']} weights than the checkpoint's encoder"
-            )
-
-
 def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False):
     """{image_id: caption} for every image of a shard set or feature cache; and the source."""
     device = default_device(device)
     captioner = Captioner.load(ckpt, device)
     encoder, decoder, vocab, config = captioner.encoder, captioner.decoder, captioner.vocab, captioner.config
     source = DataSource(data)
-    if source.kind == "features":
-        check_features(source, encoder, config)
-    elif source.image_size != config["image"]["size"]:
-        raise CapgenError(f"{data}: images are {source.image_size} px, the checkpoint wants {config['image']['size']}")
+    check_source(source, config, encoder, ckpt)
     loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, 1))
     words = decode_source(encoder, decoder, loader, vocab, device, beam, limit, progress)
     return {i: " ".join(w) for i, w in sorted(words.items())}, source, vocab
