@@ -8,8 +8,12 @@ pipeline/synth/scenes.py's default_scenes),
 each attribute's accuracy too (pipeline/synth/scenes.py's attribute_scores).
 """
 
+from __future__ import annotations
+
 import json
 import os
+
+import torch
 
 from model.device import default_device
 from model.eval.metrics import coco_scores
@@ -21,12 +25,24 @@ from pipeline.errors import CapgenError
 from pipeline.loading.loader import make_loader
 from pipeline.loading.source import DataSource
 from pipeline.synth.scenes import ATTRIBUTES, attribute_scores, default_scenes, read_scenes
+from pipeline.text import Vocabulary
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
-def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False):
-    """{image_id: caption} for every image of a shard set or feature cache; and the source."""
+def caption_source(
+    ckpt: str | os.PathLike,
+    data: str | os.PathLike,
+    beam: int = 3,
+    batch_size: int = 32,
+    workers: int = 1,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[dict[int, str], DataSource, Vocabulary]:
+    """({image_id: caption}, the DataSource, the checkpoint's Vocabulary) for every image (the
+    first `limit`) of `data`, a shard set or feature cache that the checkpoint can read
+    (model/infer/source_check.py), captioned by beam search of width `beam`."""
     device = default_device(device)
     captioner = Captioner.load(ckpt, device)
     encoder, decoder, vocab, config = captioner.encoder, captioner.decoder, captioner.vocab, captioner.config
@@ -53,8 +69,19 @@ def scene_scores(captions, path):
     return attribute_scores(captions, scenes)
 
 
-def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False, scenes=None):
-    """Caption `data`, write `out` (COCO results), score against all raw references.
+def evaluate(
+    ckpt: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    beam: int = 3,
+    batch_size: int = 32,
+    workers: int = 1,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    scenes: str | None = None,
+) -> dict:
+    """Caption `data` (caption_source), write `out` (COCO results), score against all raw references.
 
     scenes: a scenes file (default: pipeline/synth/scenes.py's `default_scenes`). The result also holds "per_image"
     scores, the references ("refs"), the source, and "attributes" (attribute_scores, or

@@ -1,5 +1,7 @@
 """Run the frozen encoder over a shard set into the HDF5 feature store."""
 
+from __future__ import annotations
+
 import contextlib
 import os
 
@@ -30,19 +32,24 @@ def encoder_attrs(encoder, image_size, resize_mode, shard_set):
 
 
 def extract(
-    shards,
-    out,
-    encoder="resnet50",
-    stop="layer4",
-    weights="imagenet",
-    batch_size=64,
-    workers=2,
-    device=None,
-    download=False,
-    progress=True,
-    max_lost=0.01,
-):
-    """Features of every image of the shard set, in shard order; returns the row count.
+    shards: str | os.PathLike,
+    out: str | os.PathLike,
+    encoder: str = "resnet50",
+    stop: str = "layer4",
+    weights: str = "imagenet",
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str | torch.device | None = None,
+    download: bool = False,
+    progress: bool = True,
+    max_lost: float = 0.01,
+) -> int:
+    """Features of every image of the shard set `shards` into the cache `out` (.h5), in shard
+    order; returns the row count.
+
+    encoder, stop, weights: the trunk (model/nets/encoder.py's build_encoder: a ResNet or
+    "convnet"; where it stops; "imagenet", "none" or a weights file; download=True fetches
+    the ImageNet weights). device: default_device's default when None.
 
     Unreadable shards or samples are warned about and left out (the cache holds the
     rest) up to a share of max_lost; more is an error. An OS error writing `out` (disk

@@ -7,10 +7,13 @@ scene is the share of queries whose top image holds every object the query names
 (its shape, and its colour where one is named), over the queries that name one.
 """
 
+from __future__ import annotations
+
 import os
 import time
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from model.retrieval.index import encode_query
@@ -38,8 +41,20 @@ def query_set(index, refs, vocab):
     return queries, np.asarray(rows), skipped
 
 
-def evaluate_retrieval(ckpt, data, images=None, scenes=None, device=None, progress=False):
-    """R@1/5/10 (and P@1 by the scene when scenes exist) of text-to-image retrieval over `data`."""
+def evaluate_retrieval(
+    ckpt: str | os.PathLike,
+    data: str | os.PathLike,
+    images: int | None = None,
+    scenes: str | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict:
+    """R@1/5/10 (and P@1 by the scene when scenes exist) of text-to-image retrieval over `data`
+    (a shard set or feature cache; its first `images` images when given).
+
+    scenes: a scenes file (default: pipeline/synth/scenes.py's `default_scenes`). The result
+    also holds the image, query and skipped-query counts, the speed, the text preset, and
+    with scene truth "P@1_scene", "scene_queries" and "scenes" (the file used)."""
     index, captioner, _ = load_index(ckpt, data, device, progress=progress)
     if images is not None:
         index.keep(images)
