@@ -2,6 +2,7 @@
 ways an OS error or any exception becomes such a line."""
 
 import contextlib
+import re
 
 
 class CapgenError(Exception):
@@ -9,10 +10,21 @@ class CapgenError(Exception):
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:
-    """An exception's message as one line (its first), at most `limit` characters; its
-    type's name when it has no message."""
-    text = str(err.args[0] if getattr(err, "args", None) else err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
+    """An exception's message as one line, at most `limit` characters; its type's name when
+    it has no message.
+
+    The message is its first argument when that is a string (webdataset appends the url to
+    an exception's arguments), else an OSError's strerror, else str(err); its first non-blank
+    line. h5py's OSError text runs over several lines: its "error message = '...'" is the cause."""
+    text = str(err)
+    found = re.search(r"error message = '([^']*)'", text)
+    if found:
+        text = found.group(1)
+    else:
+        arg = err.args[0] if getattr(err, "args", None) else None
+        text = arg if isinstance(arg, str) else getattr(err, "strerror", None) or text
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]
 
 
 @contextlib.contextmanager

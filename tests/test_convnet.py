@@ -9,7 +9,8 @@ import torch
 from model.eval.evaluate import evaluate
 from model.infer.captioner import Captioner
 from model.nets.convnet import ConvNet
-from model.nets.encoder import build_encoder
+from model.nets.encoder import Encoder, build_encoder
+from model.nets.trunk import Trunk
 from model.train.args import TrainArgs
 from model.train.loop import train
 from pipeline.errors import CapgenError
@@ -48,6 +49,20 @@ def test_frozen_until_fine_tuned_then_every_stage_and_its_batchnorm_train():
     }
     net(torch.rand(4, 3, 32, 32))
     assert not torch.equal(net.conv1[1].running_mean, before)
+
+
+def test_both_trunks_share_one_base_and_keep_their_weight_names():
+    """model/nets/trunk.py holds what the two share; the modules, and so checkpoints' keys, stay each one's own."""
+    convnet = ConvNet(stop="layer2")
+    with pytest.warns(UserWarning, match="random init"):
+        resnet = Encoder("resnet18", "none", "layer2")
+    assert isinstance(convnet, Trunk) and isinstance(resnet, Trunk)
+    assert sorted({k.split(".")[0] for k in resnet.state_dict()}) == ["bn1", "conv1", "layer1", "layer2"]
+    assert sorted({k.split(".")[0] for k in convnet.state_dict()}) == ["conv1", "layer1", "layer2"]
+    assert "layer1.0.conv1.weight" in resnet.state_dict() and "conv1.0.weight" in convnet.state_dict()
+    for trunk in (lambda: ConvNet(stop="layer5"), lambda: Encoder("resnet18", "none", "layer5")):
+        with pytest.raises(ValueError, match=r"^unknown stop 'layer5' \(expected one of layer2, layer3, layer4\)$"):
+            trunk()
 
 
 def test_the_same_seed_gives_the_same_net_and_pretrained_weights_are_refused():

@@ -11,6 +11,7 @@ import tarfile
 
 import pytest
 
+from pipeline.errors import first_line
 from pipeline.loading.loader import make_loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,3 +218,20 @@ def test_checkpoint_on_a_full_disk(shard_set, tiny_shards, tmp_path):
     p = capgen(base, tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert {"best", "last"} <= set(os.listdir(run))
+
+
+def test_first_line_of_an_error():
+    """pipeline/errors.py's first_line, the one way an exception becomes a one-line cause."""
+    h5py_text = (
+        "Can't write data (file write failed: time = Mon, errno = 27, error message = 'File too large', buf = 0x1)"
+    )
+    assert first_line(OSError(27, h5py_text)) == "File too large"
+    assert first_line(PermissionError(13, "Permission denied", "x.jpg")) == "Permission denied"
+    assert first_line(OSError("cannot read", "shard.tar")) == "cannot read"  # webdataset appends the url
+    assert (
+        first_line(RuntimeError("Error(s) in loading state_dict:\n\tsize mismatch"))
+        == "Error(s) in loading state_dict:"
+    )
+    assert first_line(KeyError("image")) == "image"
+    assert first_line(ValueError("  \n")) == "ValueError"
+    assert first_line(ValueError("x" * 300)) == "x" * 200 and first_line(ValueError("x" * 300), limit=5) == "xxxxx"

@@ -11,6 +11,7 @@ import torch
 from pipeline.errors import CapgenError
 from pipeline.loading.batches import decode_jpeg
 from pipeline.loading.features import FORMAT, FeatureFile, FeatureWriter
+from pipeline.loading.source_match import same_encoder_weights
 
 ATTRS = {
     "encoder": "resnet18",
@@ -137,3 +138,12 @@ def test_extract_at_layer2_names_its_stop_and_finer_grid(tiny_shards, tmp_path):
     assert (cache.attrs["stop"], cache.attrs["grid"]) == ("layer2", [4, 4])
     encoder, _ = encoder_for(TrainArgs(train=out, val=out, out=str(tmp_path)), DataSource(out))
     assert encoder.stop == "layer2" and encoder.channels == 128  # what the checkpoint config records
+
+
+def test_same_encoder_weights():
+    """The weights comparison that train-vs-val (source_match) and cache-vs-checkpoint (source_check) share."""
+    a = {"conv1.weight": np.ones((2, 2)), "layer1.0.conv1.weight": np.zeros(3), "fc.weight": np.ones(1)}
+    assert same_encoder_weights(a, {k: v.copy() for k, v in a.items()})
+    assert same_encoder_weights(a, {"conv1.weight": np.ones((2, 2)), "fc.weight": np.zeros(1)})  # probes only
+    assert not same_encoder_weights(a, {**a, "layer1.0.conv1.weight": np.ones(3)})
+    assert same_encoder_weights({}, a)  # nothing stored: nothing to tell them apart

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.errors import CapgenError
 from pipeline.loading.features import FeatureWriter
-from pipeline.loading.loader import make_loader
+from pipeline.loading.loader import check_lost, make_loader
 from pipeline.loading.source import DataSource
 from pipeline.text import TokenTable, Vocabulary
 
@@ -146,3 +147,16 @@ def test_unknown_source_is_a_one_line_error(tmp_path):
 
     with pytest.raises(CapgenError, match="neither a shard set folder nor"):
         DataSource(str(tmp_path / "nothing"))
+
+
+def test_check_lost():
+    """The --max-lost check that training and features extract share: over the share, or every sample, fails."""
+    check_lost("set", 0, 0, 0.0)
+    check_lost("set", 1, 100, 0.01)
+    with pytest.raises(CapgenError) as err:
+        check_lost("set", 2, 100, 0.01, " this epoch")
+    assert str(err.value) == (
+        "set: 2 of 100 samples could not be read this epoch (more than --max-lost 0.01); see the warnings above"
+    )
+    with pytest.raises(CapgenError, match=r"^set: 4 of 4 samples could not be read \(more than --max-lost 1\)"):
+        check_lost("set", 4, 4, 1.0)

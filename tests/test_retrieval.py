@@ -126,9 +126,10 @@ def test_search_a_shard_set_and_its_cache(checkpoint, shards, cache, tmp_path, c
     assert lines[1].split() == ["1.", str(top["image_id"]), top["file_name"], f"{top['score']:.4f}"]
 
 
-def test_search_bad_inputs(checkpoint, shards, cache, tmp_path, capsys, monkeypatch):
+def test_search_bad_inputs(checkpoint, shards, cache, tiny_shards, tmp_path, capsys, monkeypatch):
     from model.infer.extract import extract
 
+    small = tiny_shards(images=12, seed=21, width=64, height=48, image_size=32, shard_size=5, preset="coco")
     other = str(make_checkpoint(tmp_path / "other", seed=1))  # another random encoder
     layer4 = str(tmp_path / "layer4.h5")
     with pytest.warns(UserWarning, match="random init"):
@@ -149,6 +150,19 @@ def test_search_bad_inputs(checkpoint, shards, cache, tmp_path, capsys, monkeypa
         (
             ["search", "--checkpoint", checkpoint, "--data", cache, "--cache", str(tmp_path / "x.h5"), "red"],
             f"--cache: {cache} is a feature cache already",
+        ),
+        # model/infer/source_check.py: search and eval check a source alike
+        (
+            ["search", "--checkpoint", checkpoint, "--data", small, "red"],
+            f"{small}: images are 32 px, {checkpoint} wants 128",
+        ),
+        (
+            ["eval", "--checkpoint", checkpoint, "--data", small, "--out", str(tmp_path / "r.json")],
+            f"{small}: images are 32 px, {checkpoint} wants 128",
+        ),
+        (
+            ["eval", "--checkpoint", other, "--data", cache, "--out", str(tmp_path / "r.json")],
+            f"{cache}: features come from other resnet18 weights than the checkpoint's encoder",
         ),
     ]
     for args, message in cases:
@@ -239,6 +253,38 @@ def test_eval_retrieval(trained, capsys, monkeypatch, one_thread):
     ids = sorted(captions)[:4]  # the cache holds the images in shard order: by id
     assert r4["images"] == 4 and r4["queries"] == sum(len(captions[i]) for i in ids)
     assert r4["R@5"] == 1.0 and "P@1_scene" not in r4  # tiny_shards' manifests name no dataset: no default scenes
+
+
+def test_eval_and_retrieval_read_the_same_default_scenes(checkpoint, tmp_path, capsys, monkeypatch, one_thread):
+    """A set built with a relative --coco-root, evaluated from another folder: `capgen eval` and
+    `capgen eval --retrieval` both find the scenes file above the set (pipeline/synth/scenes.py's
+    default_scenes), not one relative to where they run."""
+    from pipeline.synth.generator import synthesize
+
+    built, elsewhere = tmp_path / "built", tmp_path / "elsewhere"
+    synthesize(str(built / "data"), 6, seed=5, val_fraction=0.0, width=48, height=40, workers=1)
+    elsewhere.mkdir()
+    monkeypatch.chdir(built)
+    build = ["shards", "build", "--coco-root", "data", "--split", "train2014", "--out", "sets/train"]
+    status, _, _ = capgen(
+        [*build, "--image-size", "128", "--workers", "1", "--min-freq", "1", "--quiet"], capsys, monkeypatch
+    )
+    assert status == 0
+    monkeypatch.chdir(elsewhere)
+    data, scenes = str(built / "sets" / "train"), str(built / "data" / "annotations" / "scenes_train2014.json")
+    status, out, _ = capgen(
+        ["eval", "--checkpoint", checkpoint, "--data", data, "--out", "results.json", "--beam", "1", "--quiet"],
+        capsys,
+        monkeypatch,
+    )
+    assert status == 0
+    assert out.splitlines()[0] == f"results.json: 6 images, beam 1, text preset coco, scenes {scenes}"
+    status, out, _ = capgen(
+        ["eval", "--checkpoint", checkpoint, "--data", data, "--retrieval", "--json", "--quiet"], capsys, monkeypatch
+    )
+    assert status == 0
+    r = json.loads(out.splitlines()[-1])
+    assert r["scenes"] == scenes and r["images"] == 6
 
 
 def test_bench_search_json(capsys, monkeypatch, one_thread):

@@ -6,6 +6,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.infer.captioner import Captioner
+from pipeline.errors import first_line
 
 
 def read_image(path):
@@ -19,8 +20,7 @@ def read_image(path):
     except IsADirectoryError:
         return None, "is a directory"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return None, f"cannot read image ({reason})"
+        return None, f"cannot read image ({first_line(err)})"
 
 
 def caption_files(

@@ -3,61 +3,51 @@
 The references are every raw caption of each image (the shard set's json
 components), scored as the official toolkit does (model.metrics.coco_scores).
 Where scene truth exists (`--scenes FILE`, or by default annotations/scenes_SPLIT.json
-under the COCO root that the shard set's manifest records, when that file is there),
+under the COCO root that the shard set's manifest records, when that file is there:
+pipeline/synth/scenes.py's default_scenes),
 each attribute's accuracy too (pipeline/synth/scenes.py's attribute_scores).
 """
+
+from __future__ import annotations
 
 import json
 import os
 
-import numpy as np
+import torch
 
 from model.device import default_device
 from model.eval.metrics import coco_scores
 from model.infer.captioner import Captioner
 from model.infer.decode import decode_source
+from model.infer.source_check import check_source
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
 from pipeline.loading.loader import make_loader
 from pipeline.loading.source import DataSource
-from pipeline.shards.shardset import read_manifest
-from pipeline.synth.scenes import ATTRIBUTES, attribute_scores, read_scenes
+from pipeline.synth.scenes import ATTRIBUTES, attribute_scores, default_scenes, read_scenes
+from pipeline.text import Vocabulary
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
-def check_features(source, encoder, config):
-    """A feature cache must come from the checkpoint's encoder, or its features mean nothing."""
-    attrs = source.cache.attrs
-    want = {
-        "encoder": config["encoder"]["name"],
-        "stop": config["encoder"]["stop"],
-        "image_size": config["image"]["size"],
-    }
-    for key, value in want.items():
-        if attrs.get(key) != value:
-            raise CapgenError(
-                f"{source.path}: features from {key} {attrs.get(key)!r}, the checkpoint's encoder has {value!r}"
-            )
-    stored = source.cache.encoder_state()
-    mine = encoder.state_dict()
-    for key in ("conv1.weight", "layer1.0.conv1.weight"):
-        if key in stored and key in mine and not np.array_equal(stored[key], mine[key].cpu().numpy()):
-            raise CapgenError(
-                f"{source.path}: features come from other {attrs['encoder']} weights than the checkpoint's encoder"
-            )
-
-
-def caption_source(ckpt, data, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False):
-    """{image_id: caption} for every image of a shard set or feature cache; and the source."""
+def caption_source(
+    ckpt: str | os.PathLike,
+    data: str | os.PathLike,
+    beam: int = 3,
+    batch_size: int = 32,
+    workers: int = 1,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[dict[int, str], DataSource, Vocabulary]:
+    """({image_id: caption}, the DataSource, the checkpoint's Vocabulary) for every image (the
+    first `limit`) of `data`, a shard set or feature cache that the checkpoint can read
+    (model/infer/source_check.py), captioned by beam search of width `beam`."""
     device = default_device(device)
     captioner = Captioner.load(ckpt, device)
     encoder, decoder, vocab, config = captioner.encoder, captioner.decoder, captioner.vocab, captioner.config
     source = DataSource(data)
-    if source.kind == "features":
-        check_features(source, encoder, config)
-    elif source.image_size != config["image"]["size"]:
-        raise CapgenError(f"{data}: images are {source.image_size} px, the checkpoint wants {config['image']['size']}")
+    check_source(source, config, encoder, ckpt)
     loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, 1))
     words = decode_source(encoder, decoder, loader, vocab, device, beam, limit, progress)
     return {i: " ".join(w) for i, w in sorted(words.items())}, source, vocab
@@ -70,15 +60,6 @@ def write_results(path, captions):
         json.dump(rows, f, ensure_ascii=False)
 
 
-def default_scenes(source):
-    """annotations/scenes_SPLIT.json of the COCO root recorded in the shard set's manifest, if it exists."""
-    args = read_manifest(source.shard_set).get("build_args") or {}
-    if not args.get("coco_root") or not args.get("split"):
-        return None
-    path = os.path.join(args["coco_root"], "annotations", f"scenes_{args['split']}.json")
-    return path if os.path.isfile(path) else None
-
-
 def scene_scores(captions, path):
     """attribute_scores of the captions against the scenes file `path`."""
     scenes = read_scenes(path)
@@ -88,10 +69,21 @@ def scene_scores(captions, path):
     return attribute_scores(captions, scenes)
 
 
-def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, device=None, progress=False, scenes=None):
-    """Caption `data`, write `out` (COCO results), score against all raw references.
+def evaluate(
+    ckpt: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    beam: int = 3,
+    batch_size: int = 32,
+    workers: int = 1,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    scenes: str | None = None,
+) -> dict:
+    """Caption `data` (caption_source), write `out` (COCO results), score against all raw references.
 
-    scenes: a scenes file (default: `default_scenes`). The result also holds "per_image"
+    scenes: a scenes file (default: pipeline/synth/scenes.py's `default_scenes`). The result also holds "per_image"
     scores, the references ("refs"), the source, and "attributes" (attribute_scores, or
     None without scene truth) with "scenes" (the file used)."""
     captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device, progress)
@@ -104,7 +96,7 @@ def evaluate(ckpt, data, out, beam=3, batch_size=32, workers=1, limit=None, devi
         raise CapgenError(f"{source.shard_set}: no reference captions for image id {missing[0]}")
     per_image = {}
     scores = coco_scores(captions, refs, per_image)
-    scenes = scenes or default_scenes(source)
+    scenes = scenes or default_scenes(source.shard_set)
     attributes = scene_scores(captions, scenes) if scenes else None
     return {
         "scores": scores,

@@ -25,7 +25,7 @@ from model.nets.encoder import build_encoder
 from model.nets.search import beam_search
 from model.runs import checkpoint
 from model.runs.checkpoint_config import fit_mode, split_state
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, first_line
 from pipeline.imaging import convert as imaging
 from pipeline.imaging import decode as imaging_decode
 
@@ -77,8 +77,7 @@ class Captioner:
             encoder, decoder = _build(config, state)
             fit_mode(config["image"]["resize_mode"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CapgenError(f"{ckpt_dir}: checkpoint does not match its config ({first})") from None
+            raise CapgenError(f"{ckpt_dir}: checkpoint does not match its config ({first_line(err)})") from None
         if len(vocab) != decoder.vocab_size:
             raise CapgenError(
                 f"{checkpoint.resolve(ckpt_dir)}/config.json: vocabulary of {len(vocab)} words, "

@@ -1,18 +1,19 @@
 """Run the frozen encoder over a shard set into the HDF5 feature store."""
 
+from __future__ import annotations
+
 import contextlib
 import os
-import re
 
 import torch
 from tqdm import tqdm
 
 from model.device import default_device
 from model.nets.encoder import build_encoder, normalise
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, first_line
 from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.loading.features import FeatureWriter
-from pipeline.loading.loader import make_loader
+from pipeline.loading.loader import check_lost, make_loader
 from pipeline.loading.source import DataSource
 
 
@@ -31,19 +32,24 @@ def encoder_attrs(encoder, image_size, resize_mode, shard_set):
 
 
 def extract(
-    shards,
-    out,
-    encoder="resnet50",
-    stop="layer4",
-    weights="imagenet",
-    batch_size=64,
-    workers=2,
-    device=None,
-    download=False,
-    progress=True,
-    max_lost=0.01,
-):
-    """Features of every image of the shard set, in shard order; returns the row count.
+    shards: str | os.PathLike,
+    out: str | os.PathLike,
+    encoder: str = "resnet50",
+    stop: str = "layer4",
+    weights: str = "imagenet",
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str | torch.device | None = None,
+    download: bool = False,
+    progress: bool = True,
+    max_lost: float = 0.01,
+) -> int:
+    """Features of every image of the shard set `shards` into the cache `out` (.h5), in shard
+    order; returns the row count.
+
+    encoder, stop, weights: the trunk (model/nets/encoder.py's build_encoder: a ResNet or
+    "convnet"; where it stops; "imagenet", "none" or a weights file; download=True fetches
+    the ImageNet weights). device: default_device's default when None.
 
     Unreadable shards or samples are warned about and left out (the cache holds the
     rest) up to a share of max_lost; more is an error. An OS error writing `out` (disk
@@ -67,10 +73,14 @@ def extract(
     try:
         writer = FeatureWriter(out, source.num_samples, h * w, net.channels, attrs, state)
         _write_all(net, loader, writer, device, source.num_samples, progress)
-        _check_lost(shards, loader, max_lost, writer)
+        try:
+            check_lost(shards, *loader.lost(), max_lost)
+        except CapgenError:
+            writer.abort()
+            raise
         writer.close(allow_fewer=True)
     except OSError as err:
-        raise CapgenError(f"{out}: cannot write the feature cache ({_first_line(err)})") from None
+        raise CapgenError(f"{out}: cannot write the feature cache ({first_line(err)})") from None
     return writer.rows
 
 
@@ -89,23 +99,3 @@ def _write_all(net, loader, writer, device, total, progress):
     except BaseException:
         writer.abort()
         raise
-
-
-def _check_lost(shards, loader, max_lost, writer):
-    lost, expected = loader.lost()
-    if lost and (lost / max(expected, 1) > max_lost or writer.rows == 0):
-        writer.abort()
-        raise CapgenError(
-            f"{shards}: {lost} of {expected} samples could not be read "
-            f"(more than --max-lost {max_lost:g}); see the warnings above"
-        )
-
-
-def _first_line(err):
-    """h5py's OSError text runs over several lines; its 'error message = ...' is the cause."""
-    text = str(err)
-    found = re.search(r"error message = '([^']*)'", text)
-    if found:
-        return found.group(1)
-    lines = [line.strip() for line in (err.strerror or text).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__

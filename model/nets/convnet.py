@@ -19,27 +19,26 @@ Unlike a pretrained trunk its BatchNorm layers learn their statistics while it t
 
 from torch import nn
 
+from model.nets.trunk import Trunk
 from pipeline.errors import CapgenError
 
 CONVNETS = ("convnet",)
 WIDTHS = (64, 128, 256, 512)
-STOPS = ("layer2", "layer3", "layer4")
 
 
 def _conv(cin, cout, stride):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class ConvNet(nn.Module):
-    """Same interface as model/nets/encoder.py's Encoder: [B, 3, H, W] -> [B, P, C]; frozen until
-    `set_fine_tune()`, which trains every stage (there is nothing pretrained to keep)."""
+class ConvNet(Trunk):
+    """A Trunk (model/nets/trunk.py) as model/nets/encoder.py's Encoder is: [B, 3, H, W] -> [B, P, C];
+    frozen until `set_fine_tune()`, which trains every stage (there is nothing pretrained to keep).
+    BatchNorm learns its statistics only while its stage trains."""
+
+    learns_statistics = True
 
     def __init__(self, name="convnet", weights="none", stop="layer3"):
-        super().__init__()
-        if stop not in STOPS:
-            raise ValueError(f"unknown stop {stop!r} (expected one of {', '.join(STOPS)})")
-        self.name, self.stop, self.weights = name, stop, str(weights)
-        self.depth = STOPS.index(stop) + 2
+        super().__init__(name, weights, stop)
         self.channels = WIDTHS[self.depth - 1]
         self.conv1 = _conv(3, WIDTHS[0] // 2, 2)
         cin = WIDTHS[0] // 2
@@ -54,30 +53,6 @@ class ConvNet(nn.Module):
             )
         self.set_fine_tune(())
 
-    def set_fine_tune(self, layers=None):
-        """Train the named stages (default: all); () freezes all."""
-        for name, module in self.named_children():
-            for p in module.parameters():
-                p.requires_grad_(layers is None or name in layers)
-        return self
-
-    def train(self, mode=True):
-        """BatchNorm learns its statistics only while its stage trains."""
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d) and not m.weight.requires_grad:
-                m.eval()
-        return self
-
-    def grid(self, image_size):
-        """(h, w) of the feature grid for an input of image_size (int or (h, w))."""
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        for _ in range(self.depth + 1):  # conv1, layer1..N: each ceil(n/2)
-            h, w = (h + 1) // 2, (w + 1) // 2
-        return h, w
-
-    def forward(self, x):
-        x = self.conv1(x)
-        for n in range(1, self.depth + 1):
-            x = getattr(self, f"layer{n}")(x)
-        return x.permute(0, 2, 3, 1).flatten(1, 2)
+    def stem(self, x):
+        """conv1 halves the input, as each stage does."""
+        return self.conv1(x)

@@ -11,11 +11,11 @@ import os
 import warnings
 
 import torch
-from torch import nn
 from torchvision import models
 
 from model.nets.convnet import CONVNETS, ConvNet
-from pipeline.errors import CapgenError
+from model.nets.trunk import Trunk
+from pipeline.errors import CapgenError, first_line
 from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 ENCODER_SEED = 0  # random-init encoders are drawn from this seed (their weights are stored anyway)
@@ -27,7 +27,6 @@ ARCHS = {
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, 2048),
     "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1, 2048),
 }
-STOPS = ("layer2", "layer3", "layer4")
 # Stages `set_fine_tune()` trains by default: layers 3-4, or the last stage a shorter trunk has.
 FINE_TUNE = {"layer2": ("layer2",), "layer3": ("layer3",), "layer4": ("layer3", "layer4")}
 
@@ -38,7 +37,7 @@ def imagenet_weights_path(name):
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
-class Encoder(nn.Module):
+class Encoder(Trunk):
     """weights: "imagenet" (local torch cache; download=True fetches it), "none"
     (random init, warns) or a path to a state dict (.pth/.pt or .safetensors).
 
@@ -48,15 +47,11 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, name="resnet50", weights="none", stop="layer4", download=False):
-        super().__init__()
         if name not in ARCHS:
             raise ValueError(f"unknown encoder {name!r} (expected one of {', '.join(ARCHS)})")
-        if stop not in STOPS:
-            raise ValueError(f"unknown stop {stop!r} (expected one of {', '.join(STOPS)})")
+        super().__init__(name, weights, stop)
         build, _, channels = ARCHS[name]
         net = build(weights=None)
-        self.name, self.stop, self.weights = name, stop, str(weights)
-        self.depth = STOPS.index(stop) + 2  # the last layerN this trunk keeps
         self.channels = channels >> (4 - self.depth)  # each stage doubles the channels
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         for n in range(1, self.depth + 1):
@@ -94,35 +89,13 @@ class Encoder(nn.Module):
         except RuntimeError as err:
             raise CapgenError(f"{path}: not {self.name} weights ({str(err).splitlines()[-1].strip()})") from None
 
-    def set_fine_tune(self, layers=None):
-        """Train only the named stages (those this trunk has; default FINE_TUNE[stop]); () freezes all."""
-        layers = FINE_TUNE[self.stop] if layers is None else layers
-        for name, module in self.named_children():
-            for p in module.parameters():
-                p.requires_grad_(name in layers)
-        return self
+    def fine_tune_default(self):
+        """FINE_TUNE[stop]: layers 3-4, or the last stage a shorter trunk has."""
+        return FINE_TUNE[self.stop]
 
-    def train(self, mode=True):
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        return self
-
-    def grid(self, image_size):
-        """(h, w) of the feature grid for an input of image_size (int or (h, w))."""
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        for _ in range(self.depth + 1):  # conv1, maxpool, layer2..N: each ceil(n/2)
-            h, w = (h + 1) // 2, (w + 1) // 2
-        return h, w
-
-    def forward(self, x):
-        """x [B, 3, H, W], ImageNet-normalised -> [B, P, C] (P = h*w, row-major)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for n in range(1, self.depth + 1):
-            x = getattr(self, f"layer{n}")(x)
-        # [B, C, h, w] -> [B, h*w, C]; free (a view) when x is channels_last.
-        return x.permute(0, 2, 3, 1).flatten(1, 2)
+    def stem(self, x):
+        """conv1 and maxpool halve the input each; layer1 keeps its size, layer2..N halve it."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
 def build_encoder(name, weights, stop, download=False):
@@ -166,7 +139,7 @@ def read_state_dict(path):
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read is the same bad file
-        raise CapgenError(f"{path}: cannot read weights ({str(err).splitlines()[0]})") from None
+        raise CapgenError(f"{path}: cannot read weights ({first_line(err)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -7,10 +7,13 @@ scene is the share of queries whose top image holds every object the query names
 (its shape, and its colour where one is named), over the queries that name one.
 """
 
+from __future__ import annotations
+
 import os
 import time
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from model.retrieval.index import encode_query
@@ -18,28 +21,9 @@ from model.retrieval.metrics import named_objects, recall_at, scene_has, source_
 from model.retrieval.source import load_index
 from pipeline.errors import CapgenError
 from pipeline.loading.source import DataSource
-from pipeline.shards.shardset import read_manifest
-from pipeline.synth.scenes import read_scenes
+from pipeline.synth.scenes import default_scenes, read_scenes
 
 QUERY_BATCH = 64  # queries scored in one pass over the images
-
-
-def default_scenes(shard_set):
-    """annotations/scenes_SPLIT.json of the dataset the shard set was built from, if it is there."""
-    try:
-        args = read_manifest(shard_set).get("build_args") or {}
-    except CapgenError:
-        return None
-    root, split = args.get("coco_root"), args.get("split")
-    if not root or not split:
-        return None
-    name = os.path.join(root, "annotations", f"scenes_{split}.json")
-    # A relative root is relative to where the build ran: here, or a folder above the set.
-    folders, folder = [""], os.path.abspath(shard_set)
-    while os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-        folders.append(folder)
-    return next((os.path.join(f, name) for f in folders if os.path.isfile(os.path.join(f, name))), None)
 
 
 def query_set(index, refs, vocab):
@@ -57,8 +41,20 @@ def query_set(index, refs, vocab):
     return queries, np.asarray(rows), skipped
 
 
-def evaluate_retrieval(ckpt, data, images=None, scenes=None, device=None, progress=False):
-    """R@1/5/10 (and P@1 by the scene when scenes exist) of text-to-image retrieval over `data`."""
+def evaluate_retrieval(
+    ckpt: str | os.PathLike,
+    data: str | os.PathLike,
+    images: int | None = None,
+    scenes: str | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict:
+    """R@1/5/10 (and P@1 by the scene when scenes exist) of text-to-image retrieval over `data`
+    (a shard set or feature cache; its first `images` images when given).
+
+    scenes: a scenes file (default: pipeline/synth/scenes.py's `default_scenes`). The result
+    also holds the image, query and skipped-query counts, the speed, the text preset, and
+    with scene truth "P@1_scene", "scene_queries" and "scenes" (the file used)."""
     index, captioner, _ = load_index(ckpt, data, device, progress=progress)
     if images is not None:
         index.keep(images)

@@ -1,7 +1,8 @@
 """The image set a search runs over: a feature cache, or a shard set run once through the
 checkpoint's frozen encoder (features kept in memory, and written to a cache when asked).
 
-A cache must come from the checkpoint's encoder (model/eval/evaluate.py check_features).
+A cache must come from the checkpoint's encoder, a shard set have its image size
+(model/infer/source_check.py).
 File names and thumbnails come from the shard set: SRC itself, or the cache's source set.
 """
 
@@ -10,9 +11,9 @@ import os
 import numpy as np
 
 from model.device import default_device
-from model.eval.evaluate import check_features
 from model.infer.captioner import Captioner
 from model.infer.extract import _write_all, encoder_attrs
+from model.infer.source_check import check_source
 from model.retrieval.index import ImageIndex
 from pipeline.errors import CapgenError
 from pipeline.loading.features import FeatureWriter
@@ -42,12 +43,9 @@ class MemoryFeatures:
 
 
 def encode_shards(captioner, source, cache=None, batch_size=64, workers=1, progress=True):
-    """(features [N, P, C] float16, image ids [N]) of a shard set through the checkpoint's encoder."""
+    """(features [N, P, C] float16, image ids [N]) of a shard set (checked by check_source)
+    through the checkpoint's encoder."""
     config, encoder = captioner.config, captioner.encoder
-    if source.image_size != config["image"]["size"]:
-        raise CapgenError(
-            f"{source.path}: images are {source.image_size} px, the checkpoint wants {config['image']['size']}"
-        )
     device = captioner.device
     h, w = encoder.grid(int(source.image_size))
     writer = None
@@ -85,10 +83,10 @@ def load_index(ckpt, data, device=None, cache=None, batch_size=64, workers=1, pr
     device = default_device(device)
     captioner = captioner or Captioner.load(ckpt, device)
     source = DataSource(data)
+    if source.kind == "features" and cache:
+        raise CapgenError(f"--cache: {data} is a feature cache already")
+    check_source(source, captioner.config, captioner.encoder, ckpt)
     if source.kind == "features":
-        if cache:
-            raise CapgenError(f"--cache: {data} is a feature cache already")
-        check_features(source, captioner.encoder, captioner.config)
         features, image_ids = source.cache.read(0, len(source.cache)), source.cache.image_ids
         members = shard_members(source.shard_set)
     else:

@@ -30,7 +30,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from model.runs.selection import UNRECORDED
 from pipeline.atomic import atomic_dir, atomic_write
-from pipeline.errors import CapgenError, read_bytes
+from pipeline.errors import CapgenError, first_line, read_bytes
 from pipeline.text import Vocabulary
 
 FORMAT = "capgen-checkpoint/1"
@@ -194,8 +194,7 @@ def load_trainer_state(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError for objects, others for corrupt files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CapgenError(f"{path}: refused: not plain tensors and containers ({first})") from None
+        raise CapgenError(f"{path}: refused: not plain tensors and containers ({first_line(err)})") from None
 
 
 def rng_state():

@@ -51,9 +51,10 @@ from model.train.scst import ScstModel, ScstStep, init_model, log_scst, reward_s
 from model.train.step import TrainStep
 from model.train.validate import validate
 from pipeline.cluster import dist_info
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, first_line
 from pipeline.folder_lock import folder_lock
 from pipeline.loading.batches import stream_seed
+from pipeline.loading.loader import check_lost
 from pipeline.loading.source import DataSource
 from pipeline.loading.source_match import check_same_inputs
 
@@ -282,7 +283,7 @@ def _resume(last_dir, args, encoder, decoder, optimizer, scheduler):
         encoder.load_state_dict(parts["encoder"])
         decoder.load_state_dict(parts["decoder"])
     except RuntimeError as err:
-        raise CapgenError(f"{last_dir}: does not match these options ({str(err).splitlines()[0]})") from None
+        raise CapgenError(f"{last_dir}: does not match these options ({first_line(err)})") from None
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
     checkpoint.set_rng_state(state.rng)
@@ -331,8 +332,4 @@ def _check_lost(args, loader, world):
     if not hasattr(loader, "lost"):  # DALI: its reader fails on a bad shard itself
         return
     lost, expected = (sum(x) for x in zip(*_gather(loader.lost(), world)))
-    if expected and lost / expected > args.max_lost:
-        raise CapgenError(
-            f"{args.train}: {lost} of {expected} samples could not be read this epoch "
-            f"(more than --max-lost {args.max_lost:g}); see the warnings above"
-        )
+    check_lost(args.train, lost, expected, args.max_lost, " this epoch")

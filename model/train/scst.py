@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.eval.evaluate import check_features
 from model.infer.captioner import Captioner
+from model.infer.source_check import check_source
 from model.nets.caption_model import to_device
 from model.nets.search import greedy, sample
 from model.train.cider import Cider
@@ -44,14 +44,9 @@ def init_model(args, source, vocab, device):
     encoder, decoder, config = captioner.encoder, captioner.decoder, captioner.config
     if captioner.vocab.itos != vocab.itos:
         raise CapgenError(f"{args.init}: its vocabulary is not {source.path}'s (the reward compares token ids)")
-    if source.kind == "features":
-        check_features(source, encoder, config)
-        if args.fine_tune_encoder:
-            raise CapgenError(f"{source.path}: cached features are frozen; fine-tuning needs a shard set")
-    elif source.image_size != config["image"]["size"]:
-        raise CapgenError(
-            f"{source.path}: images are {source.image_size} px, {args.init} wants {config['image']['size']}"
-        )
+    check_source(source, config, encoder, args.init)
+    if source.kind == "features" and args.fine_tune_encoder:
+        raise CapgenError(f"{source.path}: cached features are frozen; fine-tuning needs a shard set")
     if args.fine_tune_encoder:
         encoder.set_fine_tune()
     return encoder, decoder, config["encoder"]["weights"], dict(config)

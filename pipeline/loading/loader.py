@@ -4,8 +4,12 @@ pipeline/loading/batches.py's datasets that takes their lost-sample reports out 
 The batch contract and the lost-sample side channel are pipeline/loading/batches.py's docstring.
 """
 
+from __future__ import annotations
+
 import math
+import os
 import sys
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -20,7 +24,15 @@ LOADERS = ("auto", "cpu", "dali")
 class Loader:
     """A DataLoader over one of the datasets above, with set_epoch and an approximate len."""
 
-    def __init__(self, source, dataset, batch_size, workers=0, pin_memory=False):
+    def __init__(
+        self,
+        source: DataSource,
+        dataset: FeatureBatches | ShardBatches,
+        batch_size: int,
+        workers: int = 0,
+        pin_memory: bool = False,
+    ):
+        """`dataset` (made for `source`) in `workers` processes; make_loader builds one."""
         self.source, self.dataset, self.batch_size = source, dataset, batch_size
         kw = {}
         if workers > 0:
@@ -32,10 +44,11 @@ class Loader:
         self.read = self.expected = 0
         self.lost_shards = {}
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass reads (its shuffle order)."""
         self.dataset.set_epoch(epoch)
 
-    def lost(self):
+    def lost(self) -> tuple[int, int]:
         """(samples lost, samples expected) by the passes that ended since the last __iter__."""
         return self.expected - self.read, self.expected
 
@@ -52,16 +65,18 @@ class Loader:
             self.source.local_samples(d.rank, d.world, d.shuffle, d.seed, d.epoch, w, workers) for w in range(workers)
         ]
 
-    def num_samples(self):
+    def num_samples(self) -> int:
         """Samples this rank sees this epoch."""
         return sum(self._counts())
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Batches this rank sees this epoch (each worker may end on a partial batch)."""
         rnd = math.floor if self.dataset.drop_last else math.ceil
         return sum(rnd(n / self.batch_size) for n in self._counts())
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict]:
+        """The batches of one pass (pipeline/loading/batches.py's contract); the lost-sample
+        reports go to lost() and to warnings on stderr."""
         self.read = self.expected = 0
         self.lost_shards = {}
         for item in self.loader:
@@ -71,19 +86,30 @@ class Loader:
                 yield item
 
 
+def check_lost(name: str, lost: int, expected: int, max_lost: float, when: str = "") -> None:
+    """Refuse a pass over `name` that lost more than `max_lost` (a share) of its `expected`
+    samples, or every one: CapgenError '<name>: L of E samples could not be read<when> ...'.
+    lost, expected: Loader.lost()'s counts (summed over ranks by a distributed caller)."""
+    if lost and (lost / max(expected, 1) > max_lost or lost >= expected):
+        raise CapgenError(
+            f"{name}: {lost} of {expected} samples could not be read{when} "
+            f"(more than --max-lost {max_lost:g}); see the warnings above"
+        )
+
+
 def make_loader(
-    source,
-    batch_size,
+    source: str | os.PathLike | DataSource,
+    batch_size: int,
     *,
-    shuffle=True,
-    seed=0,
-    rank=0,
-    world=1,
-    workers=0,
-    pin_memory=False,
-    loader="cpu",
-    tokens=None,
-    drop_last=False,
+    shuffle: bool = True,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    pin_memory: bool = False,
+    loader: str = "cpu",
+    tokens: str | None = None,
+    drop_last: bool = False,
 ):
     """The one place a loader is chosen. source: a path or a DataSource.
 
@@ -94,28 +120,9 @@ def make_loader(
         raise CapgenError(f"{source}: unknown loader {loader!r} (expected one of {', '.join(LOADERS)})")
     src = source if isinstance(source, DataSource) else DataSource(source, tokens)
     if src.kind == "images" and loader in ("dali", "auto"):
-        gpu = torch.cuda.is_available()
-        # Imported only when it will run: once loaded, DALI's libraries slow torch's CPU
-        # kernels (a convnet training step: 32 ms -> 42 ms measured on this 2-core machine).
-        dali = _dali() if gpu or loader == "dali" else None
-        if dali is not None:  # no GPU: DALI's CPU-mode graph, slow but the same
-            dali_loader = dali.make_dali_loader(
-                src.path,
-                batch_size,
-                image_size=int(src.image_size),
-                train=shuffle,
-                device_id=torch.cuda.current_device() if gpu else None,
-                num_threads=max(workers, 2),
-                seed=seed,
-                shard_id=rank,
-                num_shards=world,
-                tokens=src.tokens_path,
-                drop_last=drop_last,
-            )
-            dali_loader.source = src
+        dali_loader = _dali_loader(src, batch_size, shuffle, seed, rank, world, workers, drop_last, loader)
+        if dali_loader is not None:
             return dali_loader
-        if loader == "dali":
-            raise CapgenError(f"{src.path}: the DALI loader needs nvidia-dali (pip install nvidia-dali-cuda130)")
     if src.kind == "features":
         dataset = FeatureBatches(
             src.path, src.tokens_path, batch_size, shuffle, seed, rank, world, drop_last=drop_last, report=True
@@ -134,6 +141,35 @@ def make_loader(
             report=True,
         )
     return Loader(src, dataset, batch_size, workers, pin_memory)
+
+
+def _dali_loader(src, batch_size, shuffle, seed, rank, world, workers, drop_last, loader):
+    """pipeline/loading/dali.py's loader over shard set `src`, or None where loader "auto"
+    finds no GPU or no DALI (a CapgenError where "dali" was asked for and is not installed)."""
+    gpu = torch.cuda.is_available()
+    # Imported only when it will run: once loaded, DALI's libraries slow torch's CPU
+    # kernels (a convnet training step: 32 ms -> 42 ms measured on this 2-core machine).
+    dali = _dali() if gpu or loader == "dali" else None
+    if dali is None:
+        if loader == "dali":
+            raise CapgenError(f"{src.path}: the DALI loader needs nvidia-dali (pip install nvidia-dali-cuda130)")
+        return None
+    # no GPU: DALI's CPU-mode graph, slow but the same
+    dali_loader = dali.make_dali_loader(
+        src.path,
+        batch_size,
+        image_size=int(src.image_size),
+        train=shuffle,
+        device_id=torch.cuda.current_device() if gpu else None,
+        num_threads=max(workers, 2),
+        seed=seed,
+        shard_id=rank,
+        num_shards=world,
+        tokens=src.tokens_path,
+        drop_last=drop_last,
+    )
+    dali_loader.source = src
+    return dali_loader
 
 
 def _dali():

@@ -1,6 +1,8 @@
 """DataSource: what a trainer or evaluator needs to know about a data source, a shard set
 folder or an HDF5 feature cache."""
 
+from __future__ import annotations
+
 import os
 
 from pipeline.errors import CapgenError
@@ -17,7 +19,10 @@ def is_feature_cache(path):
 class DataSource:
     """What a trainer or evaluator needs to know about a data source (shard set or cache)."""
 
-    def __init__(self, path, tokens=None):
+    def __init__(self, path: str | os.PathLike, tokens: str | None = None):
+        """path: a shard set folder (kind "images") or an .h5 feature cache (kind "features");
+        tokens: the token table (default: tokens.npz of the shard set, for a cache the set its
+        shard_set attribute names). A CapgenError when it is neither, or unreadable."""
         self.path = os.fspath(path)
         if is_feature_cache(self.path):
             self.kind = "features"
@@ -42,10 +47,11 @@ class DataSource:
             raise CapgenError(f"{self.path}: neither a shard set folder nor a .h5 feature cache")
         self.tokens_path = tokens or os.path.join(self.shard_set, "tokens.npz")
 
-    def vocab(self):
+    def vocab(self) -> Vocabulary:
+        """The vocabulary beside the token table (vocab.json)."""
         return Vocabulary.load(os.path.join(os.path.dirname(self.tokens_path), "vocab.json"))
 
-    def references(self):
+    def references(self) -> dict[int, list[str]]:
         """image id -> all raw captions, from the shard set's json components."""
         return read_captions(self.shard_set)
 

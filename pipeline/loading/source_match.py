@@ -15,6 +15,9 @@ from pipeline.errors import CapgenError
 # set's manifest has the image part).
 IMAGE_KEYS = ("image_size", "resize_mode")
 FEATURE_KEYS = ("encoder", "stop", "weights", "mean", "std", "grid")
+# The encoder tensors compared to tell two encoders' weights apart (the first conv and the
+# first residual block's: cheap to read, and two random inits of one architecture differ there).
+ENCODER_PROBES = ("conv1.weight", "layer1.0.conv1.weight")
 
 
 def preprocessing(source):
@@ -31,7 +34,9 @@ def check_same_inputs(train, val):
     for key in [k for k in a if k in b]:
         if a[key] != b[key]:
             raise CapgenError(f"{val.path}: made with {key} {b[key]!r}, but {train.path} with {a[key]!r}")
-    if train.kind == val.kind == "features" and not _same_encoder(train.cache, val.cache):
+    if train.kind == val.kind == "features" and not same_encoder_weights(
+        train.cache.encoder_state(ENCODER_PROBES), val.cache.encoder_state(ENCODER_PROBES)
+    ):
         raise CapgenError(f"{val.path}: features from other encoder weights than {train.path}")
     vocab_a, vocab_b = (os.path.join(os.path.dirname(s.tokens_path), "vocab.json") for s in (train, val))
     if os.path.abspath(vocab_a) != os.path.abspath(vocab_b) and _words(train) != _words(val):
@@ -45,8 +50,7 @@ def _words(source):
     return v.itos, v.preset, v.max_len
 
 
-def _same_encoder(a, b):
-    """Stored encoder tensors agree (two random inits of one architecture do not)."""
-    keys = ("conv1.weight", "layer1.0.conv1.weight")
-    sa, sb = a.encoder_state(keys), b.encoder_state(keys)
-    return all(np.array_equal(sa[k], sb[k]) for k in sa.keys() & sb.keys())
+def same_encoder_weights(a: dict, b: dict) -> bool:
+    """Whether two encoders' tensors ({name: numpy array}, e.g. FeatureFile.encoder_state's)
+    agree on the ENCODER_PROBES both hold (two random inits of one architecture do not)."""
+    return all(np.array_equal(a[k], b[k]) for k in ENCODER_PROBES if k in a and k in b)

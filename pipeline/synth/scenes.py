@@ -15,9 +15,11 @@ at the start of a clause, to the object after it ("on the left is a red circle")
 """
 
 import json
+import os
 import re
 
 from pipeline.errors import CapgenError
+from pipeline.shards.shardset import read_manifest
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "white")
 # The first word of each tuple is the usual one; synth picks the others less often.
@@ -302,3 +304,20 @@ def read_scenes(path):
         raise CapgenError(f"{path}: cannot read ({err.strerror})") from None
     except (ValueError, KeyError, TypeError) as err:
         raise CapgenError(f"{path}: not a scenes file ({type(err).__name__}: {err})") from None
+
+
+def default_scenes(shard_set):
+    """The scene truth of the dataset a shard set folder was built from: annotations/scenes_SPLIT.json
+    under the COCO root and split its manifest's build_args record, or None when they record none
+    or the file is not there. A relative root is relative to where the build ran: the working
+    folder, or a folder above the set (the first that has the file)."""
+    args = read_manifest(shard_set).get("build_args") or {}
+    root, split = args.get("coco_root"), args.get("split")
+    if not root or not split:
+        return None
+    name = os.path.join(root, "annotations", f"scenes_{split}.json")
+    folders, folder = [""], os.path.abspath(shard_set)
+    while os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+        folders.append(folder)
+    return next((os.path.join(f, name) for f in folders if os.path.isfile(os.path.join(f, name))), None)
