@@ -8,9 +8,7 @@ rebuilt from its config weights ("imagenet" from the torch cache, or a file).
 
 import warnings
 
-import numpy as np
 import torch
-from PIL import ImageOps
 
 from model.nets.decoder import Decoder
 from model.nets.encoder import build_encoder
@@ -18,8 +16,7 @@ from model.nets.search import beam_search
 from model.runs import checkpoint
 from model.runs.checkpoint_config import fit_mode, split_state
 from pipeline.errors import CapgenError
-from pipeline.imaging import convert as imaging
-from pipeline.imaging import decode as imaging_decode
+from pipeline.imaging.pixels import model_input
 
 
 def _build(config, state):
@@ -39,11 +36,9 @@ def _build(config, state):
 
 
 def preprocess(img, size, resize_mode, mean, std):
-    """PIL image -> normalised float tensor [3, size, size], resized as the shard builder does."""
-    pixels = np.asarray(imaging_decode.to_rgb(ImageOps.exif_transpose(img)))
-    pixels = imaging.fit(pixels, size, fit_mode(resize_mode))
-    x = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    """PIL image -> normalised float tensor [3, size, size], resized as the shard builder does
+    (pipeline/imaging/pixels.py's model_input, which the ONNX runtime uses too)."""
+    return torch.from_numpy(model_input(img, size, fit_mode(resize_mode), mean, std))
 
 
 class Captioner:
