@@ -12,6 +12,7 @@ import torch
 
 from model.nets.decoder import Decoder
 from model.nets.encoder import build_encoder
+from model.nets.hyps import caption_result
 from model.nets.search import beam_search
 from model.runs import checkpoint
 from model.runs.checkpoint_config import fit_mode, split_state
@@ -94,17 +95,7 @@ class Captioner:
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.encoder(x)
-        out = []
-        for hyps in beam_search(
+        hyps = beam_search(
             self.decoder, features, beam=beam, max_len=self.vocab.max_len, topk=topk, length_norm=length_norm
-        ):
-            words = self.vocab.words(hyps[0].tokens)
-            out.append(
-                {
-                    "captions": [{"text": self.vocab.decode(h.tokens), "score": h.score} for h in hyps],
-                    "words": words,
-                    "attention": hyps[0].alphas[: len(words)].tolist(),
-                    "grid": self.grid,
-                }
-            )
-        return out
+        )
+        return [caption_result(self.vocab, h, self.grid) for h in hyps]
