@@ -259,9 +259,16 @@ def score(results, annotations, as_json):
 @click.option(
     "--checkpoint",
     "ckpt",
-    required=True,
     type=click.Path(file_okay=False),
-    help="Checkpoint folder, or a run folder (its best).",
+    default=None,
+    help="Checkpoint folder, or a run folder (its best) [this or --onnx].",
+)
+@click.option(
+    "--onnx",
+    "onnx_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A `capgen export` folder: caption with onnxruntime, without torch [this or --checkpoint].",
 )
 @click.argument("images", nargs=-1, required=True)
 @click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True)
@@ -281,25 +288,33 @@ def score(results, annotations, as_json):
     default=None,
     help="Write the attention figure to this PNG; for several images OUT-<stem>.png each.",
 )
-@click.option("--device", default=None)
+@click.option("--device", default=None, help="With --checkpoint: cpu, cuda or cuda:N [default: cpu].")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --onnx: onnxruntime's threads [default: one per core].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar (shown for more than 16 files).")
-def caption(ckpt, images, beam, topk, as_json, attention_out, device, quiet):
+def caption(ckpt, onnx_dir, images, beam, topk, as_json, attention_out, device, threads, quiet):
     """Caption image files (any size or mode); unreadable ones fail at the end."""
     from tools.caption_files import caption_files
 
+    captioner = _captioner(ckpt, onnx_dir, device, threads)
     on_result = None
     if attention_out:
         from model.infer.attention_figure import figure_writer
 
         # Figure notes go to stderr so that --json keeps stdout one object per line.
-        on_result = figure_writer(ckpt, attention_out, images, lambda msg: click.echo(msg, err=True))
+        on_result = figure_writer(
+            captioner.image["resize_mode"], attention_out, images, lambda msg: click.echo(msg, err=True)
+        )
     failed = caption_files(
-        ckpt,
+        captioner,
         images,
         beam,
         topk,
         as_json,
-        device,
         click.echo,
         lambda msg: click.echo(f"capgen: error: {msg}", err=True),
         on_result=on_result,
@@ -307,6 +322,23 @@ def caption(ckpt, images, beam, topk, as_json, attention_out, device, quiet):
     )
     if failed:
         sys.exit(1)
+
+
+def _captioner(ckpt, onnx_dir, device, threads):
+    """The torch Captioner of --checkpoint, or the onnxruntime one of --onnx (torch is then never imported)."""
+    if (ckpt is None) == (onnx_dir is None):
+        raise click.UsageError("Give one of --checkpoint (torch) or --onnx (an exported folder).")
+    if onnx_dir is not None:
+        if device is not None:
+            raise click.UsageError("--device is for --checkpoint; --onnx runs onnxruntime on the CPU.")
+        from model.export.runtime import OnnxCaptioner
+
+        return OnnxCaptioner.load(onnx_dir, threads=threads)
+    if threads is not None:
+        raise click.UsageError("--threads is for --onnx.")
+    from model.infer.captioner import Captioner
+
+    return Captioner.load(ckpt, device or "cpu")
 
 
 @click.command()
