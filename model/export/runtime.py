@@ -20,7 +20,7 @@ import numpy as np
 from model.export import numpy_search
 from model.nets.hyps import caption_result
 from model.runs.checkpoint_config import fit_mode
-from pipeline.errors import CapgenError, first_line
+from pipeline.errors import CapgenError, first_line, read_bytes
 from pipeline.imaging.pixels import model_input
 from pipeline.text import Vocabulary
 
@@ -40,13 +40,12 @@ def read_config(model_dir):
     path = os.path.join(os.fspath(model_dir), CONFIG)
     if not os.path.isdir(model_dir):
         raise CapgenError(f"{model_dir}: no such folder (make one with capgen export)")
+    if not os.path.isfile(path):
+        raise CapgenError(f"{path}: not found: {model_dir} is not a capgen export folder")
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise CapgenError(f"{path}: not found: {model_dir} is not a capgen export folder") from None
-    except (OSError, ValueError) as err:
-        raise CapgenError(f"{path}: cannot read ({first_line(err)})") from None
+        config = json.loads(read_bytes(path))
+    except ValueError as err:  # JSON or UTF-8
+        raise CapgenError(f"{path}: not JSON ({first_line(err)})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CapgenError(f"{path}: not a capgen export (format is not {FORMAT!r})")
     if config.get("version") != VERSION:

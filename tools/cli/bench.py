@@ -3,6 +3,7 @@
 import click
 
 from pipeline.errors import CapgenError
+from tools.cli.caption import CHECKPOINT
 
 
 @click.group()
@@ -63,9 +64,7 @@ def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url,
 
 
 @bench.command("caption")
-@click.option(
-    "--checkpoint", "checkpoint", required=True, type=click.Path(file_okay=False), help="Checkpoint folder (a run)."
-)
+@CHECKPOINT
 @click.option(
     "--onnx",
     "onnx_dir",
@@ -79,7 +78,7 @@ def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url,
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Passes over the images.")
 @click.option("--quick", is_flag=True, help="Smoke test: 16 images, 1 round; not figures.")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: the figures as one JSON object.")
-def bench_caption_cmd(checkpoint, onnx_dir, n_images, beam, threads, rounds, quick, as_json):
+def bench_caption_cmd(ckpt, onnx_dir, n_images, beam, threads, rounds, quick, as_json):
     """Captions/s and latency of torch vs onnxruntime at batch 1 and 16, the same images and beam."""
     import json
 
@@ -87,7 +86,7 @@ def bench_caption_cmd(checkpoint, onnx_dir, n_images, beam, threads, rounds, qui
 
     if quick:
         n_images, rounds = 16, 1
-    r = run(checkpoint, n_images, beam, threads, rounds, onnx_dir=onnx_dir, echo=click.echo)
+    r = run(ckpt, n_images, beam, threads, rounds, onnx_dir=onnx_dir, echo=click.echo)
     if as_json:
         click.echo(json.dumps(r))
 

@@ -7,6 +7,14 @@ import click
 from pipeline.errors import CapgenError
 from tools.serve.batcher import MAX_BATCH, WINDOW_S
 
+CHECKPOINT = click.option(
+    "--checkpoint",
+    "ckpt",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Checkpoint folder, or a run folder (its best).",
+)
+
 
 def _finite(param, value):
     """click's FloatRange lets nan through (every comparison with nan is false)."""
@@ -83,13 +91,7 @@ def serve(
 
 
 @click.command("eval")
-@click.option(
-    "--checkpoint",
-    "ckpt",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Checkpoint folder, or a run folder (its best).",
-)
+@CHECKPOINT
 @click.option("--data", required=True, help="Shard set folder or feature cache .h5.")
 @click.option(
     "--out", type=click.Path(dir_okay=False), help="COCO results json to write [required but with --retrieval]."
@@ -179,13 +181,7 @@ def eval_(
 
 
 @click.command()
-@click.option(
-    "--checkpoint",
-    "ckpt",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Checkpoint folder, or a run folder (its best).",
-)
+@CHECKPOINT
 @click.option("--data", required=True, help="Feature cache .h5 of the checkpoint's encoder, or a shard set folder.")
 @click.option("--top", type=int, default=10, show_default=True, help="Images per query.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query per line.")

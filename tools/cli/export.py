@@ -3,16 +3,11 @@
 import click
 
 from model.export.runtime import DEFAULT_OPSET
+from tools.cli.caption import CHECKPOINT
 
 
 @click.command("export")
-@click.option(
-    "--checkpoint",
-    "ckpt",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Checkpoint folder, or a run folder (its best).",
-)
+@CHECKPOINT
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write (replaced whole).")
 @click.option("--opset", type=click.IntRange(min=9), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: the check report as one JSON object.")
