@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -181,3 +182,27 @@ def test_bad_inputs_are_one_line(exported, tmp_path, held_out, capsys, monkeypat
     code, _, err = invoke(["caption", "--onnx", str(broken), held_out[0]])
     assert code == 1 and err.startswith(f"capgen: error: {broken / 'decoder_step.onnx'}: cannot load (")
     assert len(err.splitlines()) == 1
+
+
+def test_serve_onnx_answers_as_the_checkpoint_does(exported, held_out, capsys, monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette prefers httpx2; httpx is what we have
+        from fastapi.testclient import TestClient
+
+    from tools.serve.app import create_app
+
+    runtime = OnnxCaptioner.load(exported["dir"], threads=1)
+    with TestClient(create_app(runtime, beam=3, topk=2)) as client:
+        with open(held_out[1], "rb") as f:
+            reply = client.post("/api/caption", files={"image": ("a.jpg", f.read(), "image/jpeg")})
+        assert reply.status_code == 200, reply.text
+        bad = client.post("/api/caption", files={"image": ("b.jpg", b"not an image", "image/jpeg")})
+        assert bad.status_code == 415
+    got = reply.json()
+    want = Captioner.load(exported["checkpoint"]).caption([Image.open(held_out[1])], beam=3, topk=2)[0]
+    assert captions([got]) == captions([want]) and got["grid"] == want["grid"]
+    assert_scores_close([got], [want])
+    code, _, err = capgen(["serve", "--onnx", exported["dir"], "--index", "x"], capsys, monkeypatch)
+    assert code == 2 and "--index scores with the torch decoder: give --checkpoint." in err
+    code, _, err = capgen(["serve"], capsys, monkeypatch)
+    assert code == 2 and "Give one of --checkpoint (torch) or --onnx" in err

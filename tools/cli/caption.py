@@ -23,8 +23,18 @@ def _finite(param, value):
     return value
 
 
+ONNX = click.option(
+    "--onnx",
+    "onnx_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A `capgen export` folder: run it with onnxruntime instead [this or --checkpoint].",
+)
+
+
 @click.command()
-@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder (a run).")
+@click.option("--checkpoint", "checkpoint", type=click.Path(), default=None, help="Checkpoint folder (a run).")
+@ONNX
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the page.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option(
@@ -48,7 +58,7 @@ def _finite(param, value):
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="Torch threads for the model (default: torch's, one per core).",
+    help="Threads for the model, torch's or onnxruntime's (default: one per core).",
 )
 @click.option("--log-level", type=click.Choice(["info", "warning", "error"]), default="info", show_default=True)
 @click.option(
@@ -69,13 +79,30 @@ def _finite(param, value):
     "--index", default=None, help="Feature cache .h5 or shard set: adds a search box over its images (text to image)."
 )
 def serve(
-    checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level, batch_window_ms, max_batch, index
+    checkpoint,
+    onnx_dir,
+    host,
+    port,
+    max_upload_mb,
+    max_pixels,
+    beam,
+    topk,
+    threads,
+    log_level,
+    batch_window_ms,
+    max_batch,
+    index,
 ):
     """Web page and JSON API: upload an image, get captions and each word's attention."""
     from tools.serve.app import serve as run_server
 
+    if (checkpoint is None) == (onnx_dir is None):
+        raise click.UsageError("Give one of --checkpoint (torch) or --onnx (an exported folder).")
+    if index and onnx_dir:
+        raise click.UsageError("--index scores with the torch decoder: give --checkpoint.")
     run_server(
         checkpoint,
+        onnx_dir=onnx_dir,
         host=host,
         port=port,
         beam=beam,
@@ -259,13 +286,7 @@ def score(results, annotations, as_json):
     default=None,
     help="Checkpoint folder, or a run folder (its best) [this or --onnx].",
 )
-@click.option(
-    "--onnx",
-    "onnx_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="A `capgen export` folder: caption with onnxruntime, without torch [this or --checkpoint].",
-)
+@ONNX
 @click.argument("images", nargs=-1, required=True)
 @click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option(
