@@ -137,6 +137,35 @@ def test_caption_cli_onnx_prints_what_the_checkpoint_does(exported, held_out, tm
     assert Image.open(tmp_path / "a.png").format == "PNG"
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_numpy_search_is_search_py():
+    """The same decoder step under both searches: the same tokens, scores, attention and ranking."""
+    from model.export import numpy_search
+    from model.nets.decoder import Decoder
+    from model.nets.search import beam_search
+
+    torch.manual_seed(0)
+    decoder = Decoder(12, 8, 8, 8, 8, dropout=0.0).eval()
+    features = torch.randn(5, 4, 8) * 3
+    ctx = decoder.prepare(features)
+
+    def step(prev, h, c):
+        with torch.inference_mode():
+            out = decoder.step(ctx, torch.from_numpy(prev), torch.from_numpy(h), torch.from_numpy(c))
+        return [t.numpy().copy() for t in out]
+
+    h0, c0 = ctx.h.detach().numpy(), ctx.c.detach().numpy()
+    tokens, alphas = numpy_search.greedy(step, h0, c0, max_len=6)
+    want_tokens, want_alphas = greedy(decoder, features, max_len=6)
+    assert np.array_equal(tokens, want_tokens.numpy()) and np.array_equal(alphas, want_alphas.numpy())
+    for beam, topk, norm in ((1, 1, False), (3, 2, False), (4, 4, True)):
+        got = numpy_search.beam_search(step, h0, c0, beam, max_len=6, topk=topk, length_norm=norm)
+        want = beam_search(decoder, features, beam, max_len=6, topk=topk, length_norm=norm)
+        for a, b in zip(got, want):
+            assert [(h.tokens, h.score) for h in a] == [(h.tokens, h.score) for h in b]
+            assert all(np.array_equal(x.alphas, y.alphas) for x, y in zip(a, b))
+
+
 def test_runtime_runs_without_torch(exported, held_out):
     """A process where torch, torchvision, simplejpeg and click cannot be imported captions an image."""
     code = (

@@ -44,7 +44,7 @@ def greedy(step, h0, c0, max_len=MAX_LEN):
     return np.concatenate(tokens, axis=1), np.concatenate(alphas, axis=1)
 
 
-def topk(values, k):
+def top(values, k):
     """values [B, N] -> (indices, values) [B, k] of each row's k largest, largest first
     (equal values: the lower index first)."""
     part = np.argpartition(-values, k - 1, axis=1)[:, :k] if k < values.shape[1] else np.argsort(-values, axis=1)
@@ -53,8 +53,8 @@ def topk(values, k):
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_values, order, axis=1)
 
 
-def beam_search(step, h0, c0, beam=3, max_len=MAX_LEN, topk_out=None, length_norm=False):
-    """h0, c0 [B,H] -> for each image its best `topk_out` (default: all `beam`) Hyps
+def beam_search(step, h0, c0, beam=3, max_len=MAX_LEN, topk=None, length_norm=False):
+    """h0, c0 [B,H] -> for each image its best `topk` (default: all `beam`) Hyps
     (model/nets/hyps.py), best first; ranked by the sum of log-probs, or per token with length_norm."""
     B, k = h0.shape[0], beam
     h = np.repeat(h0[:, None], k, axis=1)
@@ -70,7 +70,7 @@ def beam_search(step, h0, c0, beam=3, max_len=MAX_LEN, topk_out=None, length_nor
         V = logp.shape[2]
         logp[done] = -np.inf  # an ended beam continues only with <pad>, at no cost
         logp[done, PAD] = 0.0
-        idx, scores = topk((scores[..., None] + logp).reshape(B, k * V), k)
+        idx, scores = top((scores[..., None] + logp).reshape(B, k * V), k)
         parent, tok = idx // V, idx % V
         h = np.take_along_axis(h, parent[..., None], axis=1)
         c = np.take_along_axis(c, parent[..., None], axis=1)
@@ -81,7 +81,7 @@ def beam_search(step, h0, c0, beam=3, max_len=MAX_LEN, topk_out=None, length_nor
         if done.all():
             break
     tokens, alphas = _backtrack(hist)
-    return ranked(tokens, scores, alphas, topk_out or k, length_norm)
+    return ranked(tokens, scores, alphas, topk or k, length_norm)
 
 
 def _backtrack(hist):
