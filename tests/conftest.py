@@ -110,3 +110,33 @@ def train_val(tiny_shards, tmp_path_factory):
             )
         out[name + "_h5"] = str(root / f"{name}.h5")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_checkpoint(train_val, tmp_path_factory):
+    """A 16-d decoder trained 15 epochs on train_val's feature caches (a frozen random-init
+    resnet18 to layer3 at 32 px, rebuilt from the config on load), whose captions differ from
+    image to image: its RUN/last folder, made once per session. Tests read it and write elsewhere."""
+    from model.train.args import TrainArgs
+    from model.train.loop import train
+
+    out = str(tmp_path_factory.mktemp("tiny_trained") / "run")
+    args = TrainArgs(
+        train=train_val["train_h5"],
+        val=train_val["val_h5"],
+        out=out,
+        epochs=15,
+        batch_size=4,
+        decoder_lr=1e-2,
+        embed_dim=16,
+        attention_dim=16,
+        hidden_dim=16,
+        dropout=0.1,
+        val_images=1,
+        workers=0,
+        log_every=100,
+        progress=False,
+        seed=3,
+    )
+    train(args)
+    return os.path.join(out, "last")

@@ -36,3 +36,20 @@ def test_bench_loaders_json(tiny_shards):
     assert head.startswith("loaders on CPU")
     assert all(r[k] > 0 for k in ("dali", "torchvision", "cpu"))
     assert r["batch_size"] == 16 and r["image_size"] == 32 and r["quick"] is True
+
+
+def test_bench_caption_json(tiny_trained_checkpoint):
+    head, r = last_line_json(
+        ["bench", "caption", "--checkpoint", tiny_trained_checkpoint, "--quick", "--threads", "1", "--json"]
+    )
+    assert "max abs difference onnxruntime vs torch" in head and "bench caption: 16 640x480 images -> 32 px" in head
+    assert list(r) == ["threads", "beam", "images", "rounds", "batches"]
+    assert (r["threads"], r["beam"], r["images"], r["rounds"]) == (1, 3, 16, 1)
+    assert [b["batch"] for b in r["batches"]] == [1, 16]
+    for b in r["batches"]:
+        assert list(b) == ["batch", "torch", "onnxruntime", "ratio", "same_captions"]
+        for name in ("torch", "onnxruntime"):
+            assert list(b[name]) == ["images_per_s", "p50_ms", "p95_ms"] and b[name]["images_per_s"] > 0
+            assert 0 < b[name]["p50_ms"] <= b[name]["p95_ms"]
+        assert b["ratio"] == pytest.approx(b["onnxruntime"]["images_per_s"] / b["torch"]["images_per_s"])
+        assert b["same_captions"] == 16

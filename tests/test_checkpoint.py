@@ -19,7 +19,7 @@ from model.nets.search import beam_search
 from model.runs import checkpoint
 from model.runs.checkpoint_config import model_config, model_state
 from pipeline.errors import CapgenError
-from pipeline.imaging import convert as imaging
+from pipeline.imaging import pixels
 from pipeline.text import Vocabulary
 
 CAPTIONS = ["a red circle left of a blue square", "a green triangle above a red circle", "two blue squares"]
@@ -212,7 +212,7 @@ def test_resize_modes_are_the_shard_builders():
     mean, std = [0.0] * 3, [1.0] * 3
     for alias, mode in (("squash", "stretch"), ("crop", "center-crop"), ("pad", "pad")):
         x = preprocess(img, 16, alias, mean, std)
-        expected = imaging.fit(np.asarray(img), 16, mode)
+        expected = pixels.fit(np.asarray(img), 16, mode)
         torch.testing.assert_close(x, torch.from_numpy(expected).permute(2, 0, 1).float() / 255)
     with pytest.raises(ValueError, match="unknown resize mode 'zoom'"):
         preprocess(img, 16, "zoom", mean, std)

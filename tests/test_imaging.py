@@ -9,6 +9,7 @@ from PIL import Image, ImageOps
 
 from pipeline.imaging import convert as imaging
 from pipeline.imaging import decode as imaging_decode
+from pipeline.imaging import pixels
 
 
 def photo(w=640, h=480, seed=0):
@@ -93,7 +94,7 @@ def test_large_jpeg_decodes_scaled_but_never_below_target():
 
 def test_resize_close_to_pil_bicubic():
     a = np.asarray(photo())
-    ours = imaging.resize(a, 256, 256).astype(int)
+    ours = pixels.resize(a, 256, 256).astype(int)
     pil = np.asarray(Image.fromarray(a).resize((256, 256), Image.BICUBIC)).astype(int)
     assert np.abs(ours - pil).max() <= 2
 

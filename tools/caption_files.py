@@ -5,7 +5,6 @@ import json
 from PIL import Image
 from tqdm import tqdm
 
-from model.infer.captioner import Captioner
 from pipeline.errors import first_line
 
 
@@ -24,23 +23,22 @@ def read_image(path):
 
 
 def caption_files(
-    ckpt,
+    captioner,
     paths,
     beam=3,
     topk=3,
     as_json=False,
-    device=None,
     out=print,
     err=print,
     chunk=16,
     on_result=None,
     progress=False,
 ):
-    """Caption image files in order; unreadable ones are reported via err. Returns the failures.
+    """Caption image files in order with `captioner` (a Captioner, or model/export/runtime.py's
+    OnnxCaptioner); unreadable ones are reported via err. Returns the failures.
 
     on_result(path, image, result), if given, sees each Captioner result (e.g. to draw attention).
     progress: a tqdm bar on stderr for more than one chunk of files, when stderr is a terminal."""
-    captioner = Captioner.load(ckpt, device or "cpu")
     bar = tqdm(
         total=len(paths),
         unit="img",

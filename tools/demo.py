@@ -26,6 +26,7 @@ import torch
 
 from model.eval.evaluate import evaluate
 from model.infer.attention_figure import figure_writer
+from model.infer.captioner import Captioner
 from model.infer.extract import extract
 from model.train.args import TrainArgs
 from model.train.loop import train
@@ -268,15 +269,15 @@ def stage_caption(d):
     """Captions of two held-out images and the attention figure of the first."""
     held_out = [r.path for r in d.source["val2014"].records if os.path.isfile(r.path)][:2]
     d.figure = d.path("attention.png")
-    draw = figure_writer(d.best, d.figure, held_out[:1], lambda msg: None)
+    captioner = Captioner.load(d.best)
+    draw = figure_writer(captioner.image["resize_mode"], d.figure, held_out[:1], lambda msg: None)
     lines = []
     caption_files(
-        d.best,
+        captioner,
         held_out,
         d.cfg["beam"],
         1,
         False,
-        None,
         lines.append,
         d.echo,
         on_result=lambda path, image, r: draw(path, image, r) if path == held_out[0] else None,

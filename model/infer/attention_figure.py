@@ -12,7 +12,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageFilter, ImageOps
 
-from model.runs import checkpoint
 from model.runs.checkpoint_config import fit_mode
 from pipeline.atomic import atomic_write
 
@@ -116,10 +115,9 @@ def figure_paths(out, image_paths):
     return paths
 
 
-def figure_writer(ckpt, out, image_paths, echo=print):
-    """A callback (path, image, result) for `capgen caption`: writes each image's figure, in order."""
-    config, _ = checkpoint.read_config(ckpt)
-    resize_mode = config["image"]["resize_mode"]
+def figure_writer(resize_mode, out, image_paths, echo=print):
+    """A callback (path, image, result) for `capgen caption`: writes each image's figure, in order;
+    resize_mode: the captioner's (`.image["resize_mode"]`)."""
     pending = defaultdict(deque)
     for path, fig_path in zip(image_paths, figure_paths(out, image_paths)):
         pending[path].append(fig_path)

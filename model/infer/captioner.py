@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from model.nets.decoder import Decoder
 from model.nets.encoder import build_encoder
+from model.nets.hyps import caption_result
 from model.nets.search import beam_search
 from model.runs import checkpoint
 from model.runs.checkpoint_config import fit_mode, split_state
 from pipeline.errors import CapgenError, first_line
-from pipeline.imaging import convert as imaging
-from pipeline.imaging import decode as imaging_decode
+from pipeline.imaging.pixels import model_input
 
 
 def _build(config, state):
@@ -47,11 +46,9 @@ def _build(config, state):
 
 
 def preprocess(img, size, resize_mode, mean, std):
-    """PIL image -> normalised float tensor [3, size, size], resized as the shard builder does."""
-    pixels = np.asarray(imaging_decode.to_rgb(ImageOps.exif_transpose(img)))
-    pixels = imaging.fit(pixels, size, fit_mode(resize_mode))
-    x = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    """PIL image -> normalised float tensor [3, size, size], resized as the shard builder does
+    (pipeline/imaging/pixels.py's model_input, which the ONNX runtime uses too)."""
+    return torch.from_numpy(model_input(img, size, fit_mode(resize_mode), mean, std))
 
 
 class Captioner:
@@ -116,17 +113,7 @@ class Captioner:
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.encoder(x)
-        out = []
-        for hyps in beam_search(
+        hyps = beam_search(
             self.decoder, features, beam=beam, max_len=self.vocab.max_len, topk=topk, length_norm=length_norm
-        ):
-            words = self.vocab.words(hyps[0].tokens)
-            out.append(
-                {
-                    "captions": [{"text": self.vocab.decode(h.tokens), "score": h.score} for h in hyps],
-                    "words": words,
-                    "attention": hyps[0].alphas[: len(words)].tolist(),
-                    "grid": self.grid,
-                }
-            )
-        return out
+        )
+        return [caption_result(self.vocab, h, self.grid) for h in hyps]

@@ -6,19 +6,10 @@ image, so each image's result is the same alone or in any batch. <pad> and
 with <end> (its log-prob counted), as training captions were cut.
 """
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 
+from model.nets.hyps import ranked
 from pipeline.text import END, MAX_LEN, PAD, START
-
-
-@dataclass
-class Hyp:
-    tokens: list  # word ids then <end>; no <start>, no <pad>
-    score: float  # sum of the log-probs of tokens (not length-normalised)
-    alphas: np.ndarray  # [len(tokens), P] attention for each token
 
 
 def _mask(logp, last):
@@ -74,7 +65,7 @@ def greedy(decoder, features, max_len=MAX_LEN):
 
 @torch.inference_mode()
 def beam_search(decoder, features, beam=3, max_len=MAX_LEN, topk=None, length_norm=False):
-    """features [B,P,C] -> for each image, its best `topk` (default: all `beam`) Hyps, best first.
+    """features [B,P,C] -> for each image, its best `topk` (default: all `beam`) Hyps (model/nets/hyps.py), best first.
 
     A beam that emits <end> stays in the beam with its score frozen and competes
     with the open ones until every beam of every image has ended. Hyp.score is the
@@ -110,7 +101,7 @@ def beam_search(decoder, features, beam=3, max_len=MAX_LEN, topk=None, length_no
             if bool(done.all()):
                 break
         tokens, alphas = _backtrack(hist)
-        return _hyps(tokens.cpu().numpy(), scores.cpu().numpy(), alphas.cpu().numpy(), topk or k, length_norm)
+        return ranked(tokens.cpu().numpy(), scores.cpu().numpy(), alphas.cpu().numpy(), topk or k, length_norm)
 
 
 def sample(decoder, features, k, max_len=MAX_LEN, generator=None):
@@ -151,16 +142,3 @@ def _backtrack(hist):
         alphas.append(alpha.gather(1, beam[..., None].expand(-1, -1, alpha.shape[2])))
         beam = parent.gather(1, beam)
     return torch.stack(tokens[::-1], dim=2), torch.stack(alphas[::-1], dim=2)
-
-
-def _hyps(tokens, scores, alphas, topk, length_norm):
-    out = []
-    for b in range(tokens.shape[0]):
-        hyps = []
-        for j in range(tokens.shape[1]):
-            n = int((tokens[b, j] != PAD).sum())
-            hyps.append(Hyp(tokens[b, j, :n].tolist(), float(scores[b, j]), alphas[b, j, :n]))
-        if length_norm:
-            hyps.sort(key=lambda hyp: -hyp.score / len(hyp.tokens))
-        out.append(hyps[:topk])
-    return out

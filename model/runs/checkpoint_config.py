@@ -8,19 +8,19 @@ state (`model_state`): "encoder.*" and "decoder.*" weights; a checkpoint trained
 cached features may leave the encoder out (it is then rebuilt from its config weights).
 """
 
-from pipeline.imaging import convert as imaging
+from pipeline.imaging import pixels
 from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 # A config names its resize mode as the shard builder does; squash and crop are older names.
 RESIZE_ALIASES = {"squash": "stretch", "crop": "center-crop"}
-RESIZE_MODES = (*RESIZE_ALIASES, *imaging.RESIZE_MODES)
+RESIZE_MODES = (*RESIZE_ALIASES, *pixels.RESIZE_MODES)
 PARTS = ("encoder", "decoder")
 
 
 def fit_mode(name):
     """A config's resize mode as pipeline/imaging/decode.py (the shard builder) names it."""
     mode = RESIZE_ALIASES.get(name, name)
-    if mode not in imaging.RESIZE_MODES:
+    if mode not in pixels.RESIZE_MODES:
         raise ValueError(f"unknown resize mode {name!r} (expected one of {', '.join(RESIZE_MODES)})")
     return mode
 

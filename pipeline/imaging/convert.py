@@ -13,10 +13,9 @@ the candidates).
 import numpy as np
 import simplejpeg
 
-from pipeline.imaging import resample
 from pipeline.imaging.decode import decode
+from pipeline.imaging.pixels import fit
 
-RESIZE_MODES = ("stretch", "center-crop", "pad")
 QUALITY = 90
 
 
@@ -40,30 +39,3 @@ def versions():
         "pillow": PIL.__version__,
         "numpy": np.__version__,
     }
-
-
-def fit(pixels, size, mode="stretch"):
-    """uint8 [H, W, 3] -> uint8 [size, size, 3]: stretch, center-crop or pad (black)."""
-    h, w = pixels.shape[:2]
-    if mode == "stretch":
-        return resize(pixels, size, size)
-    if mode == "center-crop":
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        return resize(pixels[top : top + side, left : left + side], size, size)
-    if mode == "pad":
-        scale = size / max(h, w)
-        nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
-        out = np.zeros((size, size, 3), dtype=np.uint8)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        out[top : top + nh, left : left + nw] = resize(pixels, nh, nw)
-        return out
-    raise ValueError(f"resize mode {mode!r} not in {RESIZE_MODES}")
-
-
-def resize(pixels, height, width):
-    """uint8 [H, W, 3] -> uint8 [height, width, 3]: PIL's antialiased bicubic in PIL's
-    arithmetic (pipeline.resample); a shape already right comes back unchanged (made contiguous)."""
-    if pixels.shape[:2] == (height, width):
-        return np.ascontiguousarray(pixels)
-    return resample.resize(pixels, height, width)

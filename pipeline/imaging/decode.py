@@ -16,6 +16,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
 
+from pipeline.imaging.pixels import to_rgb
+
 MAX_PIXELS = 100_000_000  # larger sources are skipped ("too_large"), not decoded
 
 
@@ -112,20 +114,6 @@ def _pil_error(err):
         return BadImage("too_large", str(err))
     reason = "truncated" if "truncat" in str(err).lower() else "corrupt"
     return BadImage(reason, f"{type(err).__name__}: {err}")
-
-
-def to_rgb(im):
-    """Any PIL mode -> RGB. Transparent pixels are composited over white (their
-    colour under alpha 0 is often black or garbage); 16-bit data keeps its top byte."""
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        im = Image.fromarray((np.asarray(im).clip(0, 65535) >> 8).astype(np.uint8))
-    elif im.mode == "F":
-        im = Image.fromarray(np.asarray(im).clip(0, 255).astype(np.uint8))
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
-        im = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, im)
-    return im.convert("RGB") if im.mode != "RGB" else im
 
 
 # ---------------------------------------------------------------- EXIF

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from pipeline.imaging import decode as imaging_decode
 
 from pipeline.imaging import convert as imaging
+from pipeline.imaging import pixels
 
 from pipeline.shards import wds_index
 from pipeline.atomic import atomic_write, discard
@@ -262,7 +263,7 @@ def _as_dict(r):
 def _check(out, opts, num_jobs, job_index):
     if not 0 <= job_index < num_jobs:
         raise CapgenError(f"{out}: --job-index must be in [0, {num_jobs}), got {job_index}")
-    if opts.resize_mode not in imaging.RESIZE_MODES:
+    if opts.resize_mode not in pixels.RESIZE_MODES:
         raise CapgenError(f"{out}: unknown resize mode {opts.resize_mode!r}")
     if opts.image_size < 8 or opts.shard_size < 1 or not 1 <= opts.quality <= 100:
         raise CapgenError(f"{out}: need image size >= 8, shard size >= 1, quality in 1..100")

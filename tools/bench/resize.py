@@ -73,9 +73,9 @@ def _vips_reduce(data, size):
 
 
 def _imaging(data, size):
-    from pipeline.imaging import convert as imaging
+    from pipeline.imaging import pixels
 
-    return imaging.resize(_decode(data), size, size)
+    return pixels.resize(_decode(data), size, size)
 
 
 METHODS = {  # name -> (fn, decodes with simplejpeg, module it needs)
@@ -90,7 +90,7 @@ METHODS = {  # name -> (fn, decodes with simplejpeg, module it needs)
     "libvips thumbnail (shrink-on-load)": (_vips_thumbnail, False, "pyvips"),
     "libvips resize (cubic)": (_vips_resize, True, "pyvips"),
     "libvips reducev + reduceh (cubic, before)": (_vips_reduce, True, "pyvips"),
-    "pipeline.imaging.convert.resize (PIL-exact C, now)": (_imaging, True, None),
+    "pipeline.imaging.pixels.resize (PIL-exact C, now)": (_imaging, True, None),
 }
 
 

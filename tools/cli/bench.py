@@ -3,6 +3,7 @@
 import click
 
 from pipeline.errors import CapgenError
+from tools.cli.caption import CHECKPOINT
 
 
 @click.group()
@@ -60,6 +61,34 @@ def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url,
         click.echo(json.dumps({k: r[k] for k in ("baseline_rps", "rps", "ratio", "p50_ms", "p95_ms", "errors")}))
     if r["errors"]:
         raise CapgenError(f"bench serve: {r['errors']} of {r['requests']} requests failed")
+
+
+@bench.command("caption")
+@CHECKPOINT
+@click.option(
+    "--onnx",
+    "onnx_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Its `capgen export` folder [default: exported here, into a temp folder].",
+)
+@click.option("--images", "n_images", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="For torch and onnxruntime.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Passes over the images.")
+@click.option("--quick", is_flag=True, help="Smoke test: 16 images, 1 round; not figures.")
+@click.option("--json", "as_json", is_flag=True, help="Last stdout line: the figures as one JSON object.")
+def bench_caption_cmd(ckpt, onnx_dir, n_images, beam, threads, rounds, quick, as_json):
+    """Captions/s and latency of torch vs onnxruntime at batch 1 and 16, the same images and beam."""
+    import json
+
+    from tools.bench.caption import run
+
+    if quick:
+        n_images, rounds = 16, 1
+    r = run(ckpt, n_images, beam, threads, rounds, onnx_dir=onnx_dir, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps(r))
 
 
 @bench.command("search")

@@ -7,6 +7,14 @@ import click
 from pipeline.errors import CapgenError
 from tools.serve.batcher import MAX_BATCH, WINDOW_S
 
+CHECKPOINT = click.option(
+    "--checkpoint",
+    "ckpt",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Checkpoint folder, or a run folder (its best).",
+)
+
 
 def _finite(param, value):
     """click's FloatRange lets nan through (every comparison with nan is false)."""
@@ -15,8 +23,18 @@ def _finite(param, value):
     return value
 
 
+ONNX = click.option(
+    "--onnx",
+    "onnx_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A `capgen export` folder: run it with onnxruntime instead [this or --checkpoint].",
+)
+
+
 @click.command()
-@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder (a run).")
+@click.option("--checkpoint", "checkpoint", type=click.Path(), default=None, help="Checkpoint folder (a run).")
+@ONNX
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the page.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option(
@@ -40,7 +58,7 @@ def _finite(param, value):
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="Torch threads for the model (default: torch's, one per core).",
+    help="Threads for the model, torch's or onnxruntime's (default: one per core).",
 )
 @click.option("--log-level", type=click.Choice(["info", "warning", "error"]), default="info", show_default=True)
 @click.option(
@@ -61,13 +79,30 @@ def _finite(param, value):
     "--index", default=None, help="Feature cache .h5 or shard set: adds a search box over its images (text to image)."
 )
 def serve(
-    checkpoint, host, port, max_upload_mb, max_pixels, beam, topk, threads, log_level, batch_window_ms, max_batch, index
+    checkpoint,
+    onnx_dir,
+    host,
+    port,
+    max_upload_mb,
+    max_pixels,
+    beam,
+    topk,
+    threads,
+    log_level,
+    batch_window_ms,
+    max_batch,
+    index,
 ):
     """Web page and JSON API: upload an image, get captions and each word's attention."""
     from tools.serve.app import serve as run_server
 
+    if (checkpoint is None) == (onnx_dir is None):
+        raise click.UsageError("Give one of --checkpoint (torch) or --onnx (an exported folder).")
+    if index and onnx_dir:
+        raise click.UsageError("--index scores with the torch decoder: give --checkpoint.")
     run_server(
         checkpoint,
+        onnx_dir=onnx_dir,
         host=host,
         port=port,
         beam=beam,
@@ -83,13 +118,7 @@ def serve(
 
 
 @click.command("eval")
-@click.option(
-    "--checkpoint",
-    "ckpt",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Checkpoint folder, or a run folder (its best).",
-)
+@CHECKPOINT
 @click.option("--data", required=True, help="Shard set folder or feature cache .h5.")
 @click.option(
     "--out", type=click.Path(dir_okay=False), help="COCO results json to write [required but with --retrieval]."
@@ -179,13 +208,7 @@ def eval_(
 
 
 @click.command()
-@click.option(
-    "--checkpoint",
-    "ckpt",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Checkpoint folder, or a run folder (its best).",
-)
+@CHECKPOINT
 @click.option("--data", required=True, help="Feature cache .h5 of the checkpoint's encoder, or a shard set folder.")
 @click.option("--top", type=int, default=10, show_default=True, help="Images per query.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query per line.")
@@ -259,10 +282,11 @@ def score(results, annotations, as_json):
 @click.option(
     "--checkpoint",
     "ckpt",
-    required=True,
     type=click.Path(file_okay=False),
-    help="Checkpoint folder, or a run folder (its best).",
+    default=None,
+    help="Checkpoint folder, or a run folder (its best) [this or --onnx].",
 )
+@ONNX
 @click.argument("images", nargs=-1, required=True)
 @click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option(
@@ -281,25 +305,33 @@ def score(results, annotations, as_json):
     default=None,
     help="Write the attention figure to this PNG; for several images OUT-<stem>.png each.",
 )
-@click.option("--device", default=None)
+@click.option("--device", default=None, help="With --checkpoint: cpu, cuda or cuda:N [default: cpu].")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --onnx: onnxruntime's threads [default: one per core].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar (shown for more than 16 files).")
-def caption(ckpt, images, beam, topk, as_json, attention_out, device, quiet):
+def caption(ckpt, onnx_dir, images, beam, topk, as_json, attention_out, device, threads, quiet):
     """Caption image files (any size or mode); unreadable ones fail at the end."""
     from tools.caption_files import caption_files
 
+    captioner = _captioner(ckpt, onnx_dir, device, threads)
     on_result = None
     if attention_out:
         from model.infer.attention_figure import figure_writer
 
         # Figure notes go to stderr so that --json keeps stdout one object per line.
-        on_result = figure_writer(ckpt, attention_out, images, lambda msg: click.echo(msg, err=True))
+        on_result = figure_writer(
+            captioner.image["resize_mode"], attention_out, images, lambda msg: click.echo(msg, err=True)
+        )
     failed = caption_files(
-        ckpt,
+        captioner,
         images,
         beam,
         topk,
         as_json,
-        device,
         click.echo,
         lambda msg: click.echo(f"capgen: error: {msg}", err=True),
         on_result=on_result,
@@ -307,6 +339,23 @@ def caption(ckpt, images, beam, topk, as_json, attention_out, device, quiet):
     )
     if failed:
         sys.exit(1)
+
+
+def _captioner(ckpt, onnx_dir, device, threads):
+    """The torch Captioner of --checkpoint, or the onnxruntime one of --onnx (torch is then never imported)."""
+    if (ckpt is None) == (onnx_dir is None):
+        raise click.UsageError("Give one of --checkpoint (torch) or --onnx (an exported folder).")
+    if onnx_dir is not None:
+        if device is not None:
+            raise click.UsageError("--device is for --checkpoint; --onnx runs onnxruntime on the CPU.")
+        from model.export.runtime import OnnxCaptioner
+
+        return OnnxCaptioner.load(onnx_dir, threads=threads)
+    if threads is not None:
+        raise click.UsageError("--threads is for --onnx.")
+    from model.infer.captioner import Captioner
+
+    return Captioner.load(ckpt, device or "cpu")
 
 
 @click.command()

@@ -13,6 +13,7 @@ from pipeline.errors import CapgenError
 from tools.cli import bench as cli_bench
 from tools.cli import caption as cli_caption
 from tools.cli import data as cli_data
+from tools.cli import export as cli_export
 from tools.cli import train as cli_train
 
 
@@ -34,6 +35,7 @@ for command in (
     cli_caption.caption,
     cli_caption.serve,
     cli_caption.demo,
+    cli_export.export,
     cli_bench.bench,
 ):
     cli.add_command(command)

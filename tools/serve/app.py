@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Protocol
 
+import numpy as np
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from model.export.runtime import OnnxCaptioner
 from model.infer.attention_figure import attention_region
 from model.infer.captioner import Captioner
 from pipeline.errors import CapgenError
@@ -151,10 +153,12 @@ async def drain(request, limit):
 
 
 def _model_calls(captioner, beam, topk):
-    """(prepare(image) -> item, run(items) -> results): a real Captioner preprocesses in the request
-    thread and captions the stacked tensors; anything else with caption(images) gets the images."""
+    """(prepare(image) -> item, run(items) -> results): a real Captioner (or OnnxCaptioner) preprocesses
+    in the request thread and captions the stacked tensors; anything else with caption(images) gets the images."""
     if hasattr(captioner, "caption_tensors"):
         return captioner.preprocess, lambda xs: captioner.caption_tensors(torch.stack(xs), beam=beam, topk=topk)
+    if hasattr(captioner, "caption_arrays"):  # model/export/runtime.py's OnnxCaptioner
+        return captioner.preprocess, lambda xs: captioner.caption_arrays(np.stack(xs), beam=beam, topk=topk)
     return (lambda image: image), lambda images: captioner.caption(images, beam=beam, topk=topk)
 
 
@@ -310,6 +314,7 @@ def listening_socket(host, port):
 
 def serve(
     checkpoint,
+    onnx_dir=None,
     host="127.0.0.1",
     port=8000,
     beam=3,
@@ -322,9 +327,10 @@ def serve(
     max_batch=MAX_BATCH,
     index=None,
 ):
-    """Load the checkpoint once, warm it up, and serve until interrupted; `index`: a feature cache
-    or shard set for the search box (tools/serve/search_box.py)."""
-    if threads:
+    """Load the checkpoint (or the `capgen export` folder onnx_dir, run by onnxruntime) once, warm it
+    up, and serve until interrupted; `index`: a feature cache or shard set for the search box
+    (tools/serve/search_box.py; with a checkpoint)."""
+    if threads and not onnx_dir:
         torch.set_num_threads(threads)
     sock = listening_socket(host, port)
     handler = logging.StreamHandler()  # our lines (refusals, aborted uploads) as uvicorn writes its own
@@ -334,10 +340,10 @@ def serve(
     port = sock.getsockname()[1]  # the one given, or the free one chosen for port 0
 
     start = time.perf_counter()
-    captioner = Captioner.load(checkpoint)
+    captioner = OnnxCaptioner.load(onnx_dir, threads) if onnx_dir else Captioner.load(checkpoint)
     captioner.caption([Image.new("RGB", (64, 64), (127, 127, 127))], beam=beam, topk=topk)
     print(
-        f"capgen serve: loaded {checkpoint} in {time.perf_counter() - start:.1f}s; http://{host}:{port}/",
+        f"capgen serve: loaded {onnx_dir or checkpoint} in {time.perf_counter() - start:.1f}s; http://{host}:{port}/",
         file=sys.stderr,
         flush=True,
     )
@@ -347,7 +353,10 @@ def serve(
         topk=topk,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_pixels=max_pixels,
-        info={"checkpoint": os.path.basename(os.path.normpath(checkpoint))},
+        info={
+            "checkpoint": os.path.basename(os.path.normpath(onnx_dir or checkpoint)),
+            "runtime": "onnxruntime" if onnx_dir else "torch",
+        },
         batch_window_ms=batch_window_ms,
         max_batch=max_batch,
     )
