@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("nvidia.dali")
 
-from tools.bench.gpu import COCO_TRAIN_IMAGES  # noqa: E402
+from tools.bench.gpu.measure import COCO_TRAIN_IMAGES  # noqa: E402
 from tools.bench.timing import GpuBusy  # noqa: E402
 from tools.cli.main import cli  # noqa: E402
 
@@ -20,7 +20,7 @@ from tools.cli.main import cli  # noqa: E402
 @pytest.fixture(scope="module")
 def data(tiny_shards, tmp_path_factory):
     """24 synthetic images -> 32 px shards (3 of 8) -> resnet50 layer4 features (1x1 grid)."""
-    from tools.bench.gpu import extract_features
+    from tools.bench.gpu.measure import extract_features
 
     shard_set = tiny_shards(images=24, seed=5, width=64, height=48, image_size=32, shard_size=8, preset="seed")
     features = str(tmp_path_factory.mktemp("bench_gpu") / "f.h5")

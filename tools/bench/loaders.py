@@ -9,7 +9,7 @@
   processes, one per core).
 
 Every figure is batches after a warm-up, timed to the last byte on the device.
-`capgen bench gpu` (tools/bench/gpu.py) runs this too, beside the training side.
+`capgen bench gpu` (tools/bench/gpu/measure.py) runs this too, beside the training side.
 """
 
 import os

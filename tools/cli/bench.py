@@ -211,7 +211,7 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
     import json
 
     from pipeline.atomic import atomic_write
-    from tools.bench.gpu import report, run
+    from tools.bench.gpu.measure import report, run
 
     r = run(
         shard_dir,

@@ -1,5 +1,5 @@
 """`capgen bench gpu`'s training side: the trainer's step in its three modes on one device,
-fed by its loader and on one batch resident on the device (tools/bench/gpu.py runs it).
+fed by its loader and on one batch resident on the device (tools/bench/gpu/measure.py runs it).
 
 - features: frozen features from the HDF5 cache (FeatureBatches through make_loader,
   pinned memory, worker processes) -> decoder only;

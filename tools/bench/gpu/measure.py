@@ -7,7 +7,7 @@ and loader/training ratios:
   through make_loader, pinned memory, worker processes) -> decoder only;
 - frozen: DALI loader -> ResNet-50 (to layer4, channels_last, no grad) -> decoder;
 - finetune: the same with layers 3-4 trainable
-(the training side in tools/bench/gpu_train.py; this file: the set, the loaders, the run, its report).
+(the training side in tools/bench/gpu/train.py; this file: the set, the loaders, the run, its report).
 
 Encoder, decoder and optimizer are the trainer's, from TrainArgs' defaults (its
 learning rates, dropout, clipping; the decoder's output layer COCO-sized). The step
@@ -40,7 +40,7 @@ from pipeline.shards.shardset import read_manifest
 from pipeline.sources.coco import read_coco
 from pipeline.synth.generator import synthesize
 from tools.bench import loaders
-from tools.bench.gpu_train import COCO_TRAIN_IMAGES, COCO_VOCAB, bench_training, image_loader
+from tools.bench.gpu.train import COCO_TRAIN_IMAGES, COCO_VOCAB, bench_training, image_loader
 from tools.bench.timing import loader_only
 
 GOAL = 1.5  # loader images/s over what the training step consumes
