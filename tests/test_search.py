@@ -7,6 +7,7 @@ import torch
 from model.nets.decoder import Decoder
 from model.nets.search import beam_search, greedy
 from pipeline.text import END, PAD, START
+from tools.bench.padded_decoder import padded_forward
 
 V, C, P, MAX = 30, 16, 6, 7
 
@@ -28,7 +29,7 @@ def teacher_forced(dec, features, words):
     """Sum of log-probs and attention of `words` (ending in <end>) for one image."""
     tokens = torch.tensor([[[START] + words]])
     with torch.no_grad():
-        logits, alphas = dec.eval()(features[None], tokens)
+        logits, alphas = padded_forward(dec.eval(), features[None], tokens)
     logp = logits[0, 0].log_softmax(-1)
     return float(logp[torch.arange(len(words)), torch.tensor(words)].sum()), alphas[0, 0].numpy()
 
