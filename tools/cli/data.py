@@ -106,102 +106,24 @@ def shards():
 @click.option("--captions-per-image", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--index/--no-index", default=True, show_default=True, help="Write DALI index files (NAME-000000.idx).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def shards_build(
-    coco_root,
-    split,
-    karpathy,
-    karpathy_split,
-    captions,
-    images_dir,
-    captions_split,
-    file_column,
-    caption_column,
-    split_column,
-    val_fraction,
-    out,
-    name,
-    image_size,
-    resize_mode,
-    quality,
-    shard_size,
-    workers,
-    num_jobs,
-    job_index,
-    vocab_path,
-    preset,
-    min_freq,
-    captions_per_image,
-    index,
-    quiet,
-):
+def shards_build(images_dir, vocab_path, quiet, **options):
     """Decode COCO 2014, a Karpathy split or your own captions file once into verified WebDataset shards."""
-    import os
+    from functools import partial
 
-    from pipeline.cluster import array_job
-    from pipeline.shards import build as sh
-    from pipeline.sources.coco import read_coco, read_karpathy
+    from pipeline.errors import UsageError
+    from pipeline.shards.make import build_shards
 
-    num_jobs, job_index = array_job(num_jobs, job_index)
-    table = {}
-    if captions:
-        source, table = _captions_source(
-            captions, images_dir, captions_split, file_column, caption_column, split_column, val_fraction
-        )
-        name = name or f"captions-{captions_split}"
-        evaluation = captions_split != "train"
-    elif any(v is not None for v in (file_column, caption_column, split_column, val_fraction)):
-        raise click.UsageError("--file-column, --caption-column, --split-column and --val-fraction need --captions")
-    elif karpathy and karpathy_split:
-        source = read_karpathy(karpathy, karpathy_split, image_root=images_dir or coco_root)
-        name = name or f"karpathy-{karpathy_split}"
-        evaluation = karpathy_split != "train"
-        table = {"images": images_dir} if images_dir else {}
-    elif coco_root and split:
-        source = read_coco(coco_root, split)
-        name = name or f"coco-{split}"
-        evaluation = split != "train2014"
-    else:
-        raise click.UsageError("give --coco-root with --split, --karpathy with --karpathy-split, or --captions")
-    out = out or os.path.join("shards", name)
-    if evaluation and not vocab_path and num_jobs == 1:
-        click.echo(
-            f"capgen: warning: {name} builds its own vocabulary; pass --vocab TRAIN/vocab.json "
-            "to share the training one",
-            err=True,
-        )
-    args = {
-        "coco_root": coco_root,
-        "split": split,
-        "karpathy": karpathy,
-        "karpathy_split": karpathy_split,
-        "name": name,
-        "image_size": image_size,
-        "resize_mode": resize_mode,
-        "quality": quality,
-        "shard_size": shard_size,
-        "vocab": vocab_path,
-        "preset": preset,
-        "min_freq": min_freq,
-        "captions_per_image": captions_per_image,
-        **table,
-    }
-    opts = sh.Options(name=name, image_size=image_size, resize_mode=resize_mode, quality=quality, shard_size=shard_size)
-    r = sh.build(
-        source,
-        out,
-        opts,
-        args,
-        workers=workers,
-        num_jobs=num_jobs,
-        job_index=job_index,
-        vocab=vocab_path,
-        preset=preset,
-        min_freq=min_freq,
-        captions_per_image=captions_per_image,
-        index=index,
-        progress=not quiet,
-    )
-    job = r["job"]
+    try:
+        note = partial(click.echo, err=True)
+        r = build_shards(images=images_dir, vocab=vocab_path, progress=not quiet, note=note, **options)
+    except UsageError as err:
+        raise click.UsageError(str(err)) from None
+    _echo_build(r)
+
+
+def _echo_build(r):
+    """The build's one summary line (and, for a job of several, what to do next)."""
+    job, out, num_jobs = r["job"], r["out"], r["num_jobs"]
     images = sum(s["samples"] for s in job["shards"])
     reasons = {}
     for s in job["skipped"]:
@@ -210,7 +132,7 @@ def shards_build(
     if job["bad_captions"]:
         skipped += f"; bad captions {job['bad_captions']}"
     size = sum(s["bytes"] for s in job["shards"])
-    where = f"job {job_index} of {num_jobs}: " if num_jobs > 1 else ""
+    where = f"job {r['job_index']} of {num_jobs}: " if num_jobs > 1 else ""
     click.echo(
         f"{out}: {where}{images} images, {sum(s['captions'] for s in job['shards'])} captions in "
         f"{len(job['shards'])} shards ({r['built']} built, {r['reused']} kept), {size / 1e6:.1f} MB, "
@@ -218,31 +140,6 @@ def shards_build(
     )
     if num_jobs > 1:
         click.echo(f"{out}: when all {num_jobs} jobs are done: capgen shards merge JOB_FOLDER... [--out SET]")
-
-
-def _captions_source(captions, images_dir, captions_split, file_column, caption_column, split_column, val_fraction):
-    """Your own captions file's records, and what the manifest's build_args record of it."""
-    from pipeline.sources.caption_table import read_caption_table
-
-    source = read_caption_table(
-        captions, captions_split, images_dir, file_column, caption_column, split_column, val_fraction
-    )
-    set_aside = ", ".join(f"{k} {v}" for k, v in source.dropped.items()) or "none"
-    click.echo(
-        f"{captions}: {source.rows} rows, {len(source.records)} {captions_split} images; set aside: {set_aside}",
-        err=True,
-    )
-    return source, {
-        "captions": captions,
-        "images": images_dir,
-        "captions_split": captions_split,
-        "file_column": file_column,
-        "caption_column": caption_column,
-        "split_column": split_column,
-        "val_fraction": val_fraction,
-        "rows": source.rows,
-        "rows_set_aside": source.dropped,
-    }
 
 
 @shards.command("verify")
