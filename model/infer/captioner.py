@@ -6,11 +6,13 @@ A checkpoint trained on cached features may leave the encoder out: it is then
 rebuilt from its config weights ("imagenet" from the torch cache, or a file).
 """
 
+import os
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from model.nets.decoder import Decoder
 from model.nets.encoder import build_encoder
@@ -47,7 +49,15 @@ def preprocess(img, size, resize_mode, mean, std):
 
 
 class Captioner:
-    """encoder + decoder + vocabulary on `device`; `config` is the checkpoint's (model/runs/checkpoint_config.py)."""
+    """encoder + decoder + vocabulary on `device`; `config` is the checkpoint's (model/runs/checkpoint_config.py).
+
+    Example::
+
+        >>> captioner = capgen.Captioner.load("runs/small/best")
+        >>> r = captioner.caption(["photo.jpg"], beam=3)[0]
+        >>> r["captions"][0], r["words"], len(r["attention"][0]) == r["grid"][0] * r["grid"][1]
+        ({'text': 'a red circle on the left', 'score': -2.31}, ['a', 'red', ...], True)
+    """
 
     def __init__(self, encoder, decoder, vocab, config, device="cpu"):
         self.device = torch.device(device)
@@ -59,7 +69,8 @@ class Captioner:
         self.grid = list(encoder.grid(self.image["size"]))
 
     @classmethod
-    def load(cls, ckpt_dir, device="cpu"):
+    def load(cls, ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> "Captioner":
+        """The model of a checkpoint folder (a run folder: its best), as every command loads it."""
         state, config, vocab, _ = checkpoint.load(ckpt_dir, trainer=False)
         try:
             encoder, decoder = _build(config, state)
@@ -75,14 +86,23 @@ class Captioner:
         return cls(encoder, decoder, vocab, config, device)
 
     def preprocess(self, img):
+        name = os.fspath(img) if isinstance(img, (str, os.PathLike)) else getattr(img, "filename", "")
         try:
+            img = Image.open(img) if isinstance(img, (str, os.PathLike)) else img
             return preprocess(img, self.image["size"], self.image["resize_mode"], self.image["mean"], self.image["std"])
         except (OSError, ValueError) as err:
-            raise CapgenError(f"{getattr(img, 'filename', '') or 'image'}: cannot read image ({err})") from None
+            raise CapgenError(f"{name or 'image'}: cannot read image ({err})") from None
 
     @torch.inference_mode()
-    def caption(self, images, beam=3, topk=3, length_norm=False, batch_size=16):
-        """PIL images -> [{"captions": [{"text", "score"}], "words", "attention", "grid"}], one per image.
+    def caption(
+        self,
+        images: Sequence[Image.Image | str | os.PathLike],
+        beam: int = 3,
+        topk: int = 3,
+        length_norm: bool = False,
+        batch_size: int = 16,
+    ) -> list[dict]:
+        """PIL images or image files -> [{"captions": [{"text", "score"}], "words", "attention", "grid"}], one each.
 
         score: sum of log-probs (ranked by it, or per token with length_norm);
         words/attention: the best caption, one [P] list (row-major over grid) per word."""

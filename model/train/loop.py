@@ -36,6 +36,7 @@ from model.runs import checkpoint
 from model.runs.checkpoint import TrainState
 from model.runs.checkpoint_config import model_state, split_state, trained_config
 from model.runs.log import Log, plot_curve
+from model.train.args import TrainArgs
 from model.train.build import (
     build_model,
     build_optimizer,
@@ -79,8 +80,16 @@ def _device(args, local_rank):
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def train(args):
-    """Train per `args` (TrainArgs); returns {"best": score, "epochs": n, "best_dir": path, ...}."""
+def train(args: TrainArgs) -> dict:
+    """Train per `args` (TrainArgs), as `capgen train` does; returns {"best": score, "epochs": n,
+    "step", "early_stopped", "best_dir": path, "last_dir", "metric"}.
+
+    Example::
+
+        >>> args = capgen.TrainArgs(train="shards/train", val="shards/val", out="runs/small", epochs=2)
+        >>> capgen.train(args)["best_dir"]
+        'runs/small/best'
+    """
     torch.manual_seed(args.seed)
     rank, world, local_rank, own_group = _dist_setup(args.device)
     device = _device(args, local_rank)

@@ -345,8 +345,24 @@ def write_karpathy(out, layout, results):
     _write_json(os.path.join(out, "dataset_coco.json"), {"images": entries, "dataset": "coco"})
 
 
-def synthesize(out, images, seed, val_fraction=0.2, width=640, height=480, workers=None):
-    """Write the synthetic dataset under out; return counts."""
+def synthesize(
+    out: str | os.PathLike,
+    images: int,
+    seed: int,
+    val_fraction: float = 0.2,
+    width: int = 640,
+    height: int = 480,
+    workers: int | None = None,
+) -> dict:
+    """Write the synthetic dataset under out (the COCO 2014 layout); return counts. As `capgen synth`.
+
+    Same seed, same bytes; workers: processes (default: the cores, for 200+ images).
+
+    Example::
+
+        >>> capgen.synthesize("data", images=40, seed=0, width=64, height=48)
+        {'images': 40, 'train2014': 32, 'val2014': 8, 'captions': 207, 'karpathy': {'val': 1, 'test': 1, 'restval': 6}}
+    """
     if images < 1:
         raise CapgenError(f"{out}: --images must be at least 1, got {images}")
     if not 0 <= val_fraction < 1:
