@@ -12,9 +12,9 @@ capgen.build_shards("shards/train", coco_root="data", split="train2014", **text)
 capgen.build_shards("shards/val", coco_root="data", split="val2014", vocab="shards/train/vocab.json", **text)
 # capgen train's options; loader="auto", device=None: DALI and bf16 on a GPU, else the CPU
 cnn = dict(encoder="convnet", encoder_stop="layer3", encoder_weights="none", fine_tune_encoder=True, encoder_lr=1e-3)
-args = capgen.TrainArgs(train="shards/train", val="shards/val", out="runs/small", epochs=3, workers=0, **cnn)
+args = capgen.TrainArgs(train="shards/train", val="shards/val", out="run", epochs=3, batch_size=8, workers=0, **cnn)
 best = capgen.train(args)["best_dir"]  # capgen train
-ev = capgen.evaluate(best, "shards/val", "runs/small/results.json")  # capgen eval
+ev = capgen.evaluate(best, "shards/val", "run/results.json")  # capgen eval
 captioner = capgen.Captioner.load(best)  # capgen caption
 image = Image.open("data/val2014/" + sorted(os.listdir("data/val2014"))[0])
 result = captioner.caption([image], beam=3)[0]  # captions with scores, words, one attention map per word

@@ -108,9 +108,9 @@ def evaluate(
 
     Example::
 
-        >>> r = capgen.evaluate("runs/small/best", "shards/val", "results.json", beam=3)
-        >>> r["scores"]["Bleu_4"], r["scores"]["CIDEr"], r["attributes"]["all"]
-        (0.806, 4.01, 0.84)
+        >>> r = capgen.evaluate("run/best", "shards/val", "run/results.json", beam=3)  # README's "From Python"
+        >>> round(r["scores"]["CIDEr"], 2), r["images"], sorted(r["attributes"])
+        (0.92, 60, ['all', 'colour', 'count', 'position', 'shape', 'size'])
     """
     captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device, progress)
     if not captions:

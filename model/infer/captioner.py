@@ -53,10 +53,10 @@ class Captioner:
 
     Example::
 
-        >>> captioner = capgen.Captioner.load("runs/small/best")
-        >>> r = captioner.caption(["photo.jpg"], beam=3)[0]
-        >>> r["captions"][0], r["words"], len(r["attention"][0]) == r["grid"][0] * r["grid"][1]
-        ({'text': 'a red circle on the left', 'score': -2.31}, ['a', 'red', ...], True)
+        >>> captioner = capgen.Captioner.load("run/best")  # README's "From Python"
+        >>> r = captioner.caption(["data/val2014/COCO_val2014_000000001643.jpg"], beam=3)[0]
+        >>> r["captions"][0]["text"], round(r["captions"][0]["score"], 2), r["grid"], len(r["attention"][0])
+        ('there is a green star at the bottom', -7.71, [4, 4], 16)
     """
 
     def __init__(self, encoder, decoder, vocab, config, device="cpu"):

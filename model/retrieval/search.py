@@ -54,9 +54,9 @@ def search(
 
     Example::
 
-        >>> hits = capgen.search("runs/demo/best", "shards/val", ["a red circle"], top=3)
-        >>> [(h["image_id"], h["score"]) for h in hits[0]["results"]]
-        [(391895, -0.4221), (522418, -0.5012), (184613, -0.6119)]
+        >>> hits = capgen.search("run/best", "shards/val", ["a red circle"], top=2)  # README's "From Python"
+        >>> [(h["file_name"], h["score"]) for h in hits[0]["results"]]
+        [('COCO_val2014_000000001643.jpg', -2.4947), ('COCO_val2014_000000271453.jpg', -2.5079)]
     """
     if isinstance(queries, str):
         queries = [queries]

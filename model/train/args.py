@@ -26,9 +26,9 @@ class TrainArgs:
     Example (a small CNN trained from scratch with the decoder, as the demo does; loader "auto"
     and device None take DALI, bf16 and the GPU when there is one, else the CPU)::
 
-        >>> args = capgen.TrainArgs(train="shards/train", val="shards/val", out="runs/small", epochs=2,
+        >>> args = capgen.TrainArgs(train="shards/train", val="shards/val", out="run", epochs=3, batch_size=8,
         ...                         encoder="convnet", encoder_stop="layer3", encoder_weights="none",
-        ...                         fine_tune_encoder=True, workers=0)
+        ...                         fine_tune_encoder=True, encoder_lr=1e-3, workers=0)
         >>> capgen.train(args)
     """
 

@@ -86,9 +86,9 @@ def train(args: TrainArgs) -> dict:
 
     Example::
 
-        >>> args = capgen.TrainArgs(train="shards/train", val="shards/val", out="runs/small", epochs=2)
+        >>> args = capgen.TrainArgs(train="shards/train", val="shards/val", out="run", epochs=2)
         >>> capgen.train(args)["best_dir"]
-        'runs/small/best'
+        'run/best'
     """
     torch.manual_seed(args.seed)
     rank, world, local_rank, own_group = _dist_setup(args.device)
