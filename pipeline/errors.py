@@ -9,6 +9,10 @@ class CapgenError(Exception):
     """Bad input or a broken contract; str(err) is one line: '<file>: <cause>'."""
 
 
+class UsageError(CapgenError):
+    """Arguments that do not go together (the command line shows it as a usage error, exit 2)."""
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """An exception's message as one line, at most `limit` characters; its type's name when
     it has no message.

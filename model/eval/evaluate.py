@@ -79,13 +79,20 @@ def evaluate(
     limit: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
-    scenes: str | None = None,
+    scenes: str | os.PathLike | None = None,
 ) -> dict:
-    """Caption `data` (caption_source), write `out` (COCO results), score against all raw references.
+    """Caption `data`, write `out` (COCO results), score against all raw references; as `capgen eval`.
 
     scenes: a scenes file (default: pipeline/synth/scenes.py's `default_scenes`). The result also holds "per_image"
     scores, the references ("refs"), the source, and "attributes" (attribute_scores, or
-    None without scene truth) with "scenes" (the file used)."""
+    None without scene truth) with "scenes" (the file used).
+
+    Example::
+
+        >>> r = capgen.evaluate("run/best", "shards/val", "run/results.json", beam=3)  # README's "From Python"
+        >>> round(r["scores"]["CIDEr"], 2), r["images"], sorted(r["attributes"])
+        (0.92, 60, ['all', 'colour', 'count', 'position', 'shape', 'size'])
+    """
     captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device, progress)
     if not captions:
         raise CapgenError(f"{data}: no images")

@@ -58,11 +58,21 @@ def shade_map(attention, grid, size, region):
     return shade
 
 
-def attention_figure(image, result, resize_mode="stretch", max_words=None):
+def attention_figure(
+    image: Image.Image, result: dict, resize_mode: str = "stretch", max_words: int | None = None
+) -> Figure:
     """PIL image + one Captioner result -> matplotlib Figure (not drawn on any screen).
 
     resize_mode: the captioner's (`Captioner.image["resize_mode"]`); with "center-crop" the
-    grid covers the centred square only and the sides stay dark."""
+    grid covers the centred square only and the sides stay dark.
+
+    Example::
+
+        >>> image = PIL.Image.open("photo.jpg")
+        >>> result = captioner.caption([image])[0]
+        >>> fig = capgen.attention_figure(image, result, captioner.image["resize_mode"])
+        >>> fig.savefig("attention.png")
+    """
     image = ImageOps.exif_transpose(image).convert("RGB")  # as the captioner saw it
     if max(image.size) > MAX_SIDE:
         image = image.copy()
@@ -93,8 +103,16 @@ def attention_figure(image, result, resize_mode="stretch", max_words=None):
     return fig
 
 
-def save_attention_figure(image, result, path, resize_mode="stretch", dpi=100):
-    """Write the figure as PNG, atomically."""
+def save_attention_figure(
+    image: Image.Image, result: dict, path: str | os.PathLike, resize_mode: str = "stretch", dpi: int = 100
+) -> str | os.PathLike:
+    """Write the figure as PNG, atomically (as `capgen caption --attention`); returns path.
+
+    Example::
+
+        >>> capgen.save_attention_figure(image, captioner.caption([image])[0], "attention.png")
+        'attention.png'
+    """
     fig = attention_figure(image, result, resize_mode)
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=dpi)

@@ -14,7 +14,9 @@ From Python:
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -52,7 +54,15 @@ def preprocess(img, size, resize_mode, mean, std):
 
 
 class Captioner:
-    """encoder + decoder + vocabulary on `device`; `config` is the checkpoint's (model/runs/checkpoint_config.py)."""
+    """encoder + decoder + vocabulary on `device`; `config` is the checkpoint's (model/runs/checkpoint_config.py).
+
+    Example::
+
+        >>> captioner = capgen.Captioner.load("run/best")  # README's "From Python"
+        >>> r = captioner.caption(["data/val2014/COCO_val2014_000000001643.jpg"], beam=3)[0]
+        >>> r["captions"][0]["text"], round(r["captions"][0]["score"], 2), r["grid"], len(r["attention"][0])
+        ('there is a green star at the bottom', -7.71, [4, 4], 16)
+    """
 
     def __init__(self, encoder, decoder: Decoder, vocab, config: dict, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
@@ -64,8 +74,9 @@ class Captioner:
         self.grid = list(encoder.grid(self.image["size"]))
 
     @classmethod
-    def load(cls, ckpt_dir: str, device: str | torch.device = "cpu") -> Captioner:
-        """The captioner of a checkpoint folder (a run's best/ or last/, or the run folder), on device.
+    def load(cls, ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Captioner:
+        """The captioner of a checkpoint folder (a run's best/ or last/, or the run folder: its best),
+        on device, as every command loads it.
 
         CapgenError when the folder holds no checkpoint, or its weights or vocabulary do not match
         its config."""
@@ -82,19 +93,27 @@ class Captioner:
             )
         return cls(encoder, decoder, vocab, config, device)
 
-    def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """PIL image (any mode, EXIF-rotated upright) -> the encoder's normalised input [3, size, size],
-        resized as the checkpoint's shards were. CapgenError for an image that cannot be read."""
+    def preprocess(self, img: Image.Image | str | os.PathLike) -> torch.Tensor:
+        """PIL image or image file (any mode, EXIF-rotated upright) -> the encoder's normalised input
+        [3, size, size], resized as the checkpoint's shards were. CapgenError for an image that
+        cannot be read."""
+        name = os.fspath(img) if isinstance(img, (str, os.PathLike)) else getattr(img, "filename", "")
         try:
+            img = Image.open(img) if isinstance(img, (str, os.PathLike)) else img
             return preprocess(img, self.image["size"], self.image["resize_mode"], self.image["mean"], self.image["std"])
         except (OSError, ValueError) as err:
-            raise CapgenError(f"{getattr(img, 'filename', '') or 'image'}: cannot read image ({err})") from None
+            raise CapgenError(f"{name or 'image'}: cannot read image ({err})") from None
 
     @torch.inference_mode()
     def caption(
-        self, images: list[Image.Image], beam: int = 3, topk: int = 3, length_norm: bool = False, batch_size: int = 16
+        self,
+        images: Sequence[Image.Image | str | os.PathLike],
+        beam: int = 3,
+        topk: int = 3,
+        length_norm: bool = False,
+        batch_size: int = 16,
     ) -> list[dict]:
-        """PIL images -> [{"captions": [{"text", "score"}], "words", "attention", "grid"}], one per image.
+        """PIL images or image files -> [{"captions": [{"text", "score"}], "words", "attention", "grid"}], one each.
 
         beam: the beam width; topk: the captions kept per image (at most beam), best first;
         score: sum of log-probs (ranked by it, or per token with length_norm);

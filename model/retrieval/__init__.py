@@ -1,1 +1,1 @@
-"""Sentence -> ranked images by log p(sentence | image): the index, its image source, R@K and P@1 evaluation."""
+"""Sentence -> ranked images by log p(sentence | image): the index, its image source, search, R@K and P@1 evaluation."""

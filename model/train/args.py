@@ -21,6 +21,17 @@ def option(default=MISSING, help=None, choices=None, folder=False):
 
 @dataclass
 class TrainArgs:
+    """Every training setting (`capgen train`'s options, and a few for code callers); checked on creation.
+
+    Example (a small CNN trained from scratch with the decoder, as the demo does; loader "auto"
+    and device None take DALI, bf16 and the GPU when there is one, else the CPU)::
+
+        >>> args = capgen.TrainArgs(train="shards/train", val="shards/val", out="run", epochs=3, batch_size=8,
+        ...                         encoder="convnet", encoder_stop="layer3", encoder_weights="none",
+        ...                         fine_tune_encoder=True, encoder_lr=1e-3, workers=0)
+        >>> capgen.train(args)
+    """
+
     train: str = option(help="Shard set folder or feature cache .h5.")
     val: str = option(help="Shard set folder or feature cache .h5.")
     out: str = option(help="Run folder (last/, best/, log.jsonl).", folder=True)

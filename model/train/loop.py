@@ -89,7 +89,14 @@ def train(args: TrainArgs) -> dict:
     Returns {"best": the best val score, "metric": the score's name ("Bleu_4", "CIDEr" for
     --scst), "epochs": epochs done, "step": optimizer steps done, "early_stopped": bool,
     "best_dir": RUN/best, "last_dir": RUN/last}. Bad inputs, a diverged run or an unreadable
-    data set raise a one-line CapgenError."""
+    data set raise a one-line CapgenError.
+
+    Example::
+
+        >>> args = capgen.TrainArgs(train="shards/train", val="shards/val", out="run", epochs=2)
+        >>> capgen.train(args)["best_dir"]
+        'run/best'
+    """
     torch.manual_seed(args.seed)
     rank, world, local_rank, own_group = _dist_setup(args.device)
     device = _device(args, local_rank)

@@ -346,7 +346,7 @@ def write_karpathy(out, layout, results):
 
 
 def synthesize(
-    out: str,
+    out: str | os.PathLike,
     images: int,
     seed: int,
     val_fraction: float = 0.2,
@@ -359,7 +359,13 @@ def synthesize(
 
     images: train2014 + val2014; val_fraction: the share in val2014; width, height: of every image.
     Returns counts: {"images", "train2014", "val2014", "captions", "karpathy": {"val", "test", "restval"}}.
-    CapgenError for bad sizes or counts, or a folder that cannot be written."""
+    CapgenError for bad sizes or counts, or a folder that cannot be written.
+
+    Example::
+
+        >>> capgen.synthesize("data", images=40, seed=0, width=64, height=48)
+        {'images': 40, 'train2014': 32, 'val2014': 8, 'captions': 207, 'karpathy': {'val': 1, 'test': 1, 'restval': 6}}
+    """
     if images < 1:
         raise CapgenError(f"{out}: --images must be at least 1, got {images}")
     if not 0 <= val_fraction < 1:

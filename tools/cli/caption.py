@@ -4,7 +4,6 @@ import sys
 
 import click
 
-from pipeline.errors import CapgenError
 from tools.serve.batcher import MAX_BATCH, WINDOW_S
 
 CHECKPOINT = click.option(
@@ -225,22 +224,15 @@ def search(ckpt, data, top, as_json, cache, device, quiet, queries):
     """Rank the images of DATA for each QUERY by log p(query | image) (mean per token)."""
     import json
 
-    from model.device import default_device
-    from model.infer.captioner import Captioner
-    from model.retrieval.index import encode_query
-    from model.retrieval.source import load_index
+    from model.retrieval.search import rank_images
 
-    if top < 1:
-        raise CapgenError(f"--top: must be at least 1 (got {top})")
-    captioner = Captioner.load(ckpt, default_device(device))
-    encoded = [encode_query(q, captioner.vocab) for q in queries]  # bad queries fail before any work
-    index, _, _ = load_index(ckpt, data, device, cache, progress=not quiet, captioner=captioner)
-    for r in index.search(encoded, top, progress=not quiet):
+    images, found = rank_images(ckpt, data, queries, top, device, cache, progress=not quiet)
+    for r in found:
         if as_json:
             click.echo(json.dumps(r))
             continue
         unknown = f"; unknown words: {', '.join(r['unknown_words'])}" if r["unknown_words"] else ""
-        click.echo(f"{r['query']}  ({len(index)} images{unknown})")
+        click.echo(f"{r['query']}  ({images} images{unknown})")
         for rank, hit in enumerate(r["results"], 1):
             click.echo(f"{rank:4d}. {hit['image_id']:>12}  {hit['file_name'] or '-'}  {hit['score']:.4f}")
 

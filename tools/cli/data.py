@@ -1,6 +1,5 @@
 """`capgen synth`, `capgen shards ...` and `capgen vocab`: data before the model."""
 
-from types import SimpleNamespace
 
 import click
 
@@ -108,88 +107,24 @@ def shards():
 @click.option("--captions-per-image", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--index/--no-index", default=True, show_default=True, help="Write DALI index files (NAME-000000.idx).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def shards_build(**options):
+def shards_build(images_dir, vocab_path, quiet, **options):
     """Decode COCO 2014, a Karpathy split or your own captions file once into verified WebDataset shards."""
-    _build_shards(SimpleNamespace(**options))
+    from functools import partial
+
+    from pipeline.errors import UsageError
+    from pipeline.shards.make import build_shards
+
+    try:
+        note = partial(click.echo, err=True)
+        r = build_shards(images=images_dir, vocab=vocab_path, progress=not quiet, note=note, **options)
+    except UsageError as err:
+        raise click.UsageError(str(err)) from None
+    _echo_build(r)
 
 
-def _build_shards(o):
-    """`capgen shards build`'s work; o: its options by name."""
-    import os
-
-    from pipeline.cluster import array_job
-    from pipeline.shards import build as sh
-
-    num_jobs, job_index = array_job(o.num_jobs, o.job_index)
-    source, name, evaluation, table = _shards_source(o)
-    out = o.out or os.path.join("shards", name)
-    if evaluation and not o.vocab_path and num_jobs == 1:
-        click.echo(
-            f"capgen: warning: {name} builds its own vocabulary; pass --vocab TRAIN/vocab.json "
-            "to share the training one",
-            err=True,
-        )
-    args = {
-        "coco_root": o.coco_root,
-        "split": o.split,
-        "karpathy": o.karpathy,
-        "karpathy_split": o.karpathy_split,
-        "name": name,
-        "image_size": o.image_size,
-        "resize_mode": o.resize_mode,
-        "quality": o.quality,
-        "shard_size": o.shard_size,
-        "vocab": o.vocab_path,
-        "preset": o.preset,
-        "min_freq": o.min_freq,
-        "captions_per_image": o.captions_per_image,
-        **table,
-    }
-    opts = sh.Options(
-        name=name, image_size=o.image_size, resize_mode=o.resize_mode, quality=o.quality, shard_size=o.shard_size
-    )
-    r = sh.build(
-        source,
-        out,
-        opts,
-        args,
-        workers=o.workers,
-        num_jobs=num_jobs,
-        job_index=job_index,
-        vocab=o.vocab_path,
-        preset=o.preset,
-        min_freq=o.min_freq,
-        captions_per_image=o.captions_per_image,
-        index=o.index,
-        progress=not o.quiet,
-    )
-    _echo_build(out, r, num_jobs, job_index)
-
-
-def _shards_source(o):
-    """(source, name, evaluation, table) of `capgen shards build`'s options: the records to build,
-    the set's name, whether it is an evaluation set, and what build_args record of a captions table."""
-    from pipeline.sources.coco import read_coco, read_karpathy
-
-    if o.captions:
-        source, table = _captions_source(
-            o.captions, o.images_dir, o.captions_split, o.file_column, o.caption_column, o.split_column, o.val_fraction
-        )
-        return source, o.name or f"captions-{o.captions_split}", o.captions_split != "train", table
-    if any(v is not None for v in (o.file_column, o.caption_column, o.split_column, o.val_fraction)):
-        raise click.UsageError("--file-column, --caption-column, --split-column and --val-fraction need --captions")
-    if o.karpathy and o.karpathy_split:
-        source = read_karpathy(o.karpathy, o.karpathy_split, image_root=o.images_dir or o.coco_root)
-        table = {"images": o.images_dir} if o.images_dir else {}
-        return source, o.name or f"karpathy-{o.karpathy_split}", o.karpathy_split != "train", table
-    if o.coco_root and o.split:
-        return read_coco(o.coco_root, o.split), o.name or f"coco-{o.split}", o.split != "train2014", {}
-    raise click.UsageError("give --coco-root with --split, --karpathy with --karpathy-split, or --captions")
-
-
-def _echo_build(out, r, num_jobs, job_index):
-    """The one line of a finished build (sh.build's answer r), and what a job of many does next."""
-    job = r["job"]
+def _echo_build(r):
+    """The build's one summary line (and, for a job of several, what to do next)."""
+    job, out, num_jobs = r["job"], r["out"], r["num_jobs"]
     images = sum(s["samples"] for s in job["shards"])
     reasons = {}
     for s in job["skipped"]:
@@ -198,7 +133,7 @@ def _echo_build(out, r, num_jobs, job_index):
     if job["bad_captions"]:
         skipped += f"; bad captions {job['bad_captions']}"
     size = sum(s["bytes"] for s in job["shards"])
-    where = f"job {job_index} of {num_jobs}: " if num_jobs > 1 else ""
+    where = f"job {r['job_index']} of {num_jobs}: " if num_jobs > 1 else ""
     click.echo(
         f"{out}: {where}{images} images, {sum(s['captions'] for s in job['shards'])} captions in "
         f"{len(job['shards'])} shards ({r['built']} built, {r['reused']} kept), {size / 1e6:.1f} MB, "
@@ -206,31 +141,6 @@ def _echo_build(out, r, num_jobs, job_index):
     )
     if num_jobs > 1:
         click.echo(f"{out}: when all {num_jobs} jobs are done: capgen shards merge JOB_FOLDER... [--out SET]")
-
-
-def _captions_source(captions, images_dir, captions_split, file_column, caption_column, split_column, val_fraction):
-    """Your own captions file's records, and what the manifest's build_args record of it."""
-    from pipeline.sources.caption_table import read_caption_table
-
-    source = read_caption_table(
-        captions, captions_split, images_dir, file_column, caption_column, split_column, val_fraction
-    )
-    set_aside = ", ".join(f"{k} {v}" for k, v in source.dropped.items()) or "none"
-    click.echo(
-        f"{captions}: {source.rows} rows, {len(source.records)} {captions_split} images; set aside: {set_aside}",
-        err=True,
-    )
-    return source, {
-        "captions": captions,
-        "images": images_dir,
-        "captions_split": captions_split,
-        "file_column": file_column,
-        "caption_column": caption_column,
-        "split_column": split_column,
-        "val_fraction": val_fraction,
-        "rows": source.rows,
-        "rows_set_aside": source.dropped,
-    }
 
 
 @shards.command("verify")

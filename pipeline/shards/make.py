@@ -1,0 +1,147 @@
+"""`capgen shards build`'s arguments -> a shard set: the command line and the Python API call `build_shards`.
+
+It reads the records (a COCO split, a Karpathy split or your own captions file), names the
+set, records the arguments in the manifest's build_args and runs pipeline/shards/build.py.
+"""
+
+import os
+import sys
+from collections.abc import Callable
+from os import PathLike
+
+from pipeline.cluster import array_job
+from pipeline.errors import UsageError
+from pipeline.imaging.convert import QUALITY
+from pipeline.shards import build as sh
+
+# What the manifest's build_args record, in this order (then what the records' reader adds).
+RECORDED = (
+    "coco_root",
+    "split",
+    "karpathy",
+    "karpathy_split",
+    "name",
+    "image_size",
+    "resize_mode",
+    "quality",
+    "shard_size",
+    "vocab",
+    "preset",
+    "min_freq",
+    "captions_per_image",
+)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def build_shards(
+    out: str | PathLike | None = None,
+    *,
+    coco_root: str | PathLike | None = None,
+    split: str | None = None,
+    karpathy: str | PathLike | None = None,
+    karpathy_split: str | None = None,
+    captions: str | PathLike | None = None,
+    images: str | PathLike | None = None,
+    captions_split: str = "train",
+    file_column: str | None = None,
+    caption_column: str | None = None,
+    split_column: str | None = None,
+    val_fraction: float | None = None,
+    name: str | None = None,
+    image_size: int = 256,
+    resize_mode: str = "stretch",
+    quality: int = QUALITY,
+    shard_size: int = 1000,
+    workers: int | None = None,
+    num_jobs: int | None = None,
+    job_index: int | None = None,
+    vocab: str | PathLike | None = None,
+    preset: str = "seed",
+    min_freq: int = 5,
+    captions_per_image: int = 5,
+    index: bool = True,
+    progress: bool = False,
+    note: Callable[[str], None] = _stderr,
+) -> dict:
+    """Decode a COCO 2014 split (coco_root + split), a Karpathy split (karpathy + karpathy_split)
+    or your own captions file (captions, a metadata.jsonl / .csv / .tsv) once into a shard set
+    at `out` (default shards/NAME), as `capgen shards build` does with the same options.
+
+    Returns build()'s summary ({"job", "elapsed", "built", "reused", and for a single job
+    "manifest"}) with "out", "num_jobs" and "job_index". note(line) gets the captions file's
+    row counts and the warning about a held-out set's own vocabulary. UsageError: arguments
+    that do not go together.
+
+    Example::
+
+        >>> capgen.synthesize("data", images=40, seed=0, width=64, height=48)
+        >>> r = capgen.build_shards("shards/train", coco_root="data", split="train2014", image_size=32)
+        >>> r["manifest"]["counts"]["images"]
+        32
+    """
+    return _build(dict(locals()), note)
+
+
+# sh.build's own keyword arguments, passed through; the options of a captions file
+PASSED = ("workers", "vocab", "preset", "min_freq", "captions_per_image", "index", "progress")
+TABLE_OPTIONS = ("file_column", "caption_column", "split_column", "val_fraction")
+
+
+def _build(a, note):
+    """build_shards with its arguments as one dict."""
+    for key in ("coco_root", "karpathy", "captions", "images", "vocab"):
+        a[key] = None if a[key] is None else os.fspath(a[key])  # build_args go into JSON
+    num_jobs, job_index = array_job(a["num_jobs"], a["job_index"])
+    source, name, evaluation, table = _read_source(a, note)
+    a["name"] = a["name"] or name
+    out = os.fspath(a["out"]) if a["out"] else os.path.join("shards", a["name"])
+    if evaluation and not a["vocab"] and num_jobs == 1:
+        note(
+            f"capgen: warning: {a['name']} builds its own vocabulary; pass --vocab TRAIN/vocab.json "
+            "to share the training one"
+        )
+    args = {**{k: a[k] for k in RECORDED}, **table}
+    opts = sh.Options(**{k: a[k] for k in ("name", "image_size", "resize_mode", "quality", "shard_size")})
+    r = sh.build(source, out, opts, args, num_jobs=num_jobs, job_index=job_index, **{k: a[k] for k in PASSED})
+    return {**r, "out": out, "num_jobs": num_jobs, "job_index": job_index}
+
+
+def _read_source(a, note):
+    """(records, default set name, whether a held-out split, what build_args record of a captions file)."""
+    from pipeline.sources.coco import read_coco, read_karpathy
+
+    if a["captions"]:
+        return _captions_source(a, note)
+    if any(a[k] is not None for k in TABLE_OPTIONS):
+        raise UsageError("--file-column, --caption-column, --split-column and --val-fraction need --captions")
+    if a["karpathy"] and a["karpathy_split"]:
+        split, images = a["karpathy_split"], a["images"]
+        source = read_karpathy(a["karpathy"], split, image_root=images or a["coco_root"])
+        return source, f"karpathy-{split}", split != "train", {"images": images} if images else {}
+    if a["coco_root"] and a["split"]:
+        return read_coco(a["coco_root"], a["split"]), f"coco-{a['split']}", a["split"] != "train2014", {}
+    raise UsageError("give --coco-root with --split, --karpathy with --karpathy-split, or --captions")
+
+
+def _captions_source(a, note):
+    """Your own captions file's records (and the rest of _read_source's answer, with what the
+    manifest's build_args record of the file)."""
+    from pipeline.sources.caption_table import read_caption_table
+
+    captions, split = a["captions"], a["captions_split"]
+    columns = {k: a[k] for k in TABLE_OPTIONS}
+    source = read_caption_table(captions, split, a["images"], **columns)
+    set_aside = ", ".join(f"{k} {v}" for k, v in source.dropped.items()) or "none"
+    note(f"{captions}: {source.rows} rows, {len(source.records)} {split} images; set aside: {set_aside}")
+    table = {
+        "captions": captions,
+        "images": a["images"],
+        "captions_split": split,
+        **columns,
+        "rows": source.rows,
+        "rows_set_aside": source.dropped,
+    }
+    return source, f"captions-{split}", split != "train", table
