@@ -20,6 +20,7 @@ from pipeline.shards import build as sh
 from pipeline.shards import wds_index
 from pipeline.shards.merge import merge
 from pipeline.shards.shardset import read_manifest, shard_paths, verify
+from pipeline.shards.task import MTIME
 from pipeline.shards.text_files import rebuild_text
 from pipeline.sources.coco import read_coco, read_karpathy
 from pipeline.text import TokenTable, Vocabulary
@@ -132,7 +133,7 @@ def test_round_trip_tarfile_and_webdataset(coco, built):
             names = [m.name for m in members]
             keys_here = dict.fromkeys(n.split(".")[0] for n in names)
             assert names == [f"{k}.{ext}" for k in keys_here for ext in ("jpg", "json")]
-            assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in members} == {(sh.MTIME, 0, 0, "", 0o644)}
+            assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in members} == {(MTIME, 0, 0, "", 0o644)}
             for m in members[::2]:
                 image = simplejpeg.decode_jpeg(tar.extractfile(m).read())
                 assert image.shape == (256, 256, 3)

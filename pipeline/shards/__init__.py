@@ -1,1 +1,1 @@
-"""Shard sets: build (local, --num-jobs), merge, the set's layout and verify, tar writer, DALI index, members, text files."""
+"""Shard sets: build (local, --num-jobs) and make, merge, layout and verify, tar writer, DALI index, members, text."""

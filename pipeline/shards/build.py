@@ -11,11 +11,9 @@ build are joined by pipeline/shards/merge.py. The folder's layout: pipeline/shar
 
 From Python: `build(read_coco(root, "train2014"), "shards/train", Options(name="coco-train2014"), {})`.
 """
+
 from __future__ import annotations
 
-import glob
-import hashlib
-import json
 import multiprocessing as mp
 import os
 import re
@@ -23,150 +21,24 @@ import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from pipeline.imaging import decode as imaging_decode
-
-from pipeline.imaging import convert as imaging
-from pipeline.imaging import pixels
-
-from pipeline.shards import wds_index
-from pipeline.atomic import atomic_write, discard
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, writing
 from pipeline.folder_lock import folder_lock
+from pipeline.imaging import pixels
 from pipeline.shards.merge import finalize, write_job_manifest
-from pipeline.errors import writing
-from pipeline.shards.shardset import FORMAT, PARTS, file_sha256, part_path, shard_name
-from pipeline.shards.tar_writer import TarWriter
+from pipeline.shards.shardset import FORMAT, PARTS, file_sha256
+from pipeline.shards.task import Options, Task, build_task, discard_temps
 from pipeline.text import Vocabulary
 
 if TYPE_CHECKING:
     from pipeline.sources.coco import ImageRecord, Source
 
-MTIME = 1_400_000_000  # fixed member time (2014-05-13): same input, same bytes
-
-
-@dataclass
-class Options:
-    """What decides the bytes of a shard set (and is recorded in its manifest)."""
-    name: str
-    image_size: int = 256
-    resize_mode: str = "stretch"
-    quality: int = imaging.QUALITY
-    shard_size: int = 1000
-
-    def fingerprint(self, annotation_sha256: str) -> dict:
-        """What a shard's bytes depend on: these options, the annotation file's hash, the software."""
-        return {"format": FORMAT, "name": self.name, "image_size": self.image_size,
-                "resize_mode": self.resize_mode, "quality": self.quality,
-                "shard_size": self.shard_size, "annotation_sha256": annotation_sha256,
-                "software": imaging.versions()}
-
-
-@dataclass(frozen=True)
-class Task:
-    """One shard of a build: shard k of the set in out, from these records."""
-    out: str
-    k: int
-    records: list       # dicts (image_id, file_name, path, split, captions) in image-id order
-    opts: Options
-    fingerprint: dict   # the set's; the shard's own adds the hash of its records
-    index: bool         # also write the shard's DALI index file
-
-    @property
-    def shard(self):
-        return shard_name(self.opts.name, self.k)
-
-
-# ---------------------------------------------------------------- one shard
-
-def _record_meta(rec, width, height):
-    meta = {"image_id": rec["image_id"], "file_name": rec["file_name"], "split": rec["split"],
-            "width": width, "height": height, "captions": rec["captions"]}
-    return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def write_shard(path, records, opts, progress):
-    """Write one shard atomically; returns its part record and its members
-    [(name, data_offset, size)] (for its index). progress(1) after each image."""
-    skipped, samples, captions = [], 0, 0
-    with atomic_write(path, "wb") as f:
-        tar = TarWriter(f, MTIME)
-        for rec in records:
-            try:
-                jpg, width, height = imaging.convert(imaging_decode.read(rec["path"]), opts.image_size,
-                                                     opts.resize_mode, opts.quality)
-            except imaging_decode.BadImage as bad:
-                skipped.append([rec["image_id"], rec["path"], bad.reason])
-            else:
-                key = str(rec["image_id"])
-                tar.add(key + ".jpg", jpg)
-                tar.add(key + ".json", _record_meta(rec, width, height))
-                samples += 1
-                captions += len(rec["captions"])
-            progress(1)
-        tar.close()
-    part = {"name": os.path.basename(path), "samples": samples, "captions": captions,
-            "bytes": tar.bytes, "sha256": tar.sha256.hexdigest(), "skipped": skipped}
-    return part, tar.members
-
-
-def _load_part(out, shard, fingerprint):
-    """The part record of a complete shard whose bytes still match it, else None."""
-    try:
-        with open(part_path(out, shard)) as f:
-            part = json.load(f)
-        path = os.path.join(out, shard)
-        if (part.get("fingerprint") == fingerprint and os.path.getsize(path) == part["bytes"]
-                and file_sha256(path) == part["sha256"]):
-            return part
-    except (OSError, ValueError, KeyError):
-        pass
-    return None
-
-
-def _discard_temps(task):
-    """The temp files of this task's shard, its index and its part record."""
-    stem = os.path.splitext(task.shard)[0]
-    discard(glob.glob(os.path.join(glob.escape(task.out), stem + ".*tmp"))
-            + glob.glob(os.path.join(glob.escape(task.out), PARTS, stem + ".json.*tmp")))
-
-
-def build_task(task, progress):
-    """A shard already complete is kept (after checking its hash), else written; returns
-    its part record. progress(n) counts the images done."""
-    out, shard = task.out, task.shard
-    path = os.path.join(out, shard)
-    _discard_temps(task)  # left by a killed build
-    # Same options, software, records (ids, paths, captions): same bytes. The image
-    # files themselves are trusted to be unchanged; delete a shard to rebuild it.
-    fingerprint = dict(task.fingerprint, records_sha256=hashlib.sha256(
-        json.dumps(task.records, sort_keys=True).encode()).hexdigest())
-    part, members = _load_part(out, shard, fingerprint), None
-    if part is None:
-        try:
-            part, members = write_shard(path, task.records, task.opts, progress)
-            part["fingerprint"] = fingerprint
-            with atomic_write(part_path(out, shard), "w") as f:
-                json.dump(part, f)
-        except OSError as err:  # disk full, read-only folder: one line, not a traceback
-            raise CapgenError(f"{path}: cannot write ({err.strerror or err})") from None
-        part["reused"] = False
-    else:
-        progress(len(task.records))
-        part["reused"] = True
-    # A shard whose every image failed has no samples, and so no index. A shard
-    # just written is indexed from its writer's members; a reused one is read.
-    if task.index and part["samples"] and not wds_index.is_current(path, wds_index.index_path(path)):
-        with writing(wds_index.index_path(path)):
-            wds_index.write_index(path, members=members)
-    return part
-
 
 # ---------------------------------------------------------------- running the tasks
+
 
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity), the default number of workers."""
@@ -184,7 +56,7 @@ def _run(tasks, total, workers, progress):
         return _run_pool(tasks, bar, min(workers, len(tasks)))
     except BaseException:  # a full disk, Ctrl-C: no temp file of a stopped worker stays behind
         for task in tasks:
-            _discard_temps(task)
+            discard_temps(task)
         raise
     finally:
         bar.close()
@@ -230,8 +102,9 @@ def _run_pool(tasks, bar, workers):
                 parts += [f.result() for f in done]
                 bar.update(done_count.value - bar.n)
         except BrokenProcessPool:
-            raise CapgenError(f"{tasks[0].out}: a worker process died (out of memory?); "
-                              "the same command resumes the build") from None
+            raise CapgenError(
+                f"{tasks[0].out}: a worker process died (out of memory?); the same command resumes the build"
+            ) from None
         except BaseException:  # Ctrl-C: stop now; finished shards are kept for the rerun
             procs = list(pool._processes.values())  # no public way before Python 3.14
             for proc in procs:
@@ -245,19 +118,25 @@ def _run_pool(tasks, bar, workers):
 
 # ---------------------------------------------------------------- a build
 
+
 def plan(records: list[ImageRecord], shard_size: int) -> tuple[list[list[ImageRecord]], list[ImageRecord]]:
     """(shards, no_captions): the records with captions in image-id order, cut into shards of
     shard_size (shard k holds records[k*S:(k+1)*S]); and those without captions."""
     records = sorted(records, key=lambda r: r.image_id)
     keep = [r for r in records if r.captions]
     no_captions = [r for r in records if not r.captions]
-    chunks = [keep[i:i + shard_size] for i in range(0, len(keep), shard_size)]
+    chunks = [keep[i : i + shard_size] for i in range(0, len(keep), shard_size)]
     return chunks, no_captions
 
 
 def _as_dict(r):
-    return {"image_id": int(r.image_id), "file_name": r.file_name, "path": r.path,
-            "split": r.split, "captions": list(r.captions)}
+    return {
+        "image_id": int(r.image_id),
+        "file_name": r.file_name,
+        "path": r.path,
+        "split": r.split,
+        "captions": list(r.captions),
+    }
 
 
 def _check(out, opts, num_jobs, job_index):
@@ -271,9 +150,21 @@ def _check(out, opts, num_jobs, job_index):
         raise CapgenError(f"{out}: shard set name {opts.name!r} must be letters, digits, '_', '.', '-'")
 
 
-def build(source: Source, out: str, opts: Options, build_args: dict, workers: int | None = None,
-          num_jobs: int = 1, job_index: int = 0, vocab: str | None = None, preset: str = "seed",
-          min_freq: int = 5, captions_per_image: int = 5, index: bool = True, progress: bool = True) -> dict:
+def build(
+    source: Source,
+    out: str,
+    opts: Options,
+    build_args: dict,
+    workers: int | None = None,
+    num_jobs: int = 1,
+    job_index: int = 0,
+    vocab: str | None = None,
+    preset: str = "seed",
+    min_freq: int = 5,
+    captions_per_image: int = 5,
+    index: bool = True,
+    progress: bool = True,
+) -> dict:
     """Build this job's shards into out; a single job also finalizes the set
     (manifest.json, skipped.txt, vocab.json, tokens.npz).
 
@@ -293,33 +184,48 @@ def build(source: Source, out: str, opts: Options, build_args: dict, workers: in
     vocab_obj = Vocabulary.load(vocab) if vocab else None
     chunks, no_captions = plan(source.records, opts.shard_size)
     if not chunks:
-        raise CapgenError(f"{source.annotation_path}: no images with captions to build "
-                          f"({len(source.records)} images listed, {len(source.skipped)} left out, "
-                          f"{source.bad_captions} bad captions)")
+        raise CapgenError(
+            f"{source.annotation_path}: no images with captions to build "
+            f"({len(source.records)} images listed, {len(source.skipped)} left out, "
+            f"{source.bad_captions} bad captions)"
+        )
     lock = out if num_jobs == 1 else os.path.join(out, PARTS, f"job-{job_index:04d}-of-{num_jobs:04d}")
     start = time.perf_counter()
     with folder_lock(lock):
         with writing(os.path.join(out, PARTS)):
             os.makedirs(os.path.join(out, PARTS), exist_ok=True)
         fingerprint = opts.fingerprint(file_sha256(source.annotation_path))
-        tasks = [Task(out, k, [_as_dict(r) for r in chunks[k]], opts, fingerprint, index)
-                 for k in range(len(chunks)) if k % num_jobs == job_index]
+        tasks = [
+            Task(out, k, [_as_dict(r) for r in chunks[k]], opts, fingerprint, index)
+            for k in range(len(chunks))
+            if k % num_jobs == job_index
+        ]
         parts = _run(tasks, sum(len(t.records) for t in tasks), workers or available_cores(), progress)
-        text = {"preset": preset, "min_freq": min_freq, "captions_per_image": captions_per_image,
-                "vocab_from": os.path.abspath(vocab) if vocab else None}
-        job = _job_manifest(source, fingerprint, build_args, job_index, num_jobs, len(chunks), parts,
-                            no_captions, text)
-        if vocab_obj is not None:
-            with writing(os.path.join(out, "vocab.json")):
-                vocab_obj.save(os.path.join(out, "vocab.json"))
-        write_job_manifest(out, job)
-        summary = {"job": job, "elapsed": time.perf_counter() - start,
-                   "reused": sum(p["reused"] for p in parts), "built": sum(not p["reused"] for p in parts)}
-        if num_jobs == 1:
-            written = {r.image_id: list(r.captions) for r in source.records if r.captions}
-            for s in job["skipped"]:
-                written.pop(s[0], None)
-            summary["manifest"] = finalize(out, [job], written)
+        text = {"preset": preset, "min_freq": min_freq, "captions_per_image": captions_per_image}
+        text["vocab_from"] = os.path.abspath(vocab) if vocab else None
+        job = _job_manifest(source, fingerprint, build_args, job_index, num_jobs, len(chunks), parts, no_captions, text)
+        summary = _finish_job(out, source, job, parts, vocab_obj)
+    summary["elapsed"] = time.perf_counter() - start
+    return summary
+
+
+def _finish_job(out, source, job, parts, vocab_obj):
+    """Write this job's manifest (and the borrowed vocabulary); a single job also finalizes the
+    set. Returns build()'s summary, less its time."""
+    if vocab_obj is not None:
+        with writing(os.path.join(out, "vocab.json")):
+            vocab_obj.save(os.path.join(out, "vocab.json"))
+    write_job_manifest(out, job)
+    summary = {
+        "job": job,
+        "reused": sum(p["reused"] for p in parts),
+        "built": sum(not p["reused"] for p in parts),
+    }
+    if job["job"]["count"] == 1:
+        written = {r.image_id: list(r.captions) for r in source.records if r.captions}
+        for s in job["skipped"]:
+            written.pop(s[0], None)
+        summary["manifest"] = finalize(out, [job], written)
     return summary
 
 
@@ -329,10 +235,15 @@ def _job_manifest(source, fingerprint, build_args, job_index, num_jobs, num_shar
     if job_index == 0:  # what no shard holds: job 0 reports it
         skipped += [[r.image_id, r.path, "no_captions"] for r in no_captions] + list(source.skipped)
     return {
-        "format": FORMAT, "fingerprint": fingerprint, "build_args": build_args,
-        "annotation": source.annotation_path, "annotation_sha256": fingerprint["annotation_sha256"],
-        "job": {"index": job_index, "count": num_jobs}, "num_shards": num_shards,
-        "records": len(source.records) + len(source.skipped), "orphan_captions": source.orphan_captions,
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "build_args": build_args,
+        "annotation": source.annotation_path,
+        "annotation_sha256": fingerprint["annotation_sha256"],
+        "job": {"index": job_index, "count": num_jobs},
+        "num_shards": num_shards,
+        "records": len(source.records) + len(source.skipped),
+        "orphan_captions": source.orphan_captions,
         "bad_captions": source.bad_captions,
         "shards": [{k: p[k] for k in ("name", "samples", "captions", "bytes", "sha256")} for p in parts],
         "skipped": sorted(skipped, key=lambda s: s[0]),

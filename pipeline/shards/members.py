@@ -4,6 +4,7 @@ The member offset map is built once from the tar headers (what a DALI index
 holds, pipeline/shards/wds_index.py read_samples); a read is then one seek and one
 read in the shard file, without scanning the tar.
 """
+
 import json
 import os
 

@@ -1,5 +1,6 @@
 """Finishing a shard set: job manifests, finalize (manifest.json, skipped.txt and the text
 files from the jobs' records), and merge (the jobs of a --num-jobs build into one set)."""
+
 import glob
 import json
 import os
@@ -7,11 +8,19 @@ import re
 import shutil
 
 from pipeline.atomic import atomic_write, discard, link_or_copy
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, writing
 from pipeline.folder_lock import folder_lock
-from pipeline.errors import writing
-from pipeline.shards.shardset import (FORMAT, PARTS, job_manifest_path, job_manifests, part_path,
-                                      read_captions, shard_name, verify, write_manifest)
+from pipeline.shards.shardset import (
+    FORMAT,
+    PARTS,
+    job_manifest_path,
+    job_manifests,
+    part_path,
+    read_captions,
+    shard_name,
+    verify,
+    write_manifest,
+)
 from pipeline.shards.text_files import write_text
 
 
@@ -38,8 +47,10 @@ def finalize(out, jobs, captions_by_id=None):
     with writing(skipped_txt), atomic_write(skipped_txt, "w") as f:
         f.writelines(f"{image_id}\t{path}\t{reason}\n" for image_id, path, reason in skipped)
     if not any(s["samples"] for s in shards):
-        raise CapgenError(f"{out}: none of the {len(skipped)} images could be used "
-                          f"({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))}; see {skipped_txt})")
+        raise CapgenError(
+            f"{out}: none of the {len(skipped)} images could be used "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))}; see {skipped_txt})"
+        )
     fp = first["fingerprint"]
     manifest = {
         "format": FORMAT,
@@ -65,8 +76,9 @@ def finalize(out, jobs, captions_by_id=None):
     text = first["text"]
     if captions_by_id is None:
         captions_by_id = read_captions(out, [s["name"] for s in shards])
-    manifest["text"] = write_text(out, captions_by_id, text["preset"], text["min_freq"],
-                                  text["captions_per_image"], text["vocab_from"])
+    manifest["text"] = write_text(
+        out, captions_by_id, text["preset"], text["min_freq"], text["captions_per_image"], text["vocab_from"]
+    )
     write_manifest(out, manifest)
     return manifest
 
@@ -132,9 +144,11 @@ def _check_jobs(jobs, first_dir, out):
     count = first["job"]["count"]
     for index, job in jobs.items():
         if job["job"]["count"] != count or job["fingerprint"] != first["fingerprint"]:
-            raise CapgenError(f"{job_manifest_path(job['_dir'], index, job['job']['count'])}: "
-                              "built with other options than job "
-                              f"{first['job']['index']} (see its fingerprint)")
+            raise CapgenError(
+                f"{job_manifest_path(job['_dir'], index, job['job']['count'])}: "
+                "built with other options than job "
+                f"{first['job']['index']} (see its fingerprint)"
+            )
     missing = sorted(set(range(count)) - set(jobs))
     if missing:
         raise CapgenError(f"{first_dir}: job manifests missing for job(s) {', '.join(map(str, missing))} of {count}")

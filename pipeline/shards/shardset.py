@@ -11,6 +11,7 @@
 
 pipeline/shards/build.py builds a set, pipeline/shards/merge.py joins the jobs of a split build.
 """
+
 import glob
 import hashlib
 import json
@@ -18,8 +19,7 @@ import os
 import tarfile
 
 from pipeline.atomic import atomic_write
-from pipeline.errors import CapgenError
-from pipeline.errors import writing
+from pipeline.errors import CapgenError, writing
 from pipeline.text import TokenTable, Vocabulary
 
 FORMAT = "capgen-shards/1"
@@ -63,8 +63,11 @@ def read_manifest(shard_dir):
         raise CapgenError(f"{path}: not found (not a shard set folder?)") from None
     except (OSError, ValueError) as err:
         raise CapgenError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
-            or not isinstance(manifest.get("shards"), list):
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not isinstance(manifest.get("shards"), list)
+    ):
         raise CapgenError(f"{path}: not a {FORMAT} manifest")
     return manifest
 
@@ -79,8 +82,10 @@ def write_manifest(out, manifest):
 def shard_paths(shard_dir):
     """The shards of a set, sorted: those its manifest names, else every *.tar."""
     if os.path.isfile(os.path.join(shard_dir, "manifest.json")):
-        return [os.path.join(shard_dir, s["name"]) for s in sorted(read_manifest(shard_dir)["shards"],
-                                                                  key=lambda s: s["name"])]
+        return [
+            os.path.join(shard_dir, s["name"])
+            for s in sorted(read_manifest(shard_dir)["shards"], key=lambda s: s["name"])
+        ]
     return sorted(glob.glob(os.path.join(glob.escape(os.fspath(shard_dir)), "*.tar")))
 
 
@@ -92,7 +97,7 @@ def sample_keys(path):
             if not member.isreg():
                 continue
             base = member.name.rsplit("/", 1)[-1]
-            key = member.name[:len(member.name) - len(base)] + base.split(".", 1)[0]
+            key = member.name[: len(member.name) - len(base)] + base.split(".", 1)[0]
             if not keys or key != keys[-1]:
                 keys.append(key)
     return keys
@@ -137,8 +142,10 @@ def verify(shard_dir):
     manifest = read_manifest(shard_dir)
     bad_entry = next((k for k, s in enumerate(manifest["shards"]) if not _good_entry(s)), None)
     if bad_entry is not None:
-        return [f"{os.path.join(shard_dir, 'manifest.json')}: shards[{bad_entry}] is not a shard entry "
-                "(name, samples, bytes, sha256)"]
+        return [
+            f"{os.path.join(shard_dir, 'manifest.json')}: shards[{bad_entry}] is not a shard entry "
+            "(name, samples, bytes, sha256)"
+        ]
     problems, keys = [], []
     for s in manifest["shards"]:
         found, problem = _check_shard(os.path.join(shard_dir, s["name"]), s)
@@ -152,16 +159,22 @@ def verify(shard_dir):
     total = sum(s["samples"] for s in manifest["shards"])
     counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
     if total != counts.get("images"):
-        problems.append(f"{os.path.join(shard_dir, 'manifest.json')}: shards hold {total} samples, "
-                        f"counts.images says {counts.get('images')}")
+        problems.append(
+            f"{os.path.join(shard_dir, 'manifest.json')}: shards hold {total} samples, "
+            f"counts.images says {counts.get('images')}"
+        )
     # The token table's ids are checked against the samples only when the shards are sound.
     return problems + check_text(shard_dir, manifest, None if problems else sorted(int(k) for k in keys))
 
 
 def _good_entry(s):
-    return (isinstance(s, dict) and isinstance(s.get("name"), str) and os.path.basename(s["name"]) == s["name"]
-            and isinstance(s.get("sha256"), str)
-            and all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("samples", "bytes")))
+    return (
+        isinstance(s, dict)
+        and isinstance(s.get("name"), str)
+        and os.path.basename(s["name"]) == s["name"]
+        and isinstance(s.get("sha256"), str)
+        and all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("samples", "bytes"))
+    )
 
 
 def check_text(shard_dir, manifest, sample_ids=None):
@@ -178,16 +191,22 @@ def check_text(shard_dir, manifest, sample_ids=None):
         return [f"{vocab_path}: {len(vocab)} words, manifest.json says {recorded}"]
     n = len(table.image_ids)
     if table.tokens.ndim != 3 or table.tokens.shape[0] != n or table.lengths.shape != table.tokens.shape[:2]:
-        return [f"{tokens_path}: arrays of shapes {table.image_ids.shape}, {table.tokens.shape}, "
-                f"{table.lengths.shape} do not fit together"]
+        return [
+            f"{tokens_path}: arrays of shapes {table.image_ids.shape}, {table.tokens.shape}, "
+            f"{table.lengths.shape} do not fit together"
+        ]
     if table.tokens.shape[2] != vocab.length:
         return [f"{tokens_path}: captions of {table.tokens.shape[2]} tokens, {vocab_path} says {vocab.length}"]
     if table.tokens.size and not 0 <= int(table.tokens.min()) <= int(table.tokens.max()) < len(vocab):
-        return [f"{tokens_path}: token ids from {int(table.tokens.min())} to {int(table.tokens.max())}, "
-                f"outside the {len(vocab)} words of {vocab_path}"]
+        return [
+            f"{tokens_path}: token ids from {int(table.tokens.min())} to {int(table.tokens.max())}, "
+            f"outside the {len(vocab)} words of {vocab_path}"
+        ]
     if sample_ids is not None and table.image_ids.tolist() != sample_ids:
-        return [f"{tokens_path}: image ids differ from the shards' samples ({n} rows, {len(sample_ids)} samples; "
-                f"run capgen vocab {shard_dir})"]
+        return [
+            f"{tokens_path}: image ids differ from the shards' samples ({n} rows, {len(sample_ids)} samples; "
+            f"run capgen vocab {shard_dir})"
+        ]
     return []
 
 

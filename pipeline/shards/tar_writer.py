@@ -6,6 +6,7 @@ or group names and one fixed mtime, without tarfile's generic header code; and i
 keeps the sha256, the length and the member offsets of what it wrote, so the shard
 is neither read back to hash it nor re-parsed to index it.
 """
+
 import hashlib
 import re
 

@@ -1,9 +1,10 @@
 """A shard set's text files: vocab.json and tokens.npz, written beside the shards
 (and again by `capgen vocab`) so that text settings never re-encode images."""
+
 import os
 
-from pipeline.folder_lock import folder_lock
 from pipeline.errors import writing
+from pipeline.folder_lock import folder_lock
 from pipeline.shards.shardset import read_captions, read_manifest, write_manifest
 from pipeline.text import TokenTable, Vocabulary
 
@@ -21,9 +22,16 @@ def write_text(out, captions_by_id, preset, min_freq, captions_per_image, vocab_
     table = TokenTable.build(captions_by_id, vocab, captions_per_image)
     with writing(os.path.join(out, "tokens.npz")):
         table.save(os.path.join(out, "tokens.npz"))
-    return {"vocab": "vocab.json", "tokens": "tokens.npz", "vocab_size": len(vocab),
-            "preset": vocab.preset, "min_freq": vocab.min_freq, "max_len": vocab.max_len,
-            "captions_per_image": captions_per_image, "vocab_from": vocab_from}
+    return {
+        "vocab": "vocab.json",
+        "tokens": "tokens.npz",
+        "vocab_size": len(vocab),
+        "preset": vocab.preset,
+        "min_freq": vocab.min_freq,
+        "max_len": vocab.max_len,
+        "captions_per_image": captions_per_image,
+        "vocab_from": vocab_from,
+    }
 
 
 def rebuild_text(shard_dir, preset=None, min_freq=None, vocab=None, captions_per_image=None):

@@ -9,6 +9,7 @@ With the index, `fn.readers.webdataset` starts without scanning the tars, and th
 member name reaches the pipeline as the sample's source_info ("tar:offset:name"):
 that is how the image id (the sample key) travels to the trainer.
 """
+
 import os
 import tarfile
 
@@ -28,7 +29,7 @@ def split_name(name):
     """'dir/123.seg.png' -> ('dir/123', 'seg.png'): the extension starts at the first dot
     of the base name, as webdataset and DALI split it."""
     dot = name.find(".", name.rfind("/") + 1)
-    return (name, "") if dot < 0 else (name[:dot], name[dot + 1:])
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
 
 
 def read_members(tar_path):

@@ -1,6 +1,5 @@
 """`capgen synth`, `capgen shards ...` and `capgen vocab`: data before the model."""
 
-
 import click
 
 
