@@ -21,7 +21,7 @@ from model.export import numpy_search
 from model.nets.hyps import caption_result
 from model.runs.checkpoint_config import fit_mode
 from pipeline.errors import CapgenError, first_line, read_bytes
-from pipeline.imaging.pixels import model_input
+from pipeline.imaging.pixels import image_input
 from pipeline.text import Vocabulary
 
 FORMAT, VERSION = "capgen-onnx", 1
@@ -105,12 +105,10 @@ class OnnxCaptioner:
         return cls(sessions, vocab, config, grid)
 
     def preprocess(self, img) -> np.ndarray:
-        """PIL image -> float32 [3, size, size], exactly as the torch Captioner preprocesses it."""
+        """PIL image or image file -> float32 [3, size, size], exactly as the torch Captioner
+        preprocesses it (pipeline/imaging/pixels.py's image_input)."""
         size, mode = self.image["size"], fit_mode(self.image["resize_mode"])
-        try:
-            return model_input(img, size, mode, self.image["mean"], self.image["std"])
-        except (OSError, ValueError) as err:
-            raise CapgenError(f"{getattr(img, 'filename', '') or 'image'}: cannot read image ({err})") from None
+        return image_input(img, size, mode, self.image["mean"], self.image["std"])
 
     def run(self, graph, *inputs):
         """One graph on numpy inputs (in GRAPHS order) -> its outputs, in order."""

@@ -28,7 +28,7 @@ from model.nets.search import beam_search
 from model.runs import checkpoint
 from model.runs.checkpoint_config import fit_mode, split_state
 from pipeline.errors import CapgenError, first_line
-from pipeline.imaging.pixels import model_input
+from pipeline.imaging.pixels import image_input, model_input
 
 
 def _build(config, state):
@@ -97,12 +97,8 @@ class Captioner:
         """PIL image or image file (any mode, EXIF-rotated upright) -> the encoder's normalised input
         [3, size, size], resized as the checkpoint's shards were. CapgenError for an image that
         cannot be read."""
-        name = os.fspath(img) if isinstance(img, (str, os.PathLike)) else getattr(img, "filename", "")
-        try:
-            img = Image.open(img) if isinstance(img, (str, os.PathLike)) else img
-            return preprocess(img, self.image["size"], self.image["resize_mode"], self.image["mean"], self.image["std"])
-        except (OSError, ValueError) as err:
-            raise CapgenError(f"{name or 'image'}: cannot read image ({err})") from None
+        im = self.image
+        return torch.from_numpy(image_input(img, im["size"], fit_mode(im["resize_mode"]), im["mean"], im["std"]))
 
     @torch.inference_mode()
     def caption(

@@ -3,14 +3,18 @@
 `to_rgb` makes any PIL mode RGB, `fit` fits uint8 pixels to the square (stretch,
 center-crop or pad) with pipeline/imaging/resample.py (Pillow's bicubic, byte for
 byte), and `model_input` does what a captioner does to a PIL image: EXIF orientation,
-RGB, fit, scale to 0..1 and normalise per channel. The shard builder
+RGB, fit, scale to 0..1 and normalise per channel; `image_input` the same from a PIL
+image or an image file, naming the file when it cannot be read. The shard builder
 (pipeline/imaging/convert.py, decode.py), the torch Captioner and the ONNX runtime
 all use these, so they see the same pixels.
 """
 
+import os
+
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline.errors import CapgenError
 from pipeline.imaging import resample
 
 RESIZE_MODES = ("stretch", "center-crop", "pad")
@@ -65,3 +69,14 @@ def model_input(img, size, mode, mean, std):
     mean = np.asarray(mean, dtype=np.float32)[:, None, None]
     std = np.asarray(std, dtype=np.float32)[:, None, None]
     return (x - mean) / std
+
+
+def image_input(img, size, mode, mean, std):
+    """model_input of a PIL image or an image file (a path); CapgenError '<file>: cannot read
+    image (cause)' when it cannot be read or decoded."""
+    is_path = isinstance(img, (str, os.PathLike))
+    name = os.fspath(img) if is_path else getattr(img, "filename", "")
+    try:
+        return model_input(Image.open(img) if is_path else img, size, mode, mean, std)
+    except (OSError, ValueError) as err:
+        raise CapgenError(f"{name or 'image'}: cannot read image ({err})") from None
