@@ -109,30 +109,61 @@ def kill_at(monkeypatch, k):
     return calls
 
 
-def test_kill_at_every_rename_of_the_second_epoch_then_resume(data, whole, tmp_path, monkeypatch):
-    first = tmp_path / "first"
-    train(args(data, first, epochs=1))
+def kill_at_every_rename(first, whole, tmp_path, monkeypatch, make_args):
+    """Copy run `first` (one epoch done), resume it to make_args(run)'s end killed at each
+    os.rename / os.replace in turn, then resume again: each run ends with the weights of
+    `whole` (the run never stopped). Returns the number of renames."""
     counted = tmp_path / "count"
     shutil.copytree(first, counted)
     with monkeypatch.context() as m:
         calls = kill_at(m, 0)
-        train(args(data, counted, epochs=2, resume=True))
+        train(make_args(counted))
     renames = calls["n"]
-    assert renames == 13  # args.json, log, best (3 files + 2 swaps), last (the same), curve
     for k in range(1, renames + 1):
         run = tmp_path / f"k{k}"
         shutil.copytree(first, run)
         with monkeypatch.context() as m, pytest.raises(Killed):
             kill_at(m, k)
-            train(args(data, run, epochs=2, resume=True))
+            train(make_args(run))
         # After the kill: a best exists and holds at least the best score last records.
         recorded = checkpoint.trainer_best(checkpoint.resolve(run / "last"))
         assert checkpoint.trainer_best(checkpoint.resolve(run / "best")) >= recorded
         assert Captioner.load(run).vocab is not None  # a run folder loads (its best)
-        train(args(data, run, epochs=2, resume=True))
+        train(make_args(run))
         assert sorted(n for n in os.listdir(run) if n.startswith(("best", "last"))) == ["best", "last"], k
         assert same(weights(run / "last"), weights(os.path.join(whole, "last"))), k
         assert same(weights(run / "best"), weights(os.path.join(whole, "best"))), k
+        assert logged(run) == logged(whole), k
+    return renames
+
+
+def logged(run):
+    """The run log's records without their wall-clock measurements."""
+    clock = {"samples_per_s", "seconds"}
+    return [{k: v for k, v in r.items() if k not in clock} for r in read_log(os.path.join(run, "log.jsonl"))]
+
+
+def test_kill_at_every_rename_of_the_second_epoch_then_resume(data, whole, tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    train(args(data, first, epochs=1))
+    renames = kill_at_every_rename(
+        first, whole, tmp_path, monkeypatch, lambda run: args(data, run, epochs=2, resume=True)
+    )
+    assert renames == 13  # args.json, log, best (3 files + 2 swaps), last (the same), curve
+
+
+def test_scst_kill_at_every_rename_of_the_second_epoch_then_resume(data, whole, tmp_path, monkeypatch):
+    """SCST from the cross-entropy run's best, two epochs of 6 steps: killed at each rename of
+    the second epoch's saves and resumed, it ends as the run never stopped (weights, log)."""
+    scst = dict(scst=True, init=os.path.join(whole, "best"), scst_samples=2)
+    uninterrupted, first = tmp_path / "whole", tmp_path / "first"
+    train(args(data, uninterrupted, epochs=2, **scst))
+    train(args(data, first, epochs=1, **scst))
+    renames = kill_at_every_rename(
+        first, uninterrupted, tmp_path, monkeypatch, lambda run: args(data, run, epochs=2, resume=True, **scst)
+    )
+    improved = checkpoint.trainer_best(uninterrupted / "best") > checkpoint.trainer_best(first / "best")
+    assert renames == (13 if improved else 8)  # as above; without a better epoch, no best
 
 
 def test_reconcile_restores_best_from_old_and_from_last(data, whole, tmp_path):
