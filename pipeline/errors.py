@@ -1,8 +1,14 @@
-"""The one error type for bad input (its message names the file and the cause), and the
-ways an OS error or any exception becomes such a line."""
+"""The one error type for bad input (its message names the file and the cause), the
+ways an OS error or any exception becomes such a line, and the one way a warning or an
+error reaches stderr: on a line of its own, never glued to a progress bar's."""
 
 import contextlib
 import re
+import sys
+
+from tqdm import tqdm
+
+WARNING, ERROR = "capgen: warning: ", "capgen: error: "  # the prefixes of stderr's warning and error lines
 
 
 class CapgenError(Exception):
@@ -49,3 +55,27 @@ def read_bytes(path):
         raise CapgenError(f"{path}: file not found") from None
     except OSError as err:
         raise CapgenError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def say(line: str) -> None:
+    """Print `line` on stderr as a line of its own: the open progress bars (tqdm's) are
+    cleared first and drawn again below it, so it never continues a bar's line."""
+    tqdm.write(line, file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    """'capgen: warning: MESSAGE' on stderr, on a line of its own (see say)."""
+    say(WARNING + message)
+
+
+def end_bars() -> None:
+    """Close every open progress bar (a bar that leaves its last state ends its line), so
+    that what is printed next starts a line: the end of a command stopped by an error."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def error(message: str) -> None:
+    """'capgen: error: MESSAGE' on stderr, on a line of its own, every progress bar closed first."""
+    end_bars()
+    say(ERROR + message)

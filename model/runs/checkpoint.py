@@ -19,7 +19,6 @@ import math
 import os
 import random
 import shutil
-import sys
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -30,7 +29,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from model.runs.selection import UNRECORDED
 from pipeline.atomic import atomic_dir, atomic_write
-from pipeline.errors import CapgenError, first_line, read_bytes
+from pipeline.errors import CapgenError, first_line, read_bytes, warn
 from pipeline.text import Vocabulary
 
 FORMAT = "capgen-checkpoint/1"
@@ -260,8 +259,7 @@ def reconcile(run: str | os.PathLike) -> None:
             for name in os.listdir(last):
                 shutil.copy2(os.path.join(last, name), os.path.join(tmp, name))
     else:
-        print(
-            f"capgen: warning: {best}: does not hold the recorded best score {recorded:.4f} and last/ is "
-            "another epoch; the next better epoch rewrites it",
-            file=sys.stderr,
+        warn(
+            f"{best}: does not hold the recorded best score {recorded:.4f} and last/ is "
+            "another epoch; the next better epoch rewrites it"
         )

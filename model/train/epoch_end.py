@@ -4,16 +4,15 @@ then on rank 0 write its val record, refuse a non-finite model or score, and sav
 
 import math
 import os
-import sys
 
 import torch
-from tqdm import tqdm
 
 from model.runs import checkpoint
 from model.runs.log import plot_curve
 from model.runs.selection import label
 from model.train.build import step_scheduler
 from model.train.epoch import diverged
+from pipeline.errors import say
 
 
 def end_epoch(state, epoch, scores, scheduler):
@@ -42,10 +41,9 @@ def report(args, log, state, optimizer):
             "beam": args.beam,
         }
     )
-    tqdm.write(
+    say(
         f"epoch {state.epoch}/{args.epochs}: val {label(state.metric)} {state.scores[state.metric]:.4f} "
-        f"(best {state.best:.4f}), lr {lr:.2e}",
-        file=sys.stderr,
+        f"(best {state.best:.4f}), lr {lr:.2e}"
     )
 
 

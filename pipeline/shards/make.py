@@ -5,12 +5,11 @@ set, records the arguments in the manifest's build_args and runs pipeline/shards
 """
 
 import os
-import sys
 from collections.abc import Callable
 from os import PathLike
 
 from pipeline.cluster import array_job
-from pipeline.errors import UsageError
+from pipeline.errors import WARNING, UsageError, say
 from pipeline.imaging.convert import QUALITY
 from pipeline.shards import build as sh
 
@@ -30,10 +29,6 @@ RECORDED = (
     "min_freq",
     "captions_per_image",
 )
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def build_shards(
@@ -64,7 +59,7 @@ def build_shards(
     captions_per_image: int = 5,
     index: bool = True,
     progress: bool = False,
-    note: Callable[[str], None] = _stderr,
+    note: Callable[[str], None] = say,
 ) -> dict:
     """Decode a COCO 2014 split (coco_root + split), a Karpathy split (karpathy + karpathy_split)
     or your own captions file (captions, a metadata.jsonl / .csv / .tsv) once into a shard set
@@ -99,10 +94,7 @@ def _build(a, note):
     a["name"] = a["name"] or name
     out = os.fspath(a["out"]) if a["out"] else os.path.join("shards", a["name"])
     if evaluation and not a["vocab"] and num_jobs == 1:
-        note(
-            f"capgen: warning: {a['name']} builds its own vocabulary; pass --vocab TRAIN/vocab.json "
-            "to share the training one"
-        )
+        note(f"{WARNING}{a['name']} builds its own vocabulary; pass --vocab TRAIN/vocab.json to share the training one")
     args = {**{k: a[k] for k in RECORDED}, **table}
     opts = sh.Options(**{k: a[k] for k in ("name", "image_size", "resize_mode", "quality", "shard_size")})
     r = sh.build(source, out, opts, args, num_jobs=num_jobs, job_index=job_index, **{k: a[k] for k in PASSED})

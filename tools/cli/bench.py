@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, say
 from tools.cli.caption import CHECKPOINT
 
 
@@ -223,7 +223,7 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
         quick=quick,
         workers=workers,
         vocab_size=vocab_size,
-        echo=lambda msg: click.echo(msg, err=True),
+        echo=say,
     )
     click.echo(report(r))
     if json_out == "-":

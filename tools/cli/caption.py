@@ -307,6 +307,7 @@ def score(results, annotations, as_json):
 @click.option("--quiet", is_flag=True, help="No progress bar (shown for more than 16 files).")
 def caption(ckpt, onnx_dir, images, beam, topk, as_json, attention_out, device, threads, quiet):
     """Caption image files (any size or mode); unreadable ones fail at the end."""
+    from pipeline.errors import ERROR, say
     from tools.caption_files import caption_files
 
     captioner = _captioner(ckpt, onnx_dir, device, threads)
@@ -315,9 +316,7 @@ def caption(ckpt, onnx_dir, images, beam, topk, as_json, attention_out, device, 
         from model.infer.attention_figure import figure_writer
 
         # Figure notes go to stderr so that --json keeps stdout one object per line.
-        on_result = figure_writer(
-            captioner.image["resize_mode"], attention_out, images, lambda msg: click.echo(msg, err=True)
-        )
+        on_result = figure_writer(captioner.image["resize_mode"], attention_out, images, say)
     failed = caption_files(
         captioner,
         images,
@@ -325,7 +324,7 @@ def caption(ckpt, onnx_dir, images, beam, topk, as_json, attention_out, device, 
         topk,
         as_json,
         click.echo,
-        lambda msg: click.echo(f"capgen: error: {msg}", err=True),
+        lambda msg: say(ERROR + msg),
         on_result=on_result,
         progress=not quiet,
     )

@@ -108,14 +108,11 @@ def shards():
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def shards_build(images_dir, vocab_path, quiet, **options):
     """Decode COCO 2014, a Karpathy split or your own captions file once into verified WebDataset shards."""
-    from functools import partial
-
-    from pipeline.errors import UsageError
+    from pipeline.errors import UsageError, say
     from pipeline.shards.make import build_shards
 
     try:
-        note = partial(click.echo, err=True)
-        r = build_shards(images=images_dir, vocab=vocab_path, progress=not quiet, note=note, **options)
+        r = build_shards(images=images_dir, vocab=vocab_path, progress=not quiet, note=say, **options)
     except UsageError as err:
         raise click.UsageError(str(err)) from None
     _echo_build(r)
@@ -146,11 +143,12 @@ def _echo_build(r):
 @click.argument("shard_dir", type=click.Path(file_okay=False))
 def shards_verify(shard_dir):
     """Re-hash every shard against manifest.json and count its samples."""
+    from pipeline.errors import error
     from pipeline.shards.shardset import read_manifest, verify
 
     problems = verify(shard_dir)
     for line in problems:
-        click.echo(f"capgen: error: {line}", err=True)
+        error(line)
     if problems:
         raise SystemExit(1)
     m = read_manifest(shard_dir)

@@ -6,10 +6,11 @@ this file gathers them into one group and turns a CapgenError into one line.
 
 import os
 import sys
+import warnings
 
 import click
 
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, end_bars, error, warn
 from tools.cli import bench as cli_bench
 from tools.cli import caption as cli_caption
 from tools.cli import data as cli_data
@@ -49,15 +50,23 @@ def main():
     if sys.argv[1:2] != ["demo"]:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        cli.main(standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # a library's warning: one line, above any progress bar
+            cli.main(standalone_mode=False)
     except click.exceptions.Abort:
+        end_bars()
         sys.exit(130)
     except click.ClickException as err:
+        end_bars()
         err.show()
         sys.exit(err.exit_code)
     except CapgenError as err:
-        click.echo(f"capgen: error: {err}", err=True)
+        error(str(err))
         sys.exit(1)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    warn(str(message))
 
 
 if __name__ == "__main__":
