@@ -4,6 +4,7 @@ each sample once per epoch across ranks; flips swap left/right in the captions; 
 import io
 import json
 import os
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -215,8 +216,6 @@ def test_mirror_ids_is_an_involution_swapping_left_right():
 
 
 def test_reader_goes_by_the_index(shard_set, tmp_path):
-    import shutil
-
     for p in shard_set.glob("*.tar"):
         shutil.copy(p, tmp_path / p.name)
     for name in ("tokens.npz", "vocab.json"):
@@ -324,3 +323,129 @@ def test_loader_benchmark_quick_runs_on_cpu(shard_set):
     assert all(r[k] > 0 for k in ("dali", "torchvision", "cpu")) and r["batch_size"] == 16
     text = report(r)
     assert text.startswith("loaders on CPU") and "1.00x" in text and "--quick" in text
+
+
+# ---------------------------------------------------------------- lost samples
+
+
+def damaged_copy(built_set, tmp_path, kind):
+    """A copy of built_set (shards of 4, 4 and 2) whose second shard has test_corrupt_data's
+    damage `kind`; returns (folder, the damaged shard's path)."""
+    from test_corrupt_data import CORRUPTIONS
+
+    out = tmp_path / "set"
+    shutil.copytree(built_set, out)
+    shard = str(out / "train2014-000001.tar")
+    CORRUPTIONS[kind][0](shard)
+    return str(out), shard
+
+
+def one_pass(loader):
+    ids = sorted(i for b in loader for i in b["image_ids"].tolist())
+    return ids, loader.lost()
+
+
+@pytest.mark.parametrize(
+    "kind, lost",
+    [
+        ("flipped header byte", 4),
+        ("truncated at a member boundary", 1),
+        ("flipped JPEG bytes", 1),
+        ("empty", 4),
+        ("deleted", 4),
+    ],
+)
+def test_dali_counts_lost_samples_as_the_cpu_loader_does(built_set, tmp_path, capsys, kind, lost):
+    from pipeline.loading.loader import make_loader
+
+    folder, shard = damaged_copy(built_set, tmp_path, kind)
+    cpu = one_pass(make_loader(folder, 4, shuffle=False, loader="cpu"))
+    cpu_warnings = capsys.readouterr().err.splitlines()
+    loader = make_loader(folder, 4, shuffle=False, loader="dali")
+    assert loader.num_samples() == 10 - lost
+    for _ in range(2):  # every pass reports its losses
+        dali_ids, dali_lost = one_pass(loader)
+        assert (dali_ids, dali_lost) == cpu and dali_lost == (lost, 10) and len(dali_ids) == 10 - lost
+        (line,) = capsys.readouterr().err.splitlines()
+        (cpu_line,) = cpu_warnings
+        prefix = f"capgen: warning: {shard}: {lost} of 4 samples lost ("
+        assert line.startswith(prefix) and cpu_line.startswith(prefix)
+        if kind == "truncated at a member boundary":
+            assert line == cpu_line == prefix + "samples missing)"
+        if kind == "flipped JPEG bytes":
+            first = sorted(TokenTable.load(os.path.join(built_set, "tokens.npz")).image_ids)[4]
+            assert line == prefix + f"sample '{first}': JPEG data cut short or damaged (no start or end marker))"
+
+
+def test_dali_counts_a_sample_without_captions_and_the_rest_of_its_shard_is_read(built_set, tmp_path, capsys):
+    from pipeline.loading.loader import make_loader
+
+    folder, _ = damaged_copy(built_set, tmp_path, "truncated at a member boundary")
+    table = TokenTable.load(os.path.join(folder, "tokens.npz"))
+    gone = int(sorted(table.image_ids)[0])  # the first shard's first sample
+    keep = table.image_ids != gone
+    np.savez(
+        os.path.join(folder, "tokens.npz"),
+        image_ids=table.image_ids[keep],
+        tokens=table.tokens[keep],
+        lengths=table.lengths[keep],
+    )
+    shards = [os.path.join(folder, f"train2014-00000{i}.tar") for i in range(2)]
+    cpu = one_pass(make_loader(folder, 4, shuffle=False, loader="cpu"))
+    cpu_err = sorted(capsys.readouterr().err.splitlines())
+    dali_loader = make_loader(folder, 4, shuffle=False, loader="dali")
+    assert one_pass(dali_loader) == cpu and cpu[1] == (2, 10) and gone not in cpu[0]
+    assert (
+        sorted(capsys.readouterr().err.splitlines())
+        == cpu_err
+        == [
+            f"capgen: warning: {shards[0]}: 1 of 4 samples lost "
+            f"(sample '{gone}': token table: no captions for image id {gone})",
+            f"capgen: warning: {shards[1]}: 1 of 4 samples lost (samples missing)",
+        ]
+    )
+
+
+def test_dali_ranks_count_the_lost_once(built_set, tmp_path, capsys):
+    from pipeline.loading.loader import make_loader
+
+    folder, shard = damaged_copy(built_set, tmp_path, "flipped JPEG bytes")
+    ranks = [make_loader(folder, 4, shuffle=False, loader="dali", rank=r, world=2) for r in range(2)]
+    passes = [one_pass(loader) for loader in ranks]
+    assert [p[1] for p in passes] == [(1, 5), (0, 5)]  # 9 readable samples: 4 + 5; rank 0 reports the lost
+    assert sorted(passes[0][0] + passes[1][0]) == one_pass(make_loader(folder, 4, shuffle=False, loader="cpu"))[0]
+    assert capsys.readouterr().err.splitlines()[0].startswith(f"capgen: warning: {shard}: 1 of 4 samples lost (")
+
+
+def test_dali_with_no_readable_sample_is_one_error(built_set, tmp_path, capsys):
+    from pipeline.loading.loader import make_loader
+
+    out = tmp_path / "set"
+    shutil.copytree(built_set, out)
+    for tar in out.glob("*.tar"):
+        open(tar, "wb").close()
+    with pytest.raises(CapgenError) as err:
+        make_loader(out, 4, loader="dali")
+    assert str(err.value) == f"{out}: no sample can be read; see the warnings above"
+    assert capsys.readouterr().err.splitlines() == [
+        f"capgen: warning: {out}/train2014-00000{i}.tar: {n} of {n} samples lost "
+        f"({out}/train2014-00000{i}.tar: not a readable tar (empty file))"
+        for i, n in enumerate((4, 4, 2))
+    ]
+
+
+def test_training_with_dali_refuses_an_epoch_past_max_lost(train_val, tmp_path):
+    from test_corrupt_data import SHARD, TRAIN, capgen, corrupt_copy
+
+    folder = corrupt_copy(train_val["train"], tmp_path, "truncated at a member boundary")
+    dali_train = ["dali" if a == "cpu" else a for a in TRAIN]  # --loader dali
+    base = ["train", "--train", folder, "--val", train_val["val"], *dali_train]
+    p = capgen([*base, "--out", str(tmp_path / "run")], tmp_path)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.splitlines()[-1] == (
+        f"capgen: error: {folder}: 3 of 24 samples could not be read this epoch "
+        "(more than --max-lost 0.01); see the warnings above"
+    )
+    assert f"capgen: warning: {folder}/{SHARD}: 3 of 6 samples lost (samples missing)" in p.stderr.splitlines()
+    p = capgen([*base, "--out", str(tmp_path / "run2"), "--max-lost", "0.2"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]

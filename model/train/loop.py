@@ -335,8 +335,6 @@ def _broadcast(scores, world):
 
 
 def _check_lost(args, loader, world):
-    """Fail when more than --max-lost of the epoch's samples could not be read."""
-    if not hasattr(loader, "lost"):  # DALI: its reader fails on a bad shard itself
-        return
+    """Fail when more than --max-lost of the epoch's samples could not be read (every loader counts them)."""
     lost, expected = (sum(x) for x in zip(*_gather(loader.lost(), world)))
     check_lost(args.train, lost, expected, args.max_lost, " this epoch")

@@ -32,8 +32,11 @@ against the manifest's count and, when its pass ends, yields one extra item
 made with report=True, as make_loader does), a side channel that travels through the
 DataLoader's workers like a batch; Loader (pipeline/loading/loader.py) takes it out of
 the stream (its consumers only ever see batches), warns once per damaged shard and sums
-the counts in `lost()`. The caller decides what share is too much (the trainer's
---max-lost, `features extract`'s).
+the counts in `lost()`. DALI's loader finds the damage before its pipeline is built
+(pipeline/loading/dali_scan.py), reads only the readable samples, and gives the same
+warnings and `lost()` at the end of each pass (on the rank with shard_id 0, for the whole
+set). The caller decides what share is too much (the trainer's --max-lost, `features
+extract`'s).
 """
 
 import io
@@ -45,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.errors import CapgenError, first_line
+from pipeline.errors import CapgenError, first_line, warn
 from pipeline.loading.features import FeatureFile
 from pipeline.text import TokenTable
 
@@ -82,6 +85,11 @@ def _report(expected, read, causes):
         if read.get(u, 0) < n
     }
     return {REPORT: {"read": sum(read.values()), "expected": sum(expected.values()), "lost": lost}}
+
+
+def warn_lost(shard, lost, expected, cause):
+    """The one warning for a shard (or cache) that lost samples in a pass, from every loader."""
+    warn(f"{shard}: {lost} of {expected} samples lost ({cause})")
 
 
 def decode_jpeg(data):

@@ -8,6 +8,11 @@ rank and pads its shard, and the iterator drops the padding, so each epoch yield
 sample exactly once. The image id is the sample key, which arrives through the reader's
 source_info ("tar:offset:KEY.jpg", from the index file): no JSON on the hot path.
 Captions come from the token table, kept on the device.
+
+Damaged samples: pipeline/loading/dali_scan.py finds them before the pipeline is built and
+the reader is given only the readable ones; the loader warns of each damaged shard and
+counts the lost samples in lost() at the end of each pass, as the CPU loaders do
+(pipeline/loading/batches.py's "Lost samples").
 """
 
 import os
@@ -19,8 +24,10 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipeline.cluster import dist_info
 from pipeline.errors import CapgenError
+from pipeline.loading.batches import warn_lost
+from pipeline.loading.dali_scan import ShardScan, ensure_index
 from pipeline.loading.mirror import mirror_ids, mirror_tokens
-from pipeline.shards.wds_index import index_path, is_current, shard_tars, write_index
+from pipeline.shards.wds_index import shard_tars
 from pipeline.text import TokenTable, Vocabulary
 
 READER = "shards"
@@ -33,19 +40,7 @@ SHUFFLE_BUFFER = 4096  # encoded samples held for shuffling (about 20 KB each)
 
 def shard_index(tars):
     """Index paths for the shards, writing the missing or stale ones."""
-    idxs = []
-    for tar in tars:
-        idx = index_path(tar)
-        if not is_current(tar, idx):
-            try:
-                write_index(tar, idx)
-            except OSError as err:
-                raise CapgenError(
-                    f"{idx}: cannot write DALI index ({err.strerror}); "
-                    "run `capgen shards index` where the folder is writable"
-                ) from None
-        idxs.append(idx)
-    return idxs
+    return [ensure_index(tar) for tar in tars]
 
 
 @pipeline_def
@@ -110,8 +105,11 @@ class DALILoader:
     """Batches per the batch contract (pipeline/loading/batches.py), all on the pipeline's device.
     Iterating again starts a new epoch (break out of one and DALI goes on where it stopped)."""
 
-    def __init__(self, pipe, table, vocab, device, drop_last=False):
-        self.device = device
+    def __init__(self, pipe, table, vocab, device, drop_last=False, scan=None, reports=True):
+        """scan: the set's ShardScan (its filtered indexes live as long as it does); reports:
+        this loader warns of and counts its losses (the rank with shard_id 0 does)."""
+        self.device, self._scan, self._reports = device, scan, reports
+        self._lost = (0, 0)
         self.source = None  # the DataSource, when make_loader built this loader
         order = np.argsort(table.image_ids, kind="stable")
         self._sorted_ids = table.image_ids[order]
@@ -134,12 +132,19 @@ class DALILoader:
         return len(self._it) if self.drop_last else -(-self.num_samples() // self.batch_size)
 
     def num_samples(self):
-        """Samples this rank sees this epoch. The data splits into num_shards slots whose
+        """Samples this rank sees this epoch."""
+        return len(self) * self.batch_size if self.drop_last else self._slot()
+
+    def _slot(self):
+        """Samples this rank reads this epoch. The data splits into num_shards slots whose
         sizes differ by one at most; unshuffled, each rank moves to the next slot every epoch."""
-        if self.drop_last:
-            return len(self) * self.batch_size
         k, n, s = (self._shard + self._epoch * self._turns) % self._shards, self._size, self._shards
         return (k + 1) * n // s - k * n // s
+
+    def lost(self):
+        """(samples lost, samples expected) by the pass that ended since the last __iter__:
+        the whole set's losses on the rank that reports them, none on the others."""
+        return self._lost
 
     def set_epoch(self, epoch):
         """DALI draws each epoch's order from its own running RNG: nothing to set."""
@@ -157,6 +162,7 @@ class DALILoader:
         return self._order[at]
 
     def __iter__(self):
+        self._lost, read = (0, 0), self._slot()
         for (out,) in self._it:
             ids = key_ids(out["key"].numpy())
             if not len(ids):  # a rank whose slot is a whole batch smaller than the largest
@@ -171,6 +177,11 @@ class DALILoader:
                 "images": out["images"].permute(0, 3, 1, 2),
             }
         self._epoch += 1
+        lost = 0
+        for shard, (n, expected, cause) in (self._scan.lost if self._scan and self._reports else {}).items():
+            warn_lost(shard, n, expected, cause)
+            lost += n
+        self._lost = (lost, read + lost)
 
 
 def make_dali_loader(
@@ -187,6 +198,7 @@ def make_dali_loader(
     tokens=None,
     drop_last=False,
     shuffle_buffer=SHUFFLE_BUFFER,
+    expected=None,
 ):
     """DALI loader over a shard set folder (its *.tar shards, tokens.npz and vocab.json).
 
@@ -195,18 +207,23 @@ def make_dali_loader(
     GPU (nvJPEG decode, batches on it). shard_id/num_shards default to the
     torch.distributed rank and world size. Without drop_last each rank ends an epoch on
     a partial batch, and ranks may differ by one batch (the trainer joins uneven inputs);
-    with drop_last every rank yields the same number of full batches."""
+    with drop_last every rank yields the same number of full batches. expected: {shard file
+    name: samples}, the manifest's (make_loader passes them): the counts lost samples are
+    measured against (None: each shard's index count). CapgenError when no sample can be read."""
     if shard_id is None or num_shards is None:
         shard_id, num_shards = dist_info()
-    tars = shard_tars(shard_dir)
-    idxs = shard_index(tars)
     tokens_path = tokens or os.path.join(shard_dir, "tokens.npz")
     table = TokenTable.load(tokens_path)
+    scan = ShardScan(shard_tars(shard_dir), table, expected)
+    if not scan.tars:
+        for shard, (n, total, cause) in scan.lost.items():
+            warn_lost(shard, n, total, cause)
+        raise CapgenError(f"{shard_dir}: no sample can be read; see the warnings above")
     vocab = Vocabulary.load(os.path.join(os.path.dirname(tokens_path), "vocab.json"))
     gpu = device_id is not None
     pipe = caption_pipeline(
-        tars,
-        idxs,
+        scan.tars,
+        scan.idxs,
         image_size,
         train,
         shard_id,
@@ -222,4 +239,4 @@ def make_dali_loader(
     )
     pipe.build()
     device = torch.device("cuda", device_id) if gpu else torch.device("cpu")
-    return DALILoader(pipe, table, vocab, device, drop_last)
+    return DALILoader(pipe, table, vocab, device, drop_last, scan, reports=shard_id == 0)

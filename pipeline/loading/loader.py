@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader
 
 from pipeline.errors import CapgenError
-from pipeline.loading.batches import REPORT, FeatureBatches, ShardBatches
+from pipeline.loading.batches import REPORT, FeatureBatches, ShardBatches, warn_lost
 from pipeline.loading.source import DataSource
 
 LOADERS = ("auto", "cpu", "dali")
@@ -57,7 +56,7 @@ class Loader:
         self.expected += report["expected"]
         for shard, (lost, expected, cause) in report["lost"].items():
             self.lost_shards[shard] = lost
-            print(f"capgen: warning: {shard}: {lost} of {expected} samples lost ({cause})", file=sys.stderr)
+            warn_lost(shard, lost, expected, cause)
 
     def _counts(self):
         d, workers = self.dataset, max(self.workers, 1)
@@ -167,6 +166,7 @@ def _dali_loader(src, batch_size, shuffle, seed, rank, world, workers, drop_last
         num_shards=world,
         tokens=src.tokens_path,
         drop_last=drop_last,
+        expected=src.shard_samples,
     )
     dali_loader.source = src
     return dali_loader
