@@ -9,7 +9,7 @@ Fault routes (what a URL build must survive; FAULTS names each one's expected ou
 404; 500 always; 500 then 200 (per URL, the first request fails); no answer at all (until
 `hang` seconds pass or the server stops); a slow trickle (a byte every 0.1 s); a body cut
 short (Content-Length larger than what is sent); a redirect loop; an HTML page; image bytes
-labelled text/html (the bytes decide: kept); a 50 MB body; a PNG header claiming 40,000 x
+labelled text/html (the bytes decide: kept); a 50 MB body without a Content-Length; a PNG header claiming 40,000 x
 40,000 pixels; an image with X-Robots-Tag: noai. Bounded: the server stops itself after
 `lifetime` seconds, a hanging or trickling answer after `hang` seconds.
 """
@@ -212,7 +212,10 @@ def _endless(h, server, kind):
     size = HUGE_BYTES if kind == "huge" else 1_000_000
     h.send_response(200)
     h.send_header("Content-Type", "image/jpeg")
-    h.send_header("Content-Length", str(size))
+    if kind == "trickle":
+        h.send_header("Content-Length", str(size))
+    else:  # no length: the body ends when the connection closes, so only counting the bytes read stops a client
+        h.send_header("Connection", "close")
     h.end_headers()
     h.wfile.write(b"\xff\xd8\xff")
     sent, block = 3, bytes(1 << 16)

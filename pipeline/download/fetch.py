@@ -112,6 +112,8 @@ def _get(url, opts, pool):
         resp = pool.request(
             "GET", url, headers=headers, redirect=False, retries=False, preload_content=False, timeout=timeout
         )
+    except urllib3.exceptions.NewConnectionError:  # refused, no such host (a ConnectTimeoutError subclass)
+        raise _Retry("connection_error") from None
     except urllib3.exceptions.TimeoutError:
         raise _Retry("timeout") from None
     except (urllib3.exceptions.HTTPError, OSError):
