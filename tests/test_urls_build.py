@@ -11,11 +11,13 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 from cli_in_process import capgen
 
 from pipeline.download.options import DownloadOptions
+from pipeline.download.ordered import fetch_in_order
 from pipeline.shards.make import build_shards
 from pipeline.shards.shardset import file_sha256, read_manifest, verify
 from pipeline.sources.url_list import read_url_list
@@ -124,6 +126,15 @@ def test_same_bytes_whatever_the_concurrency(images, tmp_path):
     for name in shards:
         assert file_sha256(str(tmp_path / "one" / name)) == file_sha256(str(tmp_path / "many" / name))
     assert (tmp_path / "one" / "skipped.txt").read_text() == (tmp_path / "many" / "skipped.txt").read_text()
+
+
+def test_at_most_per_host_requests_to_one_host_at_a_time(images):
+    folder, captions = images
+    with LoopbackImages(folder, latency=0.05) as server:
+        urls = [server.url(name) for name in sorted(captions)]
+        got = list(fetch_in_order(urls, DownloadOptions(concurrency=16, per_host=3)))
+    assert got == [Path(folder, name).read_bytes() for name in sorted(captions)]
+    assert server.most_in_flight == 3
 
 
 def test_kill_and_resume_keeps_finished_shards(images, tmp_path):

@@ -68,13 +68,15 @@ class LoopbackImages:
     latency: seconds slept before every answer; hang: how long a hanging or trickling answer
     lasts at most; lifetime: the server stops itself after this many seconds. Use it as a
     context manager (or start()/stop()). .base is http://127.0.0.1:PORT; .requests counts the
-    paths asked for, .user_agents the User-Agent headers seen."""
+    paths asked for, .user_agents the User-Agent headers seen, .most_in_flight the most
+    requests answered at once."""
 
     def __init__(self, folder: str, latency: float = 0.0, hang: float = 30.0, lifetime: float = 600.0):
         self.folder = os.fspath(folder)
         self.names = {n for n in os.listdir(self.folder) if os.path.isfile(os.path.join(self.folder, n))}
         self.latency, self.hang, self.lifetime = latency, hang, lifetime
         self.requests, self.user_agents = Counter(), Counter()
+        self.in_flight = self.most_in_flight = 0  # requests being answered now, and the most at once
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._giant = giant_png()
@@ -127,10 +129,13 @@ class LoopbackImages:
         with self._lock:
             return self.requests[path] == 1
 
-    def _count(self, path, agent):
+    def _count(self, path, agent, n=1):
         with self._lock:
-            self.requests[path] += 1
-            self.user_agents[agent] += 1
+            if path:
+                self.requests[path] += 1
+                self.user_agents[agent] += 1
+            self.in_flight += n
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
 
 
 def _handler(server):
@@ -150,12 +155,14 @@ def _handler(server):
         def do_GET(self):
             path = urlsplit(self.path).path
             server._count(path, self.headers.get("User-Agent", ""))
-            if server.latency:
-                time.sleep(server.latency)
             try:
+                if server.latency:
+                    time.sleep(server.latency)
                 _answer(self, server, path)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up: that is its right
                 self.close_connection = True
+            finally:
+                server._count(None, None, -1)
 
     return Handler
 
