@@ -80,7 +80,7 @@ class LoopbackImages:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._giant = giant_png()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.block_on_close = False  # stop() does not wait for a client's idle keep-alive connection
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = None
@@ -136,6 +136,10 @@ class LoopbackImages:
                 self.user_agents[agent] += 1
             self.in_flight += n
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # listen backlog: the default 5 drops the SYNs of a client opening 64 connections at once
 
 
 def _handler(server):

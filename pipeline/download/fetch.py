@@ -8,13 +8,13 @@ X-Robots-Tag read as img2dataset reads it, retries with backoff for timeouts, co
 errors, bodies cut short and 5xx answers. The pixel cap is the decoder's: it reads the
 size from the header before decoding (pipeline/imaging/decode.py, too_large).
 
-Why urllib3 and not httpx (also a dependency): measured on the 2-core development machine,
-64 threads fetching 640 small JPEGs from tools/loopback_images.py (a separate process) with
-200 ms added per answer, both are bound by the wait (320/s at most): urllib3 280-308
-images/s, httpx 282-285 (medians of 3 rounds, two runs); but a request costs the client
-0.36 ms of CPU with urllib3 and 1.05 ms with httpx (0.30 and 0.79 with no latency), and a
-URL build shares its cores with decoding. urllib3's read1 also lets the body be read
-against a deadline and a byte cap.
+Why urllib3 and not httpx (also a dependency): measured on the 2-core development machine
+(busy: load 6), 64 threads fetching 640 small JPEGs from tools/loopback_images.py in another
+process, medians of 3 rounds. With 200 ms added per answer both are bound by the wait (320/s
+at most): urllib3 305 images/s, this module 300, httpx 279. But the client's CPU per image
+is 0.52 ms with urllib3 (0.58 here) and 1.46 ms with httpx, and a URL build shares its
+cores with decoding; with no latency urllib3 fetches 2,073 images/s (this module 2,181),
+httpx 550. urllib3's read1 also lets the body be read against a deadline and a byte cap.
 """
 
 import threading
