@@ -34,6 +34,7 @@ from pipeline.shards.task import Options, Task, build_task, discard_temps
 from pipeline.text import Vocabulary
 
 if TYPE_CHECKING:
+    from pipeline.download.options import DownloadOptions
     from pipeline.sources.coco import ImageRecord, Source
 
 
@@ -139,7 +140,9 @@ def _as_dict(r):
     }
 
 
-def _check(out, opts, num_jobs, job_index):
+def _check(out, opts, num_jobs, job_index, download=None):
+    if download is not None:
+        download.check(out)
     if not 0 <= job_index < num_jobs:
         raise CapgenError(f"{out}: --job-index must be in [0, {num_jobs}), got {job_index}")
     if opts.resize_mode not in pixels.RESIZE_MODES:
@@ -164,6 +167,7 @@ def build(
     captions_per_image: int = 5,
     index: bool = True,
     progress: bool = True,
+    download: DownloadOptions | None = None,
 ) -> dict:
     """Build this job's shards into out; a single job also finalizes the set
     (manifest.json, skipped.txt, vocab.json, tokens.npz).
@@ -175,12 +179,14 @@ def build(
     k with k % num_jobs == job_index (join them with pipeline/shards/merge.py). vocab: a
     training vocab.json to reuse, else the set's own from preset and min_freq, keeping
     captions_per_image per image. index: write DALI index files; progress: a tqdm bar.
+    download: the records' paths are image URLs (pipeline/sources/url_list.py), downloaded
+    with these options; a failed download is skipped and counted by reason, as a bad file is.
 
     Returns {"job": this job's manifest, "elapsed": seconds, "built", "reused": shard counts},
     with "manifest" (the set's) for a single job. The build holds out's lock (a job of a
     --num-jobs build: its own slot's), so a second build into the same folder stops at once.
     CapgenError for bad options, no images with captions, or a folder that cannot be written."""
-    _check(out, opts, num_jobs, job_index)
+    _check(out, opts, num_jobs, job_index, download)
     vocab_obj = Vocabulary.load(vocab) if vocab else None
     chunks, no_captions = plan(source.records, opts.shard_size)
     if not chunks:
@@ -196,7 +202,7 @@ def build(
             os.makedirs(os.path.join(out, PARTS), exist_ok=True)
         fingerprint = opts.fingerprint(file_sha256(source.annotation_path))
         tasks = [
-            Task(out, k, [_as_dict(r) for r in chunks[k]], opts, fingerprint, index)
+            Task(out, k, [_as_dict(r) for r in chunks[k]], opts, fingerprint, index, download)
             for k in range(len(chunks))
             if k % num_jobs == job_index
         ]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from os import PathLike
 
 from pipeline.cluster import array_job
+from pipeline.download.options import DownloadOptions
 from pipeline.errors import WARNING, UsageError, say
 from pipeline.imaging.convert import QUALITY
 from pipeline.shards import build as sh
@@ -45,6 +46,9 @@ def build_shards(
     caption_column: str | None = None,
     split_column: str | None = None,
     val_fraction: float | None = None,
+    urls: str | PathLike | None = None,
+    url_column: str | None = None,
+    download: DownloadOptions | None = None,
     name: str | None = None,
     image_size: int = 256,
     resize_mode: str = "stretch",
@@ -61,9 +65,11 @@ def build_shards(
     progress: bool = False,
     note: Callable[[str], None] = say,
 ) -> dict:
-    """Decode a COCO 2014 split (coco_root + split), a Karpathy split (karpathy + karpathy_split)
-    or your own captions file (captions, a metadata.jsonl / .csv / .tsv) once into a shard set
-    at `out` (default shards/NAME), as `capgen shards build` does with the same options.
+    """Decode a COCO 2014 split (coco_root + split), a Karpathy split (karpathy + karpathy_split),
+    your own captions file (captions, a metadata.jsonl / .csv / .tsv) or an image URL list (urls,
+    a .tsv / .csv / .jsonl / .parquet of url and caption columns, downloaded with `download`,
+    default DownloadOptions()) once into a shard set at `out` (default shards/NAME), as
+    `capgen shards build` does with the same options.
 
     Returns build()'s summary ({"job", "elapsed", "built", "reused", and for a single job
     "manifest"}) with "out", "num_jobs" and "job_index". note(line) gets the captions file's
@@ -87,7 +93,7 @@ TABLE_OPTIONS = ("file_column", "caption_column", "split_column", "val_fraction"
 
 def _build(a, note):
     """build_shards with its arguments as one dict."""
-    for key in ("coco_root", "karpathy", "captions", "images", "vocab"):
+    for key in ("coco_root", "karpathy", "captions", "urls", "images", "vocab"):
         a[key] = None if a[key] is None else os.fspath(a[key])  # build_args go into JSON
     num_jobs, job_index = array_job(a["num_jobs"], a["job_index"])
     source, name, evaluation, table = _read_source(a, note)
@@ -97,7 +103,9 @@ def _build(a, note):
         note(f"{WARNING}{a['name']} builds its own vocabulary; pass --vocab TRAIN/vocab.json to share the training one")
     args = {**{k: a[k] for k in RECORDED}, **table}
     opts = sh.Options(**{k: a[k] for k in ("name", "image_size", "resize_mode", "quality", "shard_size")})
-    r = sh.build(source, out, opts, args, num_jobs=num_jobs, job_index=job_index, **{k: a[k] for k in PASSED})
+    download = (a["download"] or DownloadOptions()) if a["urls"] else None
+    passed = {k: a[k] for k in PASSED}
+    r = sh.build(source, out, opts, args, num_jobs=num_jobs, job_index=job_index, download=download, **passed)
     return {**r, "out": out, "num_jobs": num_jobs, "job_index": job_index}
 
 
@@ -105,6 +113,12 @@ def _read_source(a, note):
     """(records, default set name, whether a held-out split, what build_args record of a captions file)."""
     from pipeline.sources.coco import read_coco, read_karpathy
 
+    if a["captions"] and a["urls"]:
+        raise UsageError("give --captions or --urls, not both")
+    if a["urls"]:
+        return _urls_source(a, note)
+    if a["url_column"] is not None or a["download"] is not None:
+        raise UsageError("--url-column and the download options need --urls")
     if a["captions"]:
         return _captions_source(a, note)
     if any(a[k] is not None for k in TABLE_OPTIONS):
@@ -115,7 +129,7 @@ def _read_source(a, note):
         return source, f"karpathy-{split}", split != "train", {"images": images} if images else {}
     if a["coco_root"] and a["split"]:
         return read_coco(a["coco_root"], a["split"]), f"coco-{a['split']}", a["split"] != "train2014", {}
-    raise UsageError("give --coco-root with --split, --karpathy with --karpathy-split, or --captions")
+    raise UsageError("give --coco-root with --split, --karpathy with --karpathy-split, --captions or --urls")
 
 
 def _captions_source(a, note):
@@ -137,3 +151,25 @@ def _captions_source(a, note):
         "rows_set_aside": source.dropped,
     }
     return source, f"captions-{split}", split != "train", table
+
+
+def _urls_source(a, note):
+    """An image URL list's records (and the rest of _read_source's answer, with what the
+    manifest's build_args record of the list and the download options)."""
+    from pipeline.sources.url_list import read_url_list
+
+    if any(a[k] is not None for k in ("file_column", "split_column", "val_fraction")):
+        raise UsageError("--file-column, --split-column and --val-fraction are for --captions, not --urls")
+    urls = a["urls"]
+    source = read_url_list(urls, a["url_column"], a["caption_column"])
+    set_aside = ", ".join(f"{k} {v}" for k, v in source.dropped.items()) or "none"
+    note(f"{urls}: {source.rows} rows, {len(source.records)} image URLs; set aside: {set_aside}")
+    table = {
+        "urls": urls,
+        "url_column": a["url_column"],
+        "caption_column": a["caption_column"],
+        "rows": source.rows,
+        "rows_set_aside": source.dropped,
+        "download": (a["download"] or DownloadOptions()).recorded(),
+    }
+    return source, "urls", False, table

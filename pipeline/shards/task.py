@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 
 from pipeline.atomic import atomic_write, discard
+from pipeline.download.options import DownloadOptions
+from pipeline.download.ordered import fetch_in_order
 from pipeline.errors import CapgenError, writing
 from pipeline.imaging import convert as imaging
 from pipeline.imaging import decode as imaging_decode
@@ -57,6 +59,7 @@ class Task:
     opts: Options
     fingerprint: dict  # the set's; the shard's own adds the hash of its records
     index: bool  # also write the shard's DALI index file
+    download: DownloadOptions | None = None  # the records' paths are URLs, fetched so
 
     @property
     def shard(self):
@@ -78,17 +81,33 @@ def _record_meta(rec, width, height):
     return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def write_shard(path, records, opts, progress):
+def _read_or_failure(path):
+    try:
+        return imaging_decode.read(path)
+    except imaging_decode.BadImage as bad:
+        return bad
+
+
+def contents(records, download=None):
+    """Each record's image bytes, or the BadImage saying why there are none, in the records'
+    order: files read one by one, URLs downloaded many at a time (pipeline/download/)."""
+    if download is None:
+        return (_read_or_failure(rec["path"]) for rec in records)
+    return fetch_in_order((rec["path"] for rec in records), download)
+
+
+def write_shard(path, records, opts, progress, download=None):
     """Write one shard atomically; returns its part record and its members
-    [(name, data_offset, size)] (for its index). progress(1) after each image."""
+    [(name, data_offset, size)] (for its index). progress(1) after each image.
+    download: the records' paths are URLs, downloaded so (else files)."""
     skipped, samples, captions = [], 0, 0
     with atomic_write(path, "wb") as f:
         tar = TarWriter(f, MTIME)
-        for rec in records:
+        for rec, data in zip(records, contents(records, download)):
             try:
-                jpg, width, height = imaging.convert(
-                    imaging_decode.read(rec["path"]), opts.image_size, opts.resize_mode, opts.quality
-                )
+                if isinstance(data, imaging_decode.BadImage):
+                    raise data
+                jpg, width, height = imaging.convert(data, opts.image_size, opts.resize_mode, opts.quality)
             except imaging_decode.BadImage as bad:
                 skipped.append([rec["image_id"], rec["path"], bad.reason])
             else:
@@ -150,7 +169,7 @@ def build_task(task, progress):
     part, members = _load_part(out, shard, fingerprint), None
     if part is None:
         try:
-            part, members = write_shard(path, task.records, task.opts, progress)
+            part, members = write_shard(path, task.records, task.opts, progress, task.download)
             part["fingerprint"] = fingerprint
             with atomic_write(part_path(out, shard), "w") as f:
                 json.dump(part, f)

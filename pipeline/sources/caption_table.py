@@ -68,10 +68,10 @@ def read_caption_table(
         raise CapgenError(f"{path}: choose a split column or a val fraction, not both")
     dropped = {}
     rows, columns = _read_rows(path, dropped)
-    file_col = _column(path, columns, [file_column or FILE_COLUMN], "--file-column")
-    cap_col = _column(path, columns, [caption_column] if caption_column else CAPTION_COLUMNS, "--caption-column")
+    file_col = column(path, columns, [file_column or FILE_COLUMN], "--file-column")
+    cap_col = column(path, columns, [caption_column] if caption_column else CAPTION_COLUMNS, "--caption-column")
     if split_column:
-        split_col = _column(path, columns, [split_column], "--split-column")
+        split_col = column(path, columns, [split_column], "--split-column")
     else:
         split_col = SPLIT_COLUMN if val_fraction is None and SPLIT_COLUMN in columns else None
     images_of = _gather(rows, file_col, cap_col, split_col, dropped)
@@ -97,7 +97,7 @@ def read_caption_table(
     return TableSource(records, path, 0, dict(sorted(dropped.items())), len(rows))
 
 
-def _count(dropped, reason, n=1):
+def count(dropped, reason, n=1):
     dropped[reason] = dropped.get(reason, 0) + n
 
 
@@ -109,36 +109,39 @@ def _read_rows(path, dropped):
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".jsonl", ".csv", ".tsv"):
         raise CapgenError(f"{path}: unknown captions file type {ext or '(none)'!r} (expected .jsonl, .csv or .tsv)")
-    data = read_bytes(path)
-    # utf-8 (a byte-order mark dropped); undecodable bytes become lone surrogates,
-    # so a row holding one is counted and set aside instead of failing the file.
-    text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape")
+    text = read_text(path)
     if ext == ".jsonl":
-        return _jsonl_rows(text, dropped)
-    return _delimited_rows(path, text, "\t" if ext == ".tsv" else ",")
+        return jsonl_rows(text, dropped)
+    return delimited_rows(path, text, "\t" if ext == ".tsv" else ",")
 
 
-def _jsonl_rows(text, dropped):
+def read_text(path):
+    """A text file as utf-8 (a byte-order mark dropped); undecodable bytes become lone
+    surrogates, so a row holding one is counted and set aside instead of failing the file."""
+    return read_bytes(path).removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape")
+
+
+def jsonl_rows(text, dropped):
     rows, columns = [], {}
     for line in text.splitlines():
         if not line.strip():
             continue
-        if _has_undecodable(line):
-            _count(dropped, "undecodable")
+        if has_undecodable(line):
+            count(dropped, "undecodable")
             continue
         try:
             row = json.loads(line)
         except ValueError:
             row = None
         if not isinstance(row, dict):
-            _count(dropped, "bad_json")
+            count(dropped, "bad_json")
             continue
         rows.append(row)
         columns.update(dict.fromkeys(row))
     return rows, list(columns)
 
 
-def _delimited_rows(path, text, delimiter):
+def delimited_rows(path, text, delimiter):
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         if reader.fieldnames is None:
@@ -150,7 +153,7 @@ def _delimited_rows(path, text, delimiter):
     return rows, reader.fieldnames
 
 
-def _column(path, columns, candidates, flag):
+def column(path, columns, candidates, flag):
     for name in candidates:
         if name in columns:
             return name
@@ -160,7 +163,7 @@ def _column(path, columns, candidates, flag):
     )
 
 
-def _has_undecodable(text):
+def has_undecodable(text):
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
@@ -174,39 +177,39 @@ def _gather(rows, file_col, cap_col, split_col, dropped):
         name, split = row.get(file_col), row.get(split_col, "train") if split_col else "train"
         cell = row.get(cap_col)
         values = [name, split] + (cell if isinstance(cell, list) else [cell])
-        if any(isinstance(v, str) and _has_undecodable(v) for v in values):
-            _count(dropped, "undecodable")
+        if any(isinstance(v, str) and has_undecodable(v) for v in values):
+            count(dropped, "undecodable")
             continue
         if not isinstance(name, str) or not name.strip():
-            _count(dropped, "no_file_name")
+            count(dropped, "no_file_name")
             continue
         split = SPLIT_NAMES.get(str(split).strip().lower()) if split is not None else None
         if split is None:
-            _count(dropped, "unknown_split")
+            count(dropped, "unknown_split")
             continue
         name = posixpath.normpath(name.strip())
         entry = images_of.setdefault(name, [split, []])
         if entry[0] != split:
-            _count(dropped, "split_conflict")
+            count(dropped, "split_conflict")
             continue
-        for caption in _captions(cell, dropped):
+        for caption in captions_of(cell, dropped):
             if (name, caption) in seen:
-                _count(dropped, "duplicate_caption")
+                count(dropped, "duplicate_caption")
             else:
                 seen.add((name, caption))
                 entry[1].append(caption)
     return images_of
 
 
-def _captions(value, dropped):
+def captions_of(value, dropped):
     """A row's caption cell (a string, a list of strings in jsonl) -> its non-empty captions."""
     values = value if isinstance(value, list) else [value]
     out = []
     for v in values:
         if v is None or (isinstance(v, str) and not v.strip()):
-            _count(dropped, "empty_caption")
+            count(dropped, "empty_caption")
         elif not isinstance(v, str):
-            _count(dropped, "bad_caption")
+            count(dropped, "bad_caption")
         else:
             out.append(v)
     return out

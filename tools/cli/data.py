@@ -2,6 +2,23 @@
 
 import click
 
+from pipeline.download.options import DownloadOptions as _Download
+
+# The download options of --urls: flag -> (DownloadOptions field, type, help); defaults are DownloadOptions'.
+DOWNLOAD_FLAGS = {
+    "--concurrency": ("concurrency", click.IntRange(min=1), "Downloads in flight per process"),
+    "--per-host": ("per_host", click.IntRange(min=1), "At most this many of them to one host"),
+    "--timeout": ("timeout", click.FloatRange(min=0, min_open=True), "Seconds per attempt, body included"),
+    "--retries": ("retries", click.IntRange(min=0), "Retries after a timeout, connection error or 5xx"),
+    "--max-bytes": ("max_bytes", click.IntRange(min=1), "Larger images are skipped (too_many_bytes)"),
+}
+
+
+def _download_options(f):
+    for flag, (field, kind, text) in reversed(DOWNLOAD_FLAGS.items()):
+        f = click.option(flag, field, type=kind, help=f"{text} (--urls) [default: {getattr(_Download, field)}].")(f)
+    return f
+
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False))
@@ -64,8 +81,15 @@ def shards():
     show_default=True,
     help="Which images of --captions to build.",
 )
+@click.option(
+    "--urls",
+    type=click.Path(dir_okay=False),
+    help="An image URL list: .tsv (Conceptual Captions, headerless), .csv, .jsonl or .parquet; downloaded.",
+)
+@click.option("--url-column", help="URL column of --urls [default: url].")
+@_download_options
 @click.option("--file-column", help="Image file column of --captions [default: file_name].")
-@click.option("--caption-column", help="Caption column of --captions [default: caption, else text].")
+@click.option("--caption-column", help="Caption column of --captions or --urls [default: caption, else text].")
 @click.option("--split-column", help="Split column of --captions (train/val/test) [default: split, if present].")
 @click.option(
     "--val-fraction",
@@ -74,7 +98,7 @@ def shards():
     help="Split --captions by a hash of the file name instead: this share is val.",
 )
 @click.option("--out", type=click.Path(file_okay=False), help="Shard set folder [default: shards/NAME].")
-@click.option("--name", help="Shard file prefix [default: coco-SPLIT, karpathy-SPLIT or captions-SPLIT].")
+@click.option("--name", help="Shard file prefix [default: coco-SPLIT, karpathy-SPLIT, captions-SPLIT or urls].")
 @click.option("--image-size", type=click.IntRange(min=8), default=256, show_default=True)
 @click.option(
     "--resize-mode", type=click.Choice(["stretch", "center-crop", "pad"]), default="stretch", show_default=True
@@ -107,11 +131,15 @@ def shards():
 @click.option("--index/--no-index", default=True, show_default=True, help="Write DALI index files (NAME-000000.idx).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def shards_build(images_dir, vocab_path, quiet, **options):
-    """Decode COCO 2014, a Karpathy split or your own captions file once into verified WebDataset shards."""
+    """Decode COCO 2014, a Karpathy split, your own captions file or an image URL list once into verified
+    WebDataset shards."""
     from pipeline.errors import UsageError, say
     from pipeline.shards.make import build_shards
 
     try:
+        given = {field: options.pop(field) for field, _, _ in DOWNLOAD_FLAGS.values()}
+        given = {k: v for k, v in given.items() if v is not None}
+        options["download"] = _Download(**given) if given else None
         r = build_shards(images=images_dir, vocab=vocab_path, progress=not quiet, note=say, **options)
     except UsageError as err:
         raise click.UsageError(str(err)) from None

@@ -1,0 +1,1 @@
+"""Images over HTTP for the shard builder: a pooled, retried, capped, in-order downloader."""
