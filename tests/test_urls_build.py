@@ -128,6 +128,15 @@ def test_same_bytes_whatever_the_concurrency(images, tmp_path):
     assert (tmp_path / "one" / "skipped.txt").read_text() == (tmp_path / "many" / "skipped.txt").read_text()
 
 
+def test_shards_hold_the_images_in_the_lists_order(images, tmp_path):
+    folder, captions = images
+    with LoopbackImages(folder) as server:
+        rows = list(reversed(good_rows(server, captions)))  # not the image ids' order
+        build(write_tsv(tmp_path / "list.tsv", rows), tmp_path / "set")
+    in_list = list(dict.fromkeys(url for url, _ in rows))
+    assert [meta["file_name"] for meta, _ in samples(tmp_path / "set").values()] == in_list
+
+
 def test_at_most_per_host_requests_to_one_host_at_a_time(images):
     folder, captions = images
     with LoopbackImages(folder, latency=0.05) as server:

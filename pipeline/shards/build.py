@@ -1,6 +1,7 @@
 """Build a shard set: records -> WebDataset tar shards, one process per core, resumable.
 
-Records (sorted by image id, those without captions set aside) are cut into
+Records (in the source's order: image-id order from COCO, Karpathy and captions files, the
+rows' order from a URL list; those without captions set aside) are cut into
 shards before any parallelism: shard k holds records[k*S:(k+1)*S], so the
 bytes do not depend on the worker count or on how many jobs share the work.
 Each shard is written atomically (pipeline/atomic.py); then a small record of
@@ -121,9 +122,8 @@ def _run_pool(tasks, bar, workers):
 
 
 def plan(records: list[ImageRecord], shard_size: int) -> tuple[list[list[ImageRecord]], list[ImageRecord]]:
-    """(shards, no_captions): the records with captions in image-id order, cut into shards of
+    """(shards, no_captions): the records with captions in the source's order, cut into shards of
     shard_size (shard k holds records[k*S:(k+1)*S]); and those without captions."""
-    records = sorted(records, key=lambda r: r.image_id)
     keep = [r for r in records if r.captions]
     no_captions = [r for r in records if not r.captions]
     chunks = [keep[i : i + shard_size] for i in range(0, len(keep), shard_size)]

@@ -55,7 +55,7 @@ class Task:
 
     out: str
     k: int
-    records: list  # dicts (image_id, file_name, path, split, captions) in image-id order
+    records: list  # dicts (image_id, file_name, path, split, captions) in the source's order
     opts: Options
     fingerprint: dict  # the set's; the shard's own adds the hash of its records
     index: bool  # also write the shard's DALI index file

@@ -44,7 +44,8 @@ class ImageRecord:
 
 @dataclass
 class Source:
-    """What a reader returns: the records of one split (sorted by image id), the file they came from,
+    """What a reader returns: the records of one split (sorted by image id; a URL list's in its rows'
+    order: the order their shards hold them), the file they came from,
     and what was left out: captions of unlisted images, bad captions, skipped entries."""
 
     records: list[ImageRecord]

@@ -43,7 +43,7 @@ def read_url_list(
     """The images of a URL list (.tsv, .csv, .jsonl or .parquet), split "train".
 
     url_column: default url; caption_column: default caption, else text. Returns a
-    TableSource, records sorted by image id, with the rows read and those set aside by
+    TableSource, records in the list's order (a URL's first row), with the rows read and those set aside by
     reason. CapgenError (one line) for a missing, unreadable or unknown file, a missing
     column, or no usable URL."""
     path = os.fspath(path)
@@ -68,7 +68,6 @@ def read_url_list(
         raise CapgenError(f"{path}: no usable URLs ({set_aside})")
     ids = image_ids(captions)
     records = [ImageRecord(ids[u], u, u, "train", caps) for u, caps in captions.items()]
-    records.sort(key=lambda r: r.image_id)
     return TableSource(records, path, 0, dict(sorted(dropped.items())), len(rows))
 
 
