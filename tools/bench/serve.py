@@ -35,7 +35,7 @@ def make_images(n, size=(640, 480), seed=0):
         img = Image.new("RGB", size, (rng.randint(60, 140),) * 3)
         draw = ImageDraw.Draw(img)
         for _ in range(rng.randint(1, 3)):
-            r = rng.randint(30, 120)
+            r = rng.randint(min(size) // 16, min(size) // 4)  # 30 to 120 px at 640x480
             x, y = rng.randint(r, size[0] - r), rng.randint(r, size[1] - r)
             box = (x - r, y - r, x + r, y + r)
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=rng.choice(COLOURS))
