@@ -185,7 +185,7 @@ def run_soak(checkpoint, requests=3000, clients=16, threads=None, echo=print):
         r = soak(url, proc.pid, images, requests, clients, max_upload_bytes=int(SOAK_UPLOAD_MB * 1024 * 1024))
     latencies = r.pop("good_latencies_s") or [float("nan")]
     r["p50_ms"], r["p95_ms"] = round(percentile(latencies, 50), 1), round(percentile(latencies, 95), 1)
-    echo(f"warm-up: {r['warmup']} requests of the same mix; then {requests} at {r['rps']:.1f}/s")
+    echo(f"{requests} requests: RSS read after the first {r['warmup']} (warm-up) and after the rest, {r['rps']:.1f}/s")
     echo("kinds: " + ", ".join(f"{kind} {n}" for kind, n in r["kinds"].items()))
     echo("statuses: " + ", ".join(f"{code} x{n}" for code, n in r["statuses"].items()))
     for kind, lines in r["reasons"].items():

@@ -123,9 +123,10 @@ class Tally:
         self.reasons[kind][line] += 1
 
 
-async def send(url, kinds, good, bad, clients, tally):
-    """Send one request per entry of kinds, `clients` at a time, each answer checked into tally."""
-    order = iter(enumerate(kinds))
+async def send(url, kinds, first, good, bad, clients, tally):
+    """Send one request per entry of kinds (numbered from `first`), `clients` at a time, each answer
+    checked into tally."""
+    order = iter(enumerate(kinds, first))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT_S, limits=limits) as client:
 
@@ -149,21 +150,23 @@ async def send(url, kinds, good, bad, clients, tally):
 
 
 def soak(url, pid, good_jpegs, requests, clients=16, warmup=None, max_upload_bytes=1024 * 1024, seed=0):
-    """Soak the server at url (process pid, serving with this upload limit): a warm-up of `warmup`
-    requests (default a fifth of requests, at least 200), its RSS, then `requests` more in the same mix.
+    """Soak the server at url (process pid, serving with this upload limit) with `requests` requests,
+    every answer checked; its RSS is read after the first `warmup` of them (default a quarter: the RSS
+    settles as the server's threads start) and at the end.
 
-    Returns the soak's figures: requests, clients, warmup, kinds and statuses (counts), good_errors,
-    refusal_errors, errors (the first few), reasons (kind -> one-line error -> count), rss_warm_mb,
-    rss_end_mb, rss_growth_pct, rps, wall_s, and good_latencies_s (each good request's)."""
-    warmup = max(200, requests // 5) if warmup is None else warmup
+    Returns the figures: requests, clients, warmup, kinds and statuses (counts over all requests),
+    good_errors, refusal_errors, errors (the first few), reasons (kind -> one-line error -> count),
+    rss_warm_mb, rss_end_mb, rss_growth_pct, rps and wall_s (after the warm-up), and
+    good_latencies_s (each good request's)."""
+    warmup = requests // 4 if warmup is None else warmup
     bad = bad_requests(good_jpegs[0], max_upload_bytes)
-    asyncio.run(send(url, plan(warmup, seed + 1), good_jpegs, bad, clients, Tally()))
-    rss_warm = resident_mb(pid)
-    tally = Tally()
+    kinds, tally = plan(requests, seed), Tally()
+    asyncio.run(send(url, kinds[:warmup], 0, good_jpegs, bad, clients, tally))
+    rss_warm = round(resident_mb(pid), 1)
     start = time.perf_counter()
-    asyncio.run(send(url, plan(requests, seed), good_jpegs, bad, clients, tally))
+    asyncio.run(send(url, kinds[warmup:], warmup, good_jpegs, bad, clients, tally))
     wall = time.perf_counter() - start
-    rss_end = resident_mb(pid)
+    rss_end = round(resident_mb(pid), 1)
     return {
         "requests": requests,
         "clients": clients,
@@ -174,10 +177,10 @@ def soak(url, pid, good_jpegs, requests, clients=16, warmup=None, max_upload_byt
         "refusal_errors": sum(n for kind, n in tally.errors.items() if kind != "good"),
         "errors": tally.first_errors,
         "reasons": {kind: dict(lines) for kind, lines in sorted(tally.reasons.items())},
-        "rss_warm_mb": round(rss_warm, 1),
-        "rss_end_mb": round(rss_end, 1),
+        "rss_warm_mb": rss_warm,
+        "rss_end_mb": rss_end,
         "rss_growth_pct": round((rss_end - rss_warm) / rss_warm * 100, 2),
-        "rps": round(requests / wall, 1),
+        "rps": round((requests - warmup) / wall, 1),
         "wall_s": round(wall, 1),
         "good_latencies_s": tally.latencies,
     }
