@@ -21,6 +21,8 @@ SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*
 
 
 class BadUpload(Exception):
+    """A refused upload: its HTTP status and one-line reason."""
+
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
@@ -35,8 +37,10 @@ def read_image(data, max_pixels=MAX_PIXELS):
         raise BadUpload(400, "empty upload")
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as err:
-        raise BadUpload(413, f"image too large: {err}") from None
+    except Image.DecompressionBombError:  # PIL's own guard, past twice its MAX_IMAGE_PIXELS: name ours
+        raise BadUpload(
+            413, f"image too large: over {2 * Image.MAX_IMAGE_PIXELS} pixels; the limit is {max_pixels}"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         if data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
             raise BadUpload(400, "corrupt image: the header cannot be read") from None
