@@ -1,6 +1,8 @@
 """The search box in Debian's Chromium (Playwright): `capgen serve --index SHARDS` as a real process;
 type a sentence, see the result cards with their decoded thumbnails, click one to caption it."""
 
+import os
+
 import httpx
 import pytest
 from serve_checkpoint import make_checkpoint
@@ -10,22 +12,26 @@ from tools.serve.process import running_server
 
 
 @pytest.fixture(scope="module")
-def server(tiny_shards, tmp_path_factory):
-    shards = tiny_shards(images=12, seed=21, width=64, height=48, image_size=128, shard_size=5, preset="coco")
+def shards(tiny_shards):
+    return tiny_shards(images=12, seed=21, width=64, height=48, image_size=128, shard_size=5, preset="coco")
+
+
+@pytest.fixture(scope="module")
+def server(shards, tmp_path_factory):
     checkpoint = make_checkpoint(tmp_path_factory.mktemp("ckpt") / "run")
     args = ["--threads", "1", "--log-level", "warning", "--index", shards]
     with running_server(checkpoint, args, log_path=tmp_path_factory.mktemp("log") / "serve.log") as url:
         yield url
 
 
-def test_search_cards_then_caption_a_result(server, browser):  # noqa: F811 -- pytest's fixture
+def test_search_cards_then_caption_a_result(server, shards, browser):  # noqa: F811 -- pytest's fixture
     expected = httpx.get(server + "/api/search", params={"q": "a red circle", "k": "12"}).json()
     page = browser.new_page(viewport={"width": 900, "height": 1000})
     errors = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(server + "/")
     page.wait_for_selector("#search:not([hidden])", timeout=30_000)
-    assert page.inner_text("#search-status").startswith("Search 12 images of ")
+    assert page.inner_text("#search-status") == f"Search 12 images of {os.path.basename(shards)}"  # not its path
     page.fill("#query", "a red circle")
     page.press("#query", "Enter")
     cards = page.locator("#search-results .card")

@@ -6,6 +6,10 @@ port: as many uploads one at a time (the per-request overhead), and `requests`
 uploads `concurrency` at a time (throughput). Every answer must be 200 and
 carry the baseline's best caption for its image; anything else is an error.
 Client and server share this machine's cores, which the figures include.
+
+`--soak` (run_soak): thousands of good, bad and oversized uploads from 16 clients
+(tools/serve/soak.py), each held to its answer, and the server's RSS after against
+after warm-up.
 """
 
 import asyncio
@@ -22,7 +26,8 @@ from PIL import Image, ImageDraw
 from model.infer.captioner import Captioner
 from pipeline.errors import CapgenError
 from tools.bench.timing import seconds
-from tools.serve.process import running_server
+from tools.serve.process import running_server, server_process
+from tools.serve.soak import MAX_RSS_GROWTH_PCT, soak
 
 COLOURS = ((220, 40, 40), (40, 170, 60), (40, 80, 220), (240, 210, 40), (150, 60, 180), (250, 250, 250))
 
@@ -35,7 +40,7 @@ def make_images(n, size=(640, 480), seed=0):
         img = Image.new("RGB", size, (rng.randint(60, 140),) * 3)
         draw = ImageDraw.Draw(img)
         for _ in range(rng.randint(1, 3)):
-            r = rng.randint(30, 120)
+            r = rng.randint(min(size) // 16, min(size) // 4)  # 30 to 120 px at 640x480
             x, y = rng.randint(r, size[0] - r), rng.randint(r, size[1] - r)
             box = (x - r, y - r, x + r, y + r)
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=rng.choice(COLOURS))
@@ -145,3 +150,65 @@ def run(
         "one_p50_ms": percentile(one_lat, 50),
         "errors": len(errors),
     }
+
+
+SOAK_UPLOAD_MB = 0.25  # the soak's server limit: its oversized uploads are a quarter and half a MB
+SOAK_IMAGE_SIZE = (128, 96)  # the good images: small, so the soak loads the server more than the model
+FIGURES = (
+    "requests",
+    "clients",
+    "warmup",
+    "kinds",
+    "statuses",
+    "good_errors",
+    "refusal_errors",
+    "reasons",
+    "rss_warm_mb",
+    "rss_end_mb",
+    "rss_growth_pct",
+    "p50_ms",
+    "p95_ms",
+    "rps",
+    "errors",
+)
+
+
+def run_soak(checkpoint, requests=3000, clients=16, threads=None, echo=print):
+    """`capgen bench serve --soak`: start `capgen serve` on loopback and soak it (tools/serve/soak.py).
+    The figures (FIGURES); CapgenError after printing them when a good image failed, a refusal was not
+    its 4xx JSON, or the server's RSS grew more than MAX_RSS_GROWTH_PCT from after warm-up."""
+    threads = threads or torch.get_num_threads()
+    images = make_images(8, size=SOAK_IMAGE_SIZE)
+    args = ["--max-upload-mb", str(SOAK_UPLOAD_MB), "--threads", str(threads), "--log-level", "warning"]
+    echo(f"bench serve --soak: {checkpoint}, {requests} requests from {clients} clients, torch threads {threads}")
+    with server_process(checkpoint, args) as (url, proc):
+        r = soak(url, proc.pid, images, requests, clients, max_upload_bytes=int(SOAK_UPLOAD_MB * 1024 * 1024))
+    latencies = r.pop("good_latencies_s") or [float("nan")]
+    r["p50_ms"], r["p95_ms"] = round(percentile(latencies, 50), 1), round(percentile(latencies, 95), 1)
+    echo(f"{requests} requests: RSS read after the first {r['warmup']} (warm-up) and after the rest, {r['rps']:.1f}/s")
+    echo("kinds: " + ", ".join(f"{kind} {n}" for kind, n in r["kinds"].items()))
+    echo("statuses: " + ", ".join(f"{code} x{n}" for code, n in r["statuses"].items()))
+    for kind, lines in r["reasons"].items():
+        for line, n in lines.items():
+            echo(f"  {kind} ({n}): {line}")
+    echo(f"errors: {r['good_errors']} on good images, {r['refusal_errors']} refusals not their 4xx JSON")
+    for line in r["errors"][:5]:
+        echo("  " + line)
+    echo(
+        f"server RSS: {r['rss_warm_mb']:.1f} MiB after warm-up, {r['rss_end_mb']:.1f} MiB after "
+        f"({r['rss_growth_pct']:+.2f}%; at most +{MAX_RSS_GROWTH_PCT:g}%)"
+    )
+    echo(f"good images: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms")
+    return {k: r[k] for k in FIGURES}
+
+
+def soak_failures(r):
+    """What failed the soak (one line), or '' when it held."""
+    failed = []
+    if r["good_errors"]:
+        failed.append(f"{r['good_errors']} good images failed")
+    if r["refusal_errors"]:
+        failed.append(f"{r['refusal_errors']} refusals were not their 4xx JSON")
+    if r["rss_growth_pct"] > MAX_RSS_GROWTH_PCT:
+        failed.append(f"the server's RSS grew {r['rss_growth_pct']:.1f}% (limit {MAX_RSS_GROWTH_PCT:g}%)")
+    return "; ".join(failed)

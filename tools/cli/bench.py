@@ -13,8 +13,15 @@ def bench():
 
 @bench.command("serve")
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder (a run).")
-@click.option("--requests", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--requests", type=click.IntRange(min=1), default=None, help="[default: 500; with --soak 3000]")
+@click.option(
+    "--concurrency",
+    "--clients",
+    "concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="[default: 8; --soak 16]",
+)
 @click.option(
     "--images",
     "n_images",
@@ -33,17 +40,32 @@ def bench():
 @click.option("--url", default=None, help="Load this running server (of --checkpoint) instead of starting one.")
 @click.option("--quick", is_flag=True, help="Smoke test: 24 requests, 4 at a time, 12 baseline captions.")
 @click.option(
+    "--soak",
+    is_flag=True,
+    help="Good, bad and oversized uploads mixed: each answer checked, the server's RSS after vs after warm-up.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help="Last stdout line: baseline_rps, rps, ratio, p50_ms, p95_ms, errors as one JSON object.",
+    help="Last stdout line: baseline_rps, rps, ratio, p50_ms, p95_ms, errors (with --soak its figures) as JSON.",
 )
-def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url, quick, as_json):
-    """HTTP load on a local `capgen serve` vs. the same images captioned in process."""
+def bench_serve(checkpoint, requests, concurrency, n_images, beam, threads, url, quick, soak, as_json):
+    """HTTP load on a local `capgen serve` vs. the same images captioned in process; --soak: a soak."""
     import json
 
-    from tools.bench.serve import run
+    from tools.bench.serve import run, run_soak, soak_failures
 
+    if soak:
+        if url or quick:
+            raise click.UsageError("--soak starts its own server (it reads its memory): no --url or --quick.")
+        r = run_soak(checkpoint, requests or 3000, concurrency or 16, threads, echo=click.echo)
+        if as_json:
+            click.echo(json.dumps(r))
+        if soak_failures(r):
+            raise CapgenError(f"bench serve --soak: {soak_failures(r)}")
+        return
+    requests, concurrency = requests or 500, concurrency or 8
     if quick:
         requests, concurrency, n_images = 24, 4, 4
     r = run(

@@ -1,8 +1,9 @@
 """The web page and JSON API: upload an image, get its captions and each word's attention.
 
 `create_app(captioner)` builds the FastAPI app around an already loaded model;
-`serve(...)` loads a checkpoint once and runs it under uvicorn. Bad uploads get
-a 4xx answer `{"error": "..."}` and the server keeps serving. Uploads are
+`load_app(...)` loads a checkpoint once into it, `serve(...)` runs that under uvicorn.
+Bad uploads get a 4xx answer `{"error": "..."}` (tools/serve/upload.py) and the server
+keeps serving. Uploads are
 decoded and preprocessed in request threads (a bad one fails there, alone);
 the model thread captions those that arrive within a few ms as one batch
 (tools/serve/batcher.py).
@@ -11,7 +12,6 @@ the model thread captions those that arrive within a few ms as one batch
 import asyncio
 import contextlib
 import errno
-import io
 import logging
 import os
 import socket
@@ -26,10 +26,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from model.export.runtime import OnnxCaptioner
@@ -37,21 +36,12 @@ from model.infer.attention_figure import attention_region
 from model.infer.captioner import Captioner
 from pipeline.errors import CapgenError
 from tools.serve.batcher import MAX_BATCH, WINDOW_S, Batcher
+from tools.serve.names import public_name
 from tools.serve.search_box import load_search, mount_search
+from tools.serve.upload import DRAIN_BYTES, MAX_PIXELS, MAX_UPLOAD_BYTES, BadUpload, drain, read_image, read_upload
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-MAX_PIXELS = 50_000_000
 MAX_CONNECTIONS = 64
-# Only formats with plain decoders: no EPS (Ghostscript), no PDF, no exotic plugins.
-FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file
-# A refused upload's body is read and dropped, up to the upload limit plus this many bytes, before
-# the answer, so that a client still sending (Python's urllib) reads it instead of a connection reset.
-DRAIN_BYTES = 16 * 1024 * 1024
-# Leading bytes of the accepted formats: a file that starts like an image but will not open is corrupt (400),
-# anything else is not an image (415).
-SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 log = logging.getLogger("capgen.serve")
 
 
@@ -59,97 +49,6 @@ class ImageCaptioner(Protocol):
     """What create_app needs of a model: one result dict per image (Captioner.caption's)."""
 
     def caption(self, images: list, beam: int = 3, topk: int = 3) -> list[dict]: ...
-
-
-class BadUpload(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def read_image(data, max_pixels=MAX_PIXELS):
-    """Upload bytes -> decoded upright image (any mode: the captioner converts).
-
-    BadUpload: 415 not an image, 413 too many pixels (checked from the header), 400 corrupt."""
-    if not data:
-        raise BadUpload(400, "empty upload")
-    try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as err:
-        raise BadUpload(413, f"image too large: {err}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        if data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
-            raise BadUpload(400, "corrupt image: the header cannot be read") from None
-        raise BadUpload(415, "not an image (expected JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
-    width, height = image.size
-    # The header gives the size; refuse before decoding a single pixel.
-    if width * height > max_pixels:
-        raise BadUpload(413, f"image too large: {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-    if width == 0 or height == 0:
-        raise BadUpload(400, f"corrupt image: size {width}x{height}")
-    try:
-        image.load()
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
-        raise BadUpload(400, f"corrupt {image.format} image: {err}") from None
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block is no reason to refuse the pixels
-        pass
-    return image
-
-
-async def read_upload(request, max_bytes):
-    """The bytes of form field `image`; the body is cut off as soon as it passes the limit."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise BadUpload(415, "expected a multipart/form-data upload with the image in field 'image'")
-    body_limit = max_bytes + MULTIPART_SLACK
-    too_large = f"upload larger than the limit of {max_bytes} bytes"
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > body_limit:
-        raise BadUpload(413, too_large)
-
-    async def bounded():
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > body_limit:  # Content-Length may lie or be absent (chunked)
-                raise BadUpload(413, too_large)
-            yield chunk
-
-    parser = MultiPartParser(request.headers, bounded(), max_files=1, max_fields=8)
-    try:
-        form = await parser.parse()
-    except MultiPartException as err:
-        raise BadUpload(400, f"bad multipart form: {err.message}") from None
-    try:
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise BadUpload(400, "no file in form field 'image'")
-        if upload.size is not None and upload.size > max_bytes:
-            raise BadUpload(413, too_large)
-        return await upload.read()
-    finally:
-        await form.close()
-
-
-async def drain(request, limit):
-    """Read and drop the rest of the request body; False when it was left unread (too long, the
-    client went away, or it waits for '100 Continue' and so has sent nothing): close then."""
-    length = request.headers.get("content-length", "")
-    if request.headers.get("expect", "").lower() == "100-continue" or (length.isdigit() and int(length) > limit):
-        return False
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                return False
-    except RuntimeError:  # starlette's "Stream consumed": the whole body was read already
-        pass
-    except ClientDisconnect:
-        return False
-    return True
 
 
 def _model_calls(captioner, beam, topk):
@@ -312,27 +211,46 @@ def listening_socket(host, port):
     return sock
 
 
-def serve(
-    checkpoint,
-    onnx_dir=None,
-    host="127.0.0.1",
-    port=8000,
-    beam=3,
-    topk=3,
-    max_upload_mb=10,
-    max_pixels=MAX_PIXELS,
-    threads=None,
-    log_level="info",
-    batch_window_ms=WINDOW_S * 1000,
-    max_batch=MAX_BATCH,
-    index=None,
-):
-    """Load the checkpoint (or the `capgen export` folder onnx_dir, run by onnxruntime) once, warm it
-    up, and serve until interrupted; `index`: a feature cache or shard set for the search box
-    (tools/serve/search_box.py; with a checkpoint)."""
+def load_app(
+    checkpoint: str | None,
+    onnx_dir: str | None = None,
+    index: str | None = None,
+    *,
+    beam: int = 3,
+    topk: int = 3,
+    max_upload_mb: float = MAX_UPLOAD_BYTES / 1024 / 1024,
+    max_pixels: int = MAX_PIXELS,
+    threads: int | None = None,
+    batch_window_ms: float = WINDOW_S * 1000,
+    max_batch: int = MAX_BATCH,
+    progress: bool = True,
+) -> FastAPI:
+    """The app `capgen serve` runs: the checkpoint (or the `capgen export` folder onnx_dir, run by
+    onnxruntime) loaded once and warmed up; `index`: a feature cache or shard set for the search box
+    (tools/serve/search_box.py; with a checkpoint). The page and the API name the checkpoint and the
+    set by their last path component (tools/serve/names.py), never by their path."""
     if threads and not onnx_dir:
         torch.set_num_threads(threads)
-    sock = listening_socket(host, port)
+    captioner = OnnxCaptioner.load(onnx_dir, threads) if onnx_dir else Captioner.load(checkpoint)
+    captioner.caption([Image.new("RGB", (64, 64), (127, 127, 127))], beam=beam, topk=topk)
+    app = create_app(
+        captioner,
+        beam=beam,
+        topk=topk,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        info={"checkpoint": public_name(onnx_dir or checkpoint), "runtime": "onnxruntime" if onnx_dir else "torch"},
+        batch_window_ms=batch_window_ms,
+        max_batch=max_batch,
+    )
+    if index:
+        mount_search(app, load_search(checkpoint, index, captioner, progress=progress))
+    return app
+
+
+def serve(checkpoint, onnx_dir=None, host="127.0.0.1", port=8000, log_level="info", **options):
+    """Load the app (load_app, with `options`) and serve it on host:port until interrupted."""
+    sock = listening_socket(host, port)  # before the model loads: a port in use is one line at once
     handler = logging.StreamHandler()  # our lines (refusals, aborted uploads) as uvicorn writes its own
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
     log.addHandler(handler)
@@ -340,28 +258,12 @@ def serve(
     port = sock.getsockname()[1]  # the one given, or the free one chosen for port 0
 
     start = time.perf_counter()
-    captioner = OnnxCaptioner.load(onnx_dir, threads) if onnx_dir else Captioner.load(checkpoint)
-    captioner.caption([Image.new("RGB", (64, 64), (127, 127, 127))], beam=beam, topk=topk)
+    app = load_app(checkpoint, onnx_dir, **options)
     print(
         f"capgen serve: loaded {onnx_dir or checkpoint} in {time.perf_counter() - start:.1f}s; http://{host}:{port}/",
         file=sys.stderr,
         flush=True,
     )
-    app = create_app(
-        captioner,
-        beam=beam,
-        topk=topk,
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        max_pixels=max_pixels,
-        info={
-            "checkpoint": os.path.basename(os.path.normpath(onnx_dir or checkpoint)),
-            "runtime": "onnxruntime" if onnx_dir else "torch",
-        },
-        batch_window_ms=batch_window_ms,
-        max_batch=max_batch,
-    )
-    if index:
-        mount_search(app, load_search(checkpoint, index, captioner))
     # Connections past the limit get 503 at once instead of queueing uploads in memory.
     server = uvicorn.Server(
         uvicorn.Config(app, log_level=log_level, access_log=log_level == "info", limit_concurrency=MAX_CONNECTIONS)

@@ -10,6 +10,8 @@ import time
 
 import httpx
 
+from pipeline.errors import CapgenError
+
 
 def free_port(host="127.0.0.1"):
     with socket.socket() as s:
@@ -45,6 +47,23 @@ def _wait_healthy(proc, url, log_file, timeout):
 @contextlib.contextmanager
 def running_server(checkpoint, args=(), timeout=120, log_path=None):
     """Start `capgen serve` on a free loopback port; yield its base URL once /healthz answers."""
+    with server_process(checkpoint, args, timeout, log_path) as (url, _):
+        yield url
+
+
+def resident_mb(pid):
+    """Resident memory (RSS) of a process on this machine, in MiB (Linux's /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        raise CapgenError(f"process {pid}: cannot read its resident memory from /proc") from None
+    return kb / 1024
+
+
+@contextlib.contextmanager
+def server_process(checkpoint, args=(), timeout=120, log_path=None):
+    """running_server's server: yield (base URL, its subprocess.Popen) once /healthz answers."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = capgen_command() + ["serve", "--checkpoint", str(checkpoint), "--port", str(port), *args]
@@ -52,7 +71,7 @@ def running_server(checkpoint, args=(), timeout=120, log_path=None):
     proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(proc, url, log_file, timeout)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

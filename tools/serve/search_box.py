@@ -4,6 +4,8 @@ arriving together are scored in one pass over the indexed images (tools/serve/ba
 `mount_search(app, search)` adds the routes to the app of tools/serve/app.py.
 """
 
+import logging
+
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -11,10 +13,12 @@ from model.retrieval.index import encode_query
 from model.retrieval.source import load_index
 from pipeline.errors import CapgenError
 from tools.serve.batcher import Batcher
+from tools.serve.names import image_name, public_name
 
 WINDOW_S = 0.005  # how long the first query of a batch waits for others
 MAX_BATCH = 32  # queries scored in one pass
 MAX_TOP = 100
+log = logging.getLogger("capgen.serve")
 
 
 def _scorer(index):
@@ -22,13 +26,23 @@ def _scorer(index):
 
     def run(items):
         answers = index.search([query for query, _ in items], max(top for _, top in items))
-        return [{**answer, "results": answer["results"][:top]} for (_, top), answer in zip(items, answers)]
+        return [{**answer, "results": _shown(answer["results"][:top])} for (_, top), answer in zip(items, answers)]
 
     return run
 
 
+def _shown(results):
+    """The hits as the API gives them: each image by its set-relative name, never an absolute path."""
+    return [{**hit, "file_name": image_name(hit["file_name"])} for hit in results]
+
+
+class NotFound(CapgenError):
+    """An image id the set does not hold."""
+
+
 class Search:
-    """What the routes need: the vocabulary, the batched index, and the shard set's images."""
+    """What the routes need: the vocabulary, the batched index, and the shard set's images;
+    `name`: the set's name on the page and in every answer (tools/serve/names.py), not its path."""
 
     def __init__(self, index, vocab, members=None, name=""):
         self.index, self.vocab, self.members, self.name = index, vocab, members, name
@@ -42,9 +56,17 @@ class Search:
         return result
 
     def jpeg(self, image_id):
+        """The JPEG of one image of the set; NotFound (404) or, when its shard cannot be read, a
+        CapgenError naming the set only (the shard's path goes to the server's log)."""
         if self.members is None:
-            raise CapgenError(f"{self.name}: no shard set to read images from")
-        return self.members.read(image_id, "jpg")
+            raise NotFound(f"{self.name}: no shard set to read images from")
+        if image_id not in self.members:
+            raise NotFound(f"{self.name}: no image id {image_id}")
+        try:
+            return self.members.read(image_id, "jpg")
+        except CapgenError as err:
+            log.error("thumbnail: %s", err)
+            raise CapgenError(f"{self.name}: image id {image_id} cannot be read") from None
 
 
 def _bad(message, status=400):
@@ -78,12 +100,14 @@ def mount_search(app, search):
             return _bad(f"image id: not a number ({image_id!r})")
         try:
             data = search.jpeg(int(image_id))
-        except CapgenError as err:
+        except NotFound as err:
             return _bad(str(err), 404)
+        except CapgenError as err:
+            return _bad(str(err), 500)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
 def load_search(checkpoint, data, captioner, progress=True):
     """The Search over `data` (.h5 cache or shard set) for the server's loaded captioner."""
     index, _, members = load_index(checkpoint, data, captioner.device, progress=progress, captioner=captioner)
-    return Search(index, captioner.vocab, members, name=data)
+    return Search(index, captioner.vocab, members, name=public_name(data))
