@@ -19,6 +19,7 @@ from pipeline.loading.batches import REPORT, FeatureBatches, ShardBatches
 from pipeline.loading.source import DataSource
 
 LOADERS = ("auto", "cpu", "dali")
+MAX_LOST = 0.01  # the share of a pass's samples that may be lost by default (--max-lost)
 
 
 class Loader:

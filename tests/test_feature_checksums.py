@@ -1,0 +1,165 @@
+"""Feature caches carry fletcher32 checksums: a flipped byte inside a chunk is found by
+`capgen features verify`, counted as lost by eval and training (and refused past --max-lost),
+and NaN features (a valid checksum over bad values) are named as corrupt input."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.loading.features import FeatureFile, FeatureWriter
+from pipeline.loading.loader import make_loader
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def capgen(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def cache80(tiny_shards, tmp_path_factory):
+    """A cache of 80 synthetic images (resnet18 to layer3, random init, 32 px) that
+    `features extract` wrote: two chunks, rows 0-63 and 64-79."""
+    shards = tiny_shards(
+        images=80, seed=21, width=48, height=40, image_size=32, shard_size=40, preset="coco", split="train2014"
+    )
+    out = str(tmp_path_factory.mktemp("cache80") / "clean.h5")
+    extract = ["features", "extract", "--shards", shards, "--out", out, "--encoder", "resnet18"]
+    p = capgen([*extract, "--encoder-stop", "layer3", "--encoder-weights", "none", "--workers", "0", "--quiet"], ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return out
+
+
+def damaged_copy(clean, name, chunk=1):
+    """A copy of `clean` beside it with one bit flipped in each of 16 bytes of features chunk
+    `chunk`, inside its 9th row (the rows past the end of the last chunk are zeros, and
+    fletcher32 cannot tell 0x0000 from 0xFFFF)."""
+    path = os.path.join(os.path.dirname(clean), name)
+    shutil.copyfile(clean, path)
+    with h5py.File(path, "r") as f:
+        info = f["features"].id.get_chunk_info(chunk)
+        offset = info.byte_offset + 8 * f["features"][0].nbytes + 100
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = f.read(16)
+        f.seek(offset)
+        f.write(bytes(b ^ 0x10 for b in data))
+    return path
+
+
+def nan_copy(clean, name, row=3):
+    """A copy of `clean` with NaN written into one row through HDF5 (its checksum is valid)."""
+    path = os.path.join(os.path.dirname(clean), name)
+    shutil.copyfile(clean, path)
+    with h5py.File(path, "r+") as f:
+        f["features"][row] = np.nan
+    return path
+
+
+def test_extract_writes_checksums_and_verify_finds_the_flipped_chunk(cache80):
+    with h5py.File(cache80, "r") as f:
+        assert f["features"].fletcher32 and f["image_ids"].fletcher32 and f["features"].chunks[0] == 64
+    bad = damaged_copy(cache80, "flipped.h5")
+    p = capgen(["features", "verify", cache80, bad], ROOT)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stdout.splitlines() == [
+        f"{cache80}: 80 samples checked, 0 damaged [fletcher32 checksums]",
+        f"{bad}: 80 samples checked, 16 damaged (rows 64-79: checksum mismatch) [fletcher32 checksums]",
+    ]
+    assert p.stderr.splitlines() == [
+        f"capgen: error: {bad}: 16 of 80 samples damaged (rows 64-79: checksum mismatch)"
+    ]
+    p = capgen(["features", "verify", "--quiet", cache80], ROOT)
+    assert (p.returncode, p.stderr) == (0, "")
+
+
+def test_verify_names_nan_rows_an_old_cache_and_a_missing_file(cache80, tmp_path):
+    nan = nan_copy(cache80, "nan.h5", row=3)
+    cache = FeatureFile(cache80)
+    old = os.path.join(os.path.dirname(cache80), "old.h5")  # beside it: the same relative shard_set
+    attrs = {k: v for k, v in cache.attrs.items() if k != "format"}
+    w = FeatureWriter(old, len(cache), cache.positions, cache.channels, attrs, checksums=False)
+    w.write(cache.image_ids, cache.read(0, len(cache)))
+    w.close()
+    missing = str(tmp_path / "missing.h5")
+    p = capgen(["features", "verify", old, nan, missing], ROOT)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stdout.splitlines() == [
+        f"{old}: 80 samples checked, 0 damaged [no checksums: finite values and shapes only]",
+        f"{nan}: 80 samples checked, 1 damaged (rows 3-3: non-finite values) [fletcher32 checksums]",
+    ]
+    assert p.stderr.splitlines() == [
+        f"capgen: error: {nan}: 1 of 80 samples damaged (rows 3-3: non-finite values)",
+        f"capgen: error: {missing}: feature cache not found",
+    ]
+    # An old cache (no checksums) still reads, through the loader too.
+    assert not FeatureFile(old).checksums
+    loader = make_loader(old, 32, shuffle=False)
+    assert sum(len(b["image_ids"]) for b in loader) == 80 and loader.lost() == (0, 80)
+
+
+def test_the_loader_counts_a_damaged_chunk_as_lost(cache80):
+    bad = damaged_copy(cache80, "loader.h5")
+    loader = make_loader(bad, 16, shuffle=True, seed=1)
+    ids = [i for b in loader for i in b["image_ids"].tolist()]
+    assert sorted(ids) == sorted(FeatureFile(cache80).image_ids[:64].tolist())
+    assert loader.lost() == (16, 80)
+
+
+def test_eval_counts_the_damaged_chunk_and_refuses_past_max_lost(cache80, tiny_trained_checkpoint, tmp_path):
+    bad = damaged_copy(cache80, "eval.h5")
+    warning = f"capgen: warning: {bad}: 16 of 80 samples lost (rows 64-79: checksum mismatch)"
+    base = ["eval", "--checkpoint", tiny_trained_checkpoint, "--data", bad, "--out", str(tmp_path / "r.json")]
+    p = capgen([*base, "--beam", "1", "--quiet"], tmp_path)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.splitlines()[-2:] == [
+        warning,
+        f"capgen: error: {bad}: 16 of 80 samples could not be read (more than --max-lost 0.01); see the warnings above",
+    ]
+    assert not os.path.exists(tmp_path / "r.json")
+    p = capgen([*base, "--beam", "1", "--quiet", "--max-lost", "0.25", "--json"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert warning in p.stderr.splitlines() and '"images": 64' in p.stdout.splitlines()[-1]
+
+
+TRAIN = ["--epochs", "1", "--batch-size", "16", "--embed-dim", "8", "--attention-dim", "8", "--hidden-dim", "8"]
+TRAIN += ["--workers", "0", "--log-every", "2", "--val-images", "4"]
+
+
+def test_training_counts_the_damaged_chunk_and_refuses_past_max_lost(cache80, tmp_path):
+    bad = damaged_copy(cache80, "train.h5")
+    base = ["train", "--train", bad, "--val", cache80, *TRAIN]
+    p = capgen([*base, "--out", str(tmp_path / "run")], tmp_path)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    warning = f"capgen: warning: {bad}: 16 of 80 samples lost (rows 64-79: checksum mismatch)"
+    assert warning in p.stderr  # printed as the pass ends (on the epoch's bar until bars end their line first)
+    assert p.stderr.splitlines()[-1] == (
+        f"capgen: error: {bad}: 16 of 80 samples could not be read this epoch (more than --max-lost 0.01); "
+        "see the warnings above"
+    )
+    p = capgen([*base, "--out", str(tmp_path / "run2"), "--max-lost", "0.25"], tmp_path)
+    assert p.returncode == 0 and p.stderr.count(warning) == 1, p.stderr[-2000:]
+
+
+def test_nan_features_are_corrupt_input_not_a_learning_rate(cache80, tiny_trained_checkpoint, tmp_path):
+    nan = nan_copy(cache80, "nan-train.h5", row=3)
+    p = capgen(["train", "--train", nan, "--val", cache80, *TRAIN, "--out", str(tmp_path / "run")], tmp_path)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "decoder-lr" not in p.stderr
+    assert p.stderr.splitlines()[-1] == (
+        f"capgen: error: {nan}: corrupt input: non-finite features reached the model by epoch 1, step 4 "
+        f"(`capgen features verify {nan}` names the damaged rows)"
+    )
+    p = capgen(["eval", "--checkpoint", tiny_trained_checkpoint, "--data", nan, "--out", "r.json", "--quiet"], tmp_path)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.splitlines()[-1] == (
+        f"capgen: error: {nan}: corrupt input: non-finite features reached the model "
+        f"(`capgen features verify {nan}` names the damaged rows)"
+    )
