@@ -10,6 +10,8 @@ from tqdm import tqdm
 from pipeline.errors import CapgenError
 from pipeline.loading.features import corrupt_input
 
+KEPT = "; the last good checkpoints are kept"  # how a stopped run ends its error
+
 
 def train_one_epoch(args, train_step, joined, loader, epoch, step, log, lead, log_record):
     """One pass over this rank's batches (cross-entropy or SCST steps); returns (global step,
@@ -48,7 +50,7 @@ def _check_loss(args, train_step, epoch, step):
     non-finite input features names the training source as corrupt, not the learning rate."""
     if hasattr(train_step, "all_finite") and not train_step.all_finite():
         if not train_step.inputs_finite():  # the data, not the learning rate
-            raise corrupt_input(args.train, f" by epoch {epoch + 1}, step {step}")
+            raise corrupt_input(args.train, f" by epoch {epoch + 1}, step {step}", KEPT)
         raise diverged(args, epoch, step)
 
 
@@ -89,5 +91,5 @@ def write_train(values, shown, log, train_step, seen, t0, epoch, step, bar, last
 def diverged(args, epoch, step):
     return CapgenError(
         f"{args.out}: training diverged: non-finite loss by epoch {epoch + 1}, step {step} "
-        "(try a lower --decoder-lr); the last good checkpoints are kept"
+        f"(try a lower --decoder-lr){KEPT}"
     )

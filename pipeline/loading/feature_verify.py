@@ -69,4 +69,5 @@ def verify_line(result: dict) -> str:
 
 def damage_line(result: dict) -> str:
     """The error line of a damaged cache: 'F: D of N samples damaged (rows ...)'."""
-    return f"{result['path']}: {result['damaged']} of {result['samples']} samples damaged ({describe_damage(result['ranges'])})"
+    damage = describe_damage(result["ranges"])
+    return f"{result['path']}: {result['damaged']} of {result['samples']} samples damaged ({damage})"

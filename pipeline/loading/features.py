@@ -38,11 +38,12 @@ def describe_damage(ranges: list[tuple[int, int, str]], most: int = 3) -> str:
     return text + (f"; {len(ranges) - most} more ranges" if len(ranges) > most else "")
 
 
-def corrupt_input(path: str, where: str = "") -> CapgenError:
-    """The error for non-finite features reaching the model: the source is corrupt, not the learning rate."""
+def corrupt_input(path: str, where: str = "", then: str = "") -> CapgenError:
+    """The error for non-finite features reaching the model: the source is corrupt, not the
+    learning rate. where: when (' by epoch E, step S'); then: what was kept ('; ...')."""
     return CapgenError(
         f"{path}: corrupt input: non-finite features reached the model{where} "
-        f"(`capgen features verify {path}` names the damaged rows)"
+        f"(`capgen features verify {path}` names the damaged rows){then}"
     )
 
 

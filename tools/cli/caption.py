@@ -147,8 +147,7 @@ def serve(
     type=click.FloatRange(0, 1),
     default=None,
     callback=lambda ctx, param, value: _finite(param, value),
-    help="Fail when more than this share of the images cannot be read (warned about and left out) "
-    "[default: train's].",
+    help="Fail when more than this share of the images cannot be read (warned about and left out) [default: train's].",
 )
 @click.option(
     "--retrieval",
