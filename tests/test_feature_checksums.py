@@ -164,3 +164,37 @@ def test_nan_features_are_corrupt_input_not_a_learning_rate(cache80, tiny_traine
         f"{nan}: corrupt input: non-finite features reached the model "
         f"(`capgen features verify {nan}` names the damaged rows)"
     )
+
+
+def test_scst_on_nan_features_is_corrupt_input(train_val, tiny_trained_checkpoint, tmp_path):
+    from model.train.args import TrainArgs
+    from model.train.loop import train
+
+    nan = nan_copy(train_val["train_h5"], "nan-scst.h5", row=0)
+    args = TrainArgs(
+        train=nan,
+        val=train_val["val_h5"],
+        out=str(tmp_path / "run"),
+        scst=True,
+        init=tiny_trained_checkpoint,
+        scst_samples=2,
+        epochs=1,
+        batch_size=8,
+        val_images=1,
+        workers=0,
+        progress=False,
+    )
+    with pytest.raises(CapgenError) as err:  # not torch.multinomial's RuntimeError on NaN probabilities
+        train(args)
+    assert str(err.value) == (
+        f"{nan}: corrupt input: non-finite features reached the model "
+        f"(`capgen features verify {nan}` names the damaged rows)"
+    )
+
+
+def test_reading_a_damaged_cache_whole_names_the_rows(cache80):
+    bad = damaged_copy(cache80, "whole.h5")
+    with pytest.raises(CapgenError) as err:  # retrieval and search read a cache whole
+        FeatureFile(bad).read(0, 80)
+    assert str(err.value) == f"{bad}: rows 64-79: checksum mismatch"
+    assert FeatureFile(bad).read(0, 64).shape == (64, 4, 256)
