@@ -106,12 +106,17 @@ def test_verify_names_nan_rows_an_old_cache_and_a_missing_file(cache80, tmp_path
     assert sum(len(b["image_ids"]) for b in loader) == 80 and loader.lost() == (0, 80)
 
 
-def test_the_loader_counts_a_damaged_chunk_as_lost(cache80):
-    bad = damaged_copy(cache80, "loader.h5")
-    loader = make_loader(bad, 16, shuffle=True, seed=1)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_counts_a_damaged_chunk_as_lost(cache80, workers, capfd):
+    bad = damaged_copy(cache80, f"loader{workers}.h5")
+    loader = make_loader(bad, 16, shuffle=True, seed=1, workers=workers)
     ids = [i for b in loader for i in b["image_ids"].tolist()]
     assert sorted(ids) == sorted(FeatureFile(cache80).image_ids[:64].tolist())
-    assert loader.lost() == (16, 80)
+    assert loader.lost() == (16, 80) and loader.lost_shards == {bad: 16}
+    # One warning for the file, of all its samples, whichever worker read the block.
+    assert capfd.readouterr().err.splitlines() == [
+        f"capgen: warning: {bad}: 16 of 80 samples lost (rows 64-79: checksum mismatch)"
+    ]
 
 
 def test_eval_counts_the_damaged_chunk_and_refuses_past_max_lost(cache80, tiny_trained_checkpoint, tmp_path, capsys):
