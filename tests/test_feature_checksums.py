@@ -203,3 +203,25 @@ def test_reading_a_damaged_cache_whole_names_the_rows(cache80):
         FeatureFile(bad).read(0, 80)
     assert str(err.value) == f"{bad}: rows 64-79: checksum mismatch"
     assert FeatureFile(bad).read(0, 64).shape == (64, 4, 256)
+
+
+def test_damaged_ids_or_non_finite_stats_are_one_line_errors(cache80):
+    ids = os.path.join(os.path.dirname(cache80), "ids.h5")
+    shutil.copyfile(cache80, ids)
+    with h5py.File(ids, "r") as f:
+        info = f["image_ids"].id.get_chunk_info(0)
+    with open(ids, "r+b") as f:  # one bit of the first chunk's second id
+        f.seek(info.byte_offset + 8)
+        byte = f.read(1)[0]
+        f.seek(info.byte_offset + 8)
+        f.write(bytes([byte ^ 0x01]))
+    stats = os.path.join(os.path.dirname(cache80), "stats.h5")
+    shutil.copyfile(cache80, stats)
+    with h5py.File(stats, "r+") as f:
+        f["channel_std"][5] = np.inf
+    p = capgen(["features", "verify", ids, stats], ROOT)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and p.stdout == ""
+    assert p.stderr.splitlines() == [
+        f"capgen: error: {ids}: image_ids: cannot read (checksum mismatch)",
+        f"capgen: error: {stats}: channel_std holds non-finite values",
+    ]

@@ -32,7 +32,8 @@ against the manifest's count and, when its pass ends, yields one extra item
 {REPORT: {"read", "expected", "lost": {shard: [samples lost, expected, cause]}}} (when
 made with report=True, as make_loader does), a side channel that travels through the
 DataLoader's workers like a batch; Loader (pipeline/loading/loader.py) takes it out of
-the stream (its consumers only ever see batches), warns once per damaged shard and sums
+the stream (its consumers only ever see batches), warns once per damaged shard (a cache: once
+per pass, however many workers read it) and sums
 the counts in `lost()`. The caller decides what share is too much (the trainer's
 --max-lost, `features extract`'s).
 """

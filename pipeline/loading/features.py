@@ -167,9 +167,9 @@ class FeatureFile:
                 self.shape = tuple(features.shape)
                 self.chunk = (features.chunks or features.shape)[0]
                 self.checksums = bool(features.fletcher32)
-                self.image_ids = f["image_ids"][:]
-                self.channel_mean = f["channel_mean"][:]
-                self.channel_std = f["channel_std"][:]
+                self.image_ids, self.channel_mean, self.channel_std = (
+                    _whole(self.path, f, name) for name in ("image_ids", "channel_mean", "channel_std")
+                )
         except OSError as err:
             raise CapgenError(f"{self.path}: cannot read HDF5 ({damage_cause(err)})") from None
         except KeyError as err:
@@ -187,6 +187,9 @@ class FeatureFile:
         ):
             if have != want:
                 raise CapgenError(f"{self.path}: {name} has shape {list(have)}, features want {list(want)}")
+        for name, values in (("channel_mean", self.channel_mean), ("channel_std", self.channel_std)):
+            if not np.isfinite(values).all():
+                raise CapgenError(f"{self.path}: {name} holds non-finite values")
 
     def __len__(self):
         return self.shape[0]
@@ -226,6 +229,14 @@ class FeatureFile:
             for s in range(start, stop, self.chunk):
                 parts.append(read_block(self.path, features, s, min(s + self.chunk, stop)))
             return np.concatenate(parts) if parts else features[start:stop]
+
+
+def _whole(path, f, name):
+    """Dataset `name` of the open file, read whole; damage is a one-line error naming it."""
+    try:
+        return f[name][:]
+    except (OSError, ValueError) as err:
+        raise CapgenError(f"{path}: {name}: cannot read ({damage_cause(err)})") from None
 
 
 def read_block(path: str, dataset, start: int, stop: int) -> np.ndarray:
