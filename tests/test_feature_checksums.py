@@ -225,3 +225,15 @@ def test_damaged_ids_or_non_finite_stats_are_one_line_errors(cache80):
         f"capgen: error: {ids}: image_ids: cannot read (checksum mismatch)",
         f"capgen: error: {stats}: channel_std holds non-finite values",
     ]
+
+
+def test_search_on_nan_features_is_corrupt_input(train_val, tiny_trained_checkpoint):
+    from model.retrieval.source import load_index
+
+    nan = nan_copy(train_val["val_h5"], "nan-search.h5", row=2)
+    with pytest.raises(CapgenError) as err:
+        load_index(tiny_trained_checkpoint, nan, device="cpu", progress=False)
+    assert str(err.value) == (
+        f"{nan}: corrupt input: non-finite features reached the model "
+        f"(`capgen features verify {nan}` names the damaged rows)"
+    )
