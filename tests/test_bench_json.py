@@ -36,6 +36,9 @@ def test_bench_loaders_json(tiny_shards):
     assert head.startswith("loaders on CPU")
     assert all(r[k] > 0 for k in ("dali", "torchvision", "cpu"))
     assert r["batch_size"] == 16 and r["image_size"] == 32 and r["quick"] is True
+    f = r["feature_checksums"]  # the feature cache read whole, without and with fletcher32
+    assert list(f) == ["plain", "fletcher32", "ratio", "images", "mb"] and (f["images"], f["mb"]) == (64, 16.8)
+    assert f["plain"] > 0 and f["fletcher32"] > 0 and f["ratio"] == round(f["plain"] / f["fletcher32"], 3)
 
 
 def test_bench_caption_json(tiny_trained_checkpoint):

@@ -56,7 +56,7 @@ def whole(data, tmp_path_factory):
 # ---------------------------------------------------------------- divergence
 
 
-def test_inf_features_stop_the_run_and_keep_the_last_good_checkpoints(data, tmp_path):
+def test_inf_features_stop_the_run_as_corrupt_input_and_keep_the_last_good_checkpoints(data, tmp_path):
     run = tmp_path / "run"
     train(args(data, run, epochs=1))
     before = {n: weights(run / n) for n in ("best", "last")}
@@ -66,9 +66,9 @@ def test_inf_features_stop_the_run_and_keep_the_last_good_checkpoints(data, tmp_
         f["features"][0:24] = np.inf
     with pytest.raises(CapgenError) as err:
         train(TrainArgs(**{**vars(args(data, run, epochs=2, resume=True)), "train": bad}))
-    assert str(err.value) == (
-        f"{run}: training diverged: non-finite loss by epoch 2, step 8 (try a lower "
-        "--decoder-lr); the last good checkpoints are kept"
+    assert str(err.value) == (  # the input is named, not the learning rate
+        f"{bad}: corrupt input: non-finite features reached the model by epoch 2, step 8 "
+        f"(`capgen features verify {bad}` names the damaged rows); the last good checkpoints are kept"
     )
     for name, state in before.items():
         assert same(weights(run / name), state)

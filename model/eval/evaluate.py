@@ -22,7 +22,7 @@ from model.infer.decode import decode_source
 from model.infer.source_check import check_source
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
-from pipeline.loading.loader import make_loader
+from pipeline.loading.loader import MAX_LOST, check_lost, make_loader
 from pipeline.loading.source import DataSource
 from pipeline.synth.scenes import ATTRIBUTES, attribute_scores, default_scenes, read_scenes
 from pipeline.text import Vocabulary
@@ -39,10 +39,12 @@ def caption_source(
     limit: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    max_lost: float = MAX_LOST,
 ) -> tuple[dict[int, str], DataSource, Vocabulary]:
     """({image_id: caption}, the DataSource, the checkpoint's Vocabulary) for every image (the
     first `limit`) of `data`, a shard set or feature cache that the checkpoint can read
-    (model/infer/source_check.py), captioned by beam search of width `beam`."""
+    (model/infer/source_check.py), captioned by beam search of width `beam`. Unreadable
+    shards, samples or cache blocks are warned about and left out, up to a share of max_lost."""
     device = default_device(device)
     captioner = Captioner.load(ckpt, device)
     encoder, decoder, vocab, config = captioner.encoder, captioner.decoder, captioner.vocab, captioner.config
@@ -50,6 +52,7 @@ def caption_source(
     check_source(source, config, encoder, ckpt)
     loader = make_loader(source, batch_size, shuffle=False, workers=min(workers, 1))
     words = decode_source(encoder, decoder, loader, vocab, device, beam, limit, progress)
+    check_lost(os.fspath(data), *loader.lost(), max_lost)
     return {i: " ".join(w) for i, w in sorted(words.items())}, source, vocab
 
 
@@ -80,10 +83,12 @@ def evaluate(
     device: str | torch.device | None = None,
     progress: bool = False,
     scenes: str | os.PathLike | None = None,
+    max_lost: float = MAX_LOST,
 ) -> dict:
     """Caption `data`, write `out` (COCO results), score against all raw references; as `capgen eval`.
 
-    scenes: a scenes file (default: pipeline/synth/scenes.py's `default_scenes`). The result also holds "per_image"
+    scenes: a scenes file (default: pipeline/synth/scenes.py's `default_scenes`). max_lost: the share of
+    samples that may be unreadable (warned about, left out; more is an error). The result also holds "per_image"
     scores, the references ("refs"), the source, and "attributes" (attribute_scores, or
     None without scene truth) with "scenes" (the file used).
 
@@ -93,7 +98,7 @@ def evaluate(
         >>> round(r["scores"]["CIDEr"], 2), r["images"], sorted(r["attributes"])
         (0.92, 60, ['all', 'colour', 'count', 'position', 'shape', 'size'])
     """
-    captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device, progress)
+    captions, source, vocab = caption_source(ckpt, data, beam, batch_size, workers, limit, device, progress, max_lost)
     if not captions:
         raise CapgenError(f"{data}: no images")
     write_results(out, captions)

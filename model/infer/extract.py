@@ -13,7 +13,7 @@ from model.nets.encoder import build_encoder, normalise
 from pipeline.errors import CapgenError, first_line
 from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.loading.features import FeatureWriter
-from pipeline.loading.loader import check_lost, make_loader
+from pipeline.loading.loader import MAX_LOST, check_lost, make_loader
 from pipeline.loading.source import DataSource
 
 
@@ -42,7 +42,7 @@ def extract(
     device: str | torch.device | None = None,
     download: bool = False,
     progress: bool = True,
-    max_lost: float = 0.01,
+    max_lost: float = MAX_LOST,
 ) -> int:
     """Features of every image of the shard set `shards` into the cache `out` (.h5), in shard
     order; returns the row count.

@@ -16,7 +16,7 @@ from model.infer.extract import _write_all, encoder_attrs
 from model.infer.source_check import check_source
 from model.retrieval.index import ImageIndex
 from pipeline.errors import CapgenError
-from pipeline.loading.features import FeatureWriter
+from pipeline.loading.features import FeatureWriter, corrupt_input
 from pipeline.loading.loader import make_loader
 from pipeline.loading.source import DataSource
 from pipeline.shards.members import ShardMembers
@@ -88,6 +88,8 @@ def load_index(ckpt, data, device=None, cache=None, batch_size=64, workers=1, pr
     check_source(source, captioner.config, captioner.encoder, ckpt)
     if source.kind == "features":
         features, image_ids = source.cache.read(0, len(source.cache)), source.cache.image_ids
+        if not np.isfinite(features).all():  # NaN would rank images silently wrong
+            raise corrupt_input(source.path)
         members = shard_members(source.shard_set)
     else:
         features, image_ids = encode_shards(captioner, source, cache, batch_size, workers, progress)

@@ -1,6 +1,6 @@
 """One epoch's pass over this rank's batches: cross-entropy (model/train/step.py) or SCST
 (model/train/scst.py) steps, their log records at each log interval, and the divergence
-guard (a non-finite loss stops the run)."""
+guard (a non-finite loss stops the run; after non-finite input features, as corrupt input)."""
 
 import contextlib
 import time
@@ -8,6 +8,9 @@ import time
 from tqdm import tqdm
 
 from pipeline.errors import CapgenError
+from pipeline.loading.features import corrupt_input
+
+KEPT = "; the last good checkpoints are kept"  # how a stopped run ends its error
 
 
 def train_one_epoch(args, train_step, joined, loader, epoch, step, log, lead, log_record):
@@ -23,26 +26,31 @@ def train_one_epoch(args, train_step, joined, loader, epoch, step, log, lead, lo
         dynamic_ncols=True,
         leave=False,
     )
-    with _join(joined):
-        for batch in loader:
-            b = train_step(batch)
-            step += 1
-            seen, total = seen + b, total + b
-            bar.update(b)
-            if step % args.log_every == 0:
-                _check_loss(args, train_step, epoch, step)
-                seen, t0 = log_record(log, train_step, seen, t0, epoch, step, bar)
-        _check_loss(args, train_step, epoch, step)
-        if step % args.log_every and seen:
-            log_record(log, train_step, seen, t0, epoch, step, bar, last=True)
-    bar.close()
+    try:
+        with _join(joined):
+            for batch in loader:
+                b = train_step(batch)
+                step += 1
+                seen, total = seen + b, total + b
+                bar.update(b)
+                if step % args.log_every == 0:
+                    _check_loss(args, train_step, epoch, step)
+                    seen, t0 = log_record(log, train_step, seen, t0, epoch, step, bar)
+            _check_loss(args, train_step, epoch, step)
+            if step % args.log_every and seen:
+                log_record(log, train_step, seen, t0, epoch, step, bar, last=True)
+    finally:
+        bar.close()  # before any error is printed: the error starts its own line
     return step, total
 
 
 def _check_loss(args, train_step, epoch, step):
     """The divergence guard: the step's device flag, read once per log interval (SCST
-    steps have none: their weights are checked before every save)."""
+    steps have none: their weights are checked before every save). A non-finite loss after
+    non-finite input features names the training source as corrupt, not the learning rate."""
     if hasattr(train_step, "all_finite") and not train_step.all_finite():
+        if not train_step.inputs_finite():  # the data, not the learning rate
+            raise corrupt_input(args.train, f" by epoch {epoch + 1}, step {step}", KEPT)
         raise diverged(args, epoch, step)
 
 
@@ -83,5 +91,5 @@ def write_train(values, shown, log, train_step, seen, t0, epoch, step, bar, last
 def diverged(args, epoch, step):
     return CapgenError(
         f"{args.out}: training diverged: non-finite loss by epoch {epoch + 1}, step {step} "
-        "(try a lower --decoder-lr); the last good checkpoints are kept"
+        f"(try a lower --decoder-lr){KEPT}"
     )

@@ -28,7 +28,9 @@ from model.nets.caption_model import to_device
 from model.nets.search import greedy, sample
 from model.train.cider import Cider
 from model.train.epoch import write_train
+from model.train.step import finite_inputs
 from pipeline.errors import CapgenError
+from pipeline.loading.features import corrupt_input
 from pipeline.text import END, PAD, UNK, TokenTable
 
 BAD_ENDINGS = ("a", "with", "of", "the", "and", "on", "in")
@@ -91,6 +93,7 @@ class ScstStep:
         self.model, self.forward, self.optimizer, self.device = model, forward, optimizer, device
         self.scorer, self.vocab, self.grad_clip = scorer, vocab, args.grad_clip
         self.samples, self.baseline, self.penalty = args.scst_samples, args.scst_baseline, args.scst_bad_ending_penalty
+        self.source = args.train  # named when its features are not finite
         if self.baseline == "mean" and self.samples < 2:
             raise CapgenError("--scst-baseline mean needs --scst-samples 2 or more")
         self.bad_ids = np.array([vocab.stoi[w] for w in BAD_ENDINGS if w in vocab.stoi], np.int64)
@@ -103,6 +106,8 @@ class ScstStep:
     def __call__(self, batch):
         images = len(batch["image_ids"])
         batch = to_device(batch, self.device, self.image_dtype)
+        if not finite_inputs(batch):  # sampling from NaN would fail in torch.multinomial; this step syncs anyway
+            raise corrupt_input(self.source)
         with self.amp:
             tokens, logp = self.forward(batch)
         sampled = tokens.cpu().numpy()

@@ -34,12 +34,14 @@ class TrainStep:
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.sums = torch.zeros(5, device=device)
         self.finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since start was finite
+        self.inputs_ok = torch.ones((), dtype=torch.bool, device=device)  # every batch's features were finite
 
     def __call__(self, batch):
         images = len(batch["image_ids"])
         plan = train_plan(batch["lengths"])
         batch = to_device(batch, self.device, self.image_dtype)
         batch["plan"] = plan.to(self.device)
+        self.inputs_ok &= finite_inputs(batch)
         with self.amp:
             loss, stats = self.forward(batch, self.alpha_c)
         self.finite &= torch.isfinite(loss.detach())  # on the device: no host sync
@@ -58,8 +60,20 @@ class TrainStep:
         """Whether every loss so far was finite (one host sync: call at log intervals)."""
         return bool(self.finite)
 
+    def inputs_finite(self):
+        """Whether every batch's inputs so far were finite (read with all_finite, when a loss was not)."""
+        return bool(self.inputs_ok)
+
     def take(self):
         """The sums since the last take, as floats (one host sync), then reset."""
         values = self.sums.tolist()
         self.sums.zero_()
         return values
+
+
+def finite_inputs(batch):
+    """A device flag: whether a batch on the device holds only finite features (images are
+    uint8 from the loader, always finite). No host sync."""
+    if "features" not in batch:
+        return torch.ones((), dtype=torch.bool, device=batch["image_ids"].device)
+    return torch.isfinite(batch["features"]).all()

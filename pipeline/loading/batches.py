@@ -26,12 +26,14 @@ running RNG (its set_epoch does nothing): a DALI-fed run does not resume bit-exa
 Lost samples. Corrupt data is caught where it is read: a shard that cannot be opened or
 parsed (bad tar header, truncated, empty, deleted) is skipped by webdataset's error
 handler, a sample whose JPEG does not decode is dropped, an HDF5 block that cannot be
-read is skipped. Each dataset counts, per shard (or cache), the samples it delivered
+read (a block whose fletcher32 checksum fails, pipeline/loading/features.py) is skipped,
+block by block. Each dataset counts, per shard (or cache), the samples it delivered
 against the manifest's count and, when its pass ends, yields one extra item
 {REPORT: {"read", "expected", "lost": {shard: [samples lost, expected, cause]}}} (when
 made with report=True, as make_loader does), a side channel that travels through the
 DataLoader's workers like a batch; Loader (pipeline/loading/loader.py) takes it out of
-the stream (its consumers only ever see batches), warns once per damaged shard and sums
+the stream (its consumers only ever see batches), warns once per damaged shard (a cache: once
+per pass, however many workers read it) and sums
 the counts in `lost()`. DALI's loader finds the damage before its pipeline is built
 (pipeline/loading/dali_scan.py), reads only the readable samples, and gives the same
 warnings and `lost()` at the end of each pass (on the rank with shard_id 0, for the whole
@@ -49,7 +51,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import CapgenError, first_line, warn
-from pipeline.loading.features import FeatureFile
+from pipeline.loading.features import DamagedBlock, FeatureFile, describe_damage, read_block
 from pipeline.text import TokenTable
 
 REPORT = "_lost_report"  # the side-channel item (see the docstring); never part of a batch
@@ -249,15 +251,12 @@ class FeatureBatches(IterableDataset):
         rng = np.random.default_rng(stream_seed(self.seed, self.epoch, self.rank, worker))
         with h5py.File(self.path, "r") as f:  # opened here: one handle per worker process
             features, all_ids = f["features"], f["image_ids"]
-            pending_ids, pending, read, causes = np.zeros(0, np.int64), None, 0, {}
+            pending_ids, pending, read, damaged = np.zeros(0, np.int64), None, 0, []
             for g in range(0, len(blocks), self.blocks_per_read):
-                group = sorted(blocks[g : g + self.blocks_per_read])
-                try:
-                    feats = np.concatenate([features[s : s + self.block] for s in group])
-                    ids = np.concatenate([all_ids[s : s + self.block] for s in group])
-                except (OSError, ValueError) as err:  # a corrupt chunk: these blocks are lost
-                    causes.setdefault(self.path, f"rows {group[0]}+: {first_line(err)}")
+                parts = self._read_blocks(features, all_ids, sorted(blocks[g : g + self.blocks_per_read]), damaged)
+                if not parts:
                     continue
+                feats, ids = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
                 read += len(ids)
                 if self.shuffle:
                     order = rng.permutation(len(ids))
@@ -272,7 +271,19 @@ class FeatureBatches(IterableDataset):
                 yield self._batch(pending_ids, pending)
         if self.report:
             expected = sum(min(self.block, self.n - s) for s in blocks)
-            yield _report({self.path: expected}, {self.path: read}, causes)
+            yield _report({self.path: expected}, {self.path: read}, {self.path: describe_damage(sorted(damaged))})
+
+    def _read_blocks(self, features, all_ids, starts, damaged):
+        """[(features, ids)] of the blocks at `starts` that read; a damaged block (a checksum
+        mismatch, a broken chunk) is left out and its (start, stop, cause) added to `damaged`."""
+        parts = []
+        for s in starts:
+            stop = min(s + self.block, self.n)
+            try:
+                parts.append((read_block(self.path, features, s, stop), read_block(self.path, all_ids, s, stop)))
+            except DamagedBlock as err:
+                damaged.append(err.range)
+        return parts
 
     def _batch(self, ids, feats):
         image_ids, tokens, lengths = _tensors(self._table, ids)

@@ -1,6 +1,8 @@
 """The HDF5 feature store: frozen-encoder spatial features, written once, read in chunks.
 
-Layout: `features` [N, P, C] float16 chunked (CHUNK, P, C); `image_ids` [N] int64;
+Layout: `features` [N, P, C] float16 chunked (CHUNK, P, C); `image_ids` [N] int64; both
+carry HDF5's fletcher32 checksum per chunk (a cache written before checksums has none and
+still reads; a damaged chunk reads as an OSError, named here as a checksum mismatch);
 `channel_mean` / `channel_std` [C] float32 over all N*P positions (the decoder
 standardises with them); optional group `encoder_state` (the encoder's tensors,
 so a random-init encoder can be rebuilt exactly for raw images); attrs: format,
@@ -13,10 +15,36 @@ import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_path
-from pipeline.errors import CapgenError
+from pipeline.errors import CapgenError, first_line
 
 FORMAT = "capgen-features-1"
 CHUNK = 64
+CHECKSUM_MISMATCH = "checksum mismatch"
+
+
+def damage_cause(err: BaseException) -> str:
+    """Why h5py could not read a block: a failed fletcher32 check is a checksum mismatch."""
+    text = first_line(err)
+    return CHECKSUM_MISMATCH if "filter returned failure" in text else text
+
+
+def describe_damage(ranges: list[tuple[int, int, str]], most: int = 3) -> str:
+    """Damaged [start, stop) row ranges and their causes as one short text:
+    'rows 64-127, 192-255: checksum mismatch; rows 5-5: non-finite values' (the first `most`)."""
+    by_cause = {}
+    for start, stop, cause in ranges[:most]:
+        by_cause.setdefault(cause, []).append(f"{start}-{stop - 1}")
+    text = "; ".join(f"rows {', '.join(spans)}: {cause}" for cause, spans in by_cause.items())
+    return text + (f"; {len(ranges) - most} more ranges" if len(ranges) > most else "")
+
+
+def corrupt_input(path: str, where: str = "", then: str = "") -> CapgenError:
+    """The error for non-finite features reaching the model: the source is corrupt, not the
+    learning rate. where: when (' by epoch E, step S'); then: what was kept ('; ...')."""
+    return CapgenError(
+        f"{path}: corrupt input: non-finite features reached the model{where} "
+        f"(`capgen features verify {path}` names the damaged rows){then}"
+    )
 
 
 class FeatureWriter:
@@ -25,7 +53,9 @@ class FeatureWriter:
     Restartable: a killed run leaves only `path`.tmp behind, which the next run overwrites.
     """
 
-    def __init__(self, path, num_images, positions, channels, attrs, encoder_state=None):
+    def __init__(self, path, num_images, positions, channels, attrs, encoder_state=None, checksums=True):
+        """checksums: a fletcher32 checksum per chunk of features and image_ids (False: a cache
+        as written before checksums, for comparison and tests)."""
         self.path = os.fspath(path)
         self.n = int(num_images)
         self._atomic = atomic_path(self.path)
@@ -42,8 +72,11 @@ class FeatureWriter:
                 dtype="f2",
                 chunks=chunk,
                 maxshape=(None, positions, channels),
+                fletcher32=checksums,
             )
-            self.image_ids = self.file.create_dataset("image_ids", (self.n,), dtype="i8", maxshape=(None,))
+            self.image_ids = self.file.create_dataset(
+                "image_ids", (self.n,), dtype="i8", maxshape=(None,), fletcher32=checksums
+            )
             for k, v in attrs.items():
                 self.file.attrs[k] = v
             self.file.attrs["format"] = FORMAT
@@ -130,15 +163,33 @@ class FeatureFile:
                 if f.attrs.get("format") != FORMAT:
                     raise CapgenError(f"{self.path}: not a capgen feature cache (format {f.attrs.get('format')!r})")
                 self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
-                self.shape = tuple(f["features"].shape)
-                self.chunk = f["features"].chunks[0]
-                self.image_ids = f["image_ids"][:]
-                self.channel_mean = f["channel_mean"][:]
-                self.channel_std = f["channel_std"][:]
+                features = f["features"]
+                self.shape = tuple(features.shape)
+                self.chunk = (features.chunks or features.shape)[0]
+                self.checksums = bool(features.fletcher32)
+                self.image_ids, self.channel_mean, self.channel_std = (
+                    _whole(self.path, f, name) for name in ("image_ids", "channel_mean", "channel_std")
+                )
         except OSError as err:
-            raise CapgenError(f"{self.path}: cannot read HDF5 ({err})") from None
+            raise CapgenError(f"{self.path}: cannot read HDF5 ({damage_cause(err)})") from None
         except KeyError as err:
             raise CapgenError(f"{self.path}: missing dataset {err}") from None
+        self._check_shapes()
+
+    def _check_shapes(self):
+        """features [N, P, C] with N image ids and C-long channel stats, or a one-line error."""
+        if len(self.shape) != 3 or not all(self.shape[1:]):
+            raise CapgenError(f"{self.path}: features have shape {list(self.shape)}, not [N, P, C]")
+        for name, have, want in (
+            ("image_ids", self.image_ids.shape, (self.shape[0],)),
+            ("channel_mean", self.channel_mean.shape, (self.shape[2],)),
+            ("channel_std", self.channel_std.shape, (self.shape[2],)),
+        ):
+            if have != want:
+                raise CapgenError(f"{self.path}: {name} has shape {list(have)}, features want {list(want)}")
+        for name, values in (("channel_mean", self.channel_mean), ("channel_std", self.channel_std)):
+            if not np.isfinite(values).all():
+                raise CapgenError(f"{self.path}: {name} holds non-finite values")
 
     def __len__(self):
         return self.shape[0]
@@ -171,6 +222,35 @@ class FeatureFile:
         return folder
 
     def read(self, start, stop):
-        """A contiguous slice of features [stop-start, P, C] float16 (opens its own handle)."""
+        """A contiguous slice of features [stop-start, P, C] float16 (opens its own handle);
+        a damaged chunk is a one-line error naming its rows."""
         with h5py.File(self.path, "r") as f:
-            return f["features"][start:stop]
+            features, parts = f["features"], []
+            for s in range(start, stop, self.chunk):
+                parts.append(read_block(self.path, features, s, min(s + self.chunk, stop)))
+            return np.concatenate(parts) if parts else features[start:stop]
+
+
+def _whole(path, f, name):
+    """Dataset `name` of the open file, read whole; damage is a one-line error naming it."""
+    try:
+        return f[name][:]
+    except (OSError, ValueError) as err:
+        raise CapgenError(f"{path}: {name}: cannot read ({damage_cause(err)})") from None
+
+
+def read_block(path: str, dataset, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of an open h5py dataset; a block that cannot be read (a checksum
+    mismatch, a broken chunk) is DamagedBlock naming the file, the rows and the cause."""
+    try:
+        return dataset[start:stop]
+    except (OSError, ValueError) as err:
+        raise DamagedBlock(path, start, stop, damage_cause(err)) from None
+
+
+class DamagedBlock(CapgenError):
+    """Rows [start, stop) of a cache could not be read; .range is (start, stop, cause)."""
+
+    def __init__(self, path, start, stop, cause):
+        self.range = (start, stop, cause)
+        super().__init__(f"{path}: {describe_damage([self.range])}")

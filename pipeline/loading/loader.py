@@ -18,6 +18,7 @@ from pipeline.loading.batches import REPORT, FeatureBatches, ShardBatches, warn_
 from pipeline.loading.source import DataSource
 
 LOADERS = ("auto", "cpu", "dali")
+MAX_LOST = 0.01  # the share of a pass's samples that may be lost by default (--max-lost)
 
 
 class Loader:
@@ -41,7 +42,7 @@ class Loader:
         self.loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, **kw)
         self.workers = workers
         self.read = self.expected = 0
-        self.lost_shards = {}
+        self.lost_shards, self._cache_causes = {}, []
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next pass reads (its shuffle order)."""
@@ -55,8 +56,18 @@ class Loader:
         self.read += report["read"]
         self.expected += report["expected"]
         for shard, (lost, expected, cause) in report["lost"].items():
+            if self.source.kind == "features":  # one file split over workers: warned once, at the pass's end
+                self._cache_causes.append(cause)
+                continue
             self.lost_shards[shard] = lost
             warn_lost(shard, lost, expected, cause)
+
+    def _cache_warning(self):
+        """A feature cache's one warning of a pass: its lost samples of all it holds, every cause."""
+        if self._cache_causes:
+            lost, expected = self.lost()
+            self.lost_shards[self.source.path] = lost
+            warn_lost(self.source.path, lost, expected, "; ".join(self._cache_causes))
 
     def _counts(self):
         d, workers = self.dataset, max(self.workers, 1)
@@ -77,12 +88,13 @@ class Loader:
         """The batches of one pass (pipeline/loading/batches.py's contract); the lost-sample
         reports go to lost() and to warnings on stderr."""
         self.read = self.expected = 0
-        self.lost_shards = {}
+        self.lost_shards, self._cache_causes = {}, []
         for item in self.loader:
             if REPORT in item:
                 self._take(item[REPORT])
             else:
                 yield item
+        self._cache_warning()
 
 
 def check_lost(name: str, lost: int, expected: int, max_lost: float, when: str = "") -> None:

@@ -6,20 +6,28 @@
   same augmentation per image; JPEG bytes are read into memory beforehand, so this
   baseline pays no I/O (it is flattered, not handicapped);
 - cpu: pipeline/loading/batches.py's webdataset loader (uint8 images, decode in worker
-  processes, one per core).
+  processes, one per core);
+- and the feature cache's read path with and without fletcher32 checksums (feature_checksums):
+  two caches of the same values (ResNet-50's 64 x 2048 float16 per image), each read whole,
+  chunk by chunk, through FeatureFile.read, alternately, from the page cache.
 
 Every figure is batches after a warm-up, timed to the last byte on the device.
 `capgen bench gpu` (tools/bench/gpu/measure.py) runs this too, beside the training side.
 """
 
 import os
+import statistics
+import tempfile
+import time
 import warnings
 
+import numpy as np
 import torch
 
 from model.device import default_device
 from pipeline.loading.batches import ShardBatches
 from pipeline.loading.dali import CROP_AREA, CROP_ASPECT, JITTER, make_dali_loader
+from pipeline.loading.features import FeatureFile, FeatureWriter
 from pipeline.shards.wds_index import read_samples, shard_tars
 from tools.bench.timing import loader_only
 
@@ -116,7 +124,34 @@ def run(shard_dir, batch_size=256, image_size=256, batches=50, warmup=5, device=
     )
     results["cpu"] = loader_only(cpu, batches, warmup, torch.device("cpu"))["images_per_s"]
     results["cpu_workers"] = workers
+    results["feature_checksums"] = feature_checksums(64 if quick else 1024, repeats=2 if quick else 5)
     return results
+
+
+def feature_checksums(images=1024, positions=64, channels=2048, repeats=5):
+    """{"plain", "fletcher32"} MB/s reading a whole feature cache of `images` random rows
+    (the median of `repeats` alternate reads of each), "ratio" plain / fletcher32 (the
+    checksums' cost on the read path), "images" and "mb" (the cache's feature bytes)."""
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for name, checksums in (("plain", False), ("fletcher32", True)):
+            paths[name] = os.path.join(tmp, f"{name}.h5")
+            w = FeatureWriter(paths[name], images, positions, channels, {}, checksums=checksums)
+            for s in range(0, images, 64):
+                rows = min(64, images - s)
+                w.write(np.arange(s, s + rows), rng.standard_normal((rows, positions, channels), np.float32))
+            w.close()
+        seconds = {name: [] for name in paths}
+        for _ in range(repeats):
+            for name, path in paths.items():
+                cache = FeatureFile(path)
+                t0 = time.perf_counter()
+                cache.read(0, images)
+                seconds[name].append(time.perf_counter() - t0)
+    mb = images * positions * channels * 2 / 1e6
+    out = {name: round(mb / statistics.median(t), 1) for name, t in seconds.items()}
+    return {**out, "ratio": round(out["plain"] / out["fletcher32"], 3), "images": images, "mb": round(mb, 1)}
 
 
 def report(r):
@@ -131,6 +166,11 @@ def report(r):
     }
     for key, name in names.items():
         lines.append(f"  {name:<40} {r[key]:>10.0f}  {r[key] / r['cpu']:5.2f}x")
+    f = r["feature_checksums"]
+    lines.append(
+        f"feature cache read ({f['images']} images, {f['mb']:.0f} MB, page cache): plain {f['plain']:.0f} MB/s, "
+        f"fletcher32 {f['fletcher32']:.0f} MB/s: checksums cost {f['ratio']:.2f}x"
+    )
     if r["quick"]:
         lines.append("  (--quick: a smoke test; batches are few next to the prefetch queues, figures mean little)")
     return "\n".join(lines)

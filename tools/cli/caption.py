@@ -143,6 +143,13 @@ def serve(
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
+    "--max-lost",
+    type=click.FloatRange(0, 1),
+    default=None,
+    callback=lambda ctx, param, value: _finite(param, value),
+    help="Fail when more than this share of the images cannot be read (warned about and left out) [default: train's].",
+)
+@click.option(
     "--retrieval",
     is_flag=True,
     help="Score text-to-image retrieval instead: R@1/5/10, every caption a query against the images.",
@@ -166,6 +173,7 @@ def eval_(
     html_out,
     html_images,
     quiet,
+    max_lost,
     retrieval,
     retrieval_images,
     scenes,
@@ -179,7 +187,10 @@ def eval_(
         raise click.UsageError("Missing option '--out' (or --retrieval).")
     from model.eval.evaluate import evaluate, format_scores
 
-    r = evaluate(ckpt, data, out, beam, batch_size, limit=limit, device=device, progress=not quiet, scenes=scenes)
+    lost = {} if max_lost is None else {"max_lost": max_lost}  # evaluate's default when not given
+    r = evaluate(
+        ckpt, data, out, beam, batch_size, limit=limit, device=device, progress=not quiet, scenes=scenes, **lost
+    )
     click.echo(
         f"{out}: {r['images']} images, beam {r['beam']}, text preset {r['text_preset']}"
         + (f", scenes {r['scenes']}" if r["scenes"] else "")

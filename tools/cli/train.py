@@ -1,4 +1,4 @@
-"""`capgen train` (its options made from TrainArgs' fields), `capgen runs`, `capgen features extract`."""
+"""`capgen train` (its options made from TrainArgs' fields), `capgen runs`, `capgen features extract` and `verify`."""
 
 import os
 from dataclasses import MISSING, fields
@@ -154,3 +154,27 @@ def features_extract(
         progress=not quiet,
     )
     click.echo(f"{out}: {n} images in {time.perf_counter() - start:.1f} s")
+
+
+@features.command("verify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def features_verify(files, quiet):
+    """Read every block of each cache FILE: checksums (fletcher32) and finite values; exit 1 when any is damaged."""
+    from pipeline.errors import CapgenError
+    from pipeline.loading.feature_verify import damage_line, verify_cache, verify_line
+
+    problems = []
+    for path in files:
+        try:
+            result = verify_cache(path, progress=not quiet)
+        except CapgenError as err:
+            problems.append(str(err))
+            continue
+        click.echo(verify_line(result))
+        if result["damaged"]:
+            problems.append(damage_line(result))
+    for line in problems:
+        click.echo(f"capgen: error: {line}", err=True)
+    if problems:
+        raise SystemExit(1)
