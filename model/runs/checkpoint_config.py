@@ -12,12 +12,10 @@ model/runs/state_check.py checks the weights against it. Kept free of torch: the
 runtime reads it too.
 """
 
-import math
 import re
 
 from model.runs.schema import Int, List, Num, Obj, Str, check
 from pipeline.imaging import pixels
-from pipeline.imaging.decode import MAX_PIXELS
 from pipeline.imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.text import PRESETS, SPECIALS
 
@@ -64,8 +62,9 @@ CONFIG = Obj(
         ),
         "image": Obj(
             {
-                # 8: the shard builder's smallest image; the largest side it decodes
-                "size": Int(low=8, high=math.isqrt(MAX_PIXELS)),
+                # 8: the shard builder's smallest image; 10000: the side of the largest it decodes
+                # (pipeline/imaging/decode.py's MAX_PIXELS; not imported: it needs simplejpeg)
+                "size": Int(low=8, high=10_000),
                 "resize_mode": Str(RESIZE_MODES),
                 "mean": List(Num(), length=3),
                 "std": List(Num(low=0, low_open=True), length=3),

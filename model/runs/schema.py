@@ -22,13 +22,18 @@ from pipeline.errors import CapgenError, first_line, read_bytes
 def _got(value):
     """A short picture of a value for an error line."""
     if _is_tensor(value):
-        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}"
+        dtype = str(value.dtype).removeprefix("torch.")
+        return f"{_article(dtype)} {dtype} tensor of shape {list(value.shape)}"
     if isinstance(value, dict):
         return f"an object of {len(value)} fields" if len(repr(value)) > 40 else repr(value)
     if isinstance(value, (list, tuple)) and len(repr(value)) > 40:
         return f"a list of {len(value)}"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _article(dtype):
+    return "an" if dtype.startswith("int") else "a"  # an int64, a uint8, a float32
 
 
 def _is_tensor(value):
@@ -302,9 +307,14 @@ class Tensor(Spec):
         self.dtype, self.shape = dtype, shape
 
     def describe(self):
-        dtype = f"{self.dtype} " if self.dtype is not None else ""
-        shape = f" of shape [{', '.join('*' if n is None else str(n) for n in self.shape)}]" if self.shape else ""
-        return f"a {dtype}tensor{shape}"
+        shape = (
+            f" of shape [{', '.join('*' if n is None else str(n) for n in self.shape)}]"
+            if self.shape is not None
+            else ""
+        )
+        if self.dtype is None:
+            return f"a tensor{shape}"
+        return f"{_article(self.dtype)} {self.dtype} tensor{shape}"
 
     def fits(self, value):
         if not _is_tensor(value) or (self.dtype is not None and str(value.dtype) != f"torch.{self.dtype}"):
@@ -328,7 +338,9 @@ def read_json(path, what):
     'PATH: not WHAT (cause)' for bad JSON, bad UTF-8, nesting too deep or a non-object."""
     try:
         value = json.loads(read_bytes(path))
-    except (ValueError, RecursionError) as err:  # ValueError: JSON or UTF-8
+    except UnicodeDecodeError as err:  # its first argument is only the encoding's name
+        raise CapgenError(f"{path}: not {what} ({err})") from None
+    except (ValueError, RecursionError) as err:  # bad JSON, nesting too deep
         raise CapgenError(f"{path}: not {what} ({first_line(err)})") from None
     if not isinstance(value, dict):
         raise CapgenError(f"{path}: not {what} (not a JSON object)")

@@ -161,7 +161,7 @@ def check_resume(path, state, optimizer, scheduler):
             for g in live
         )
     )
-    check(path, {"param_groups": saved_optimizer["param_groups"]}, Obj({"param_groups": groups}))
+    check(path, {"optimizer": saved_optimizer}, Obj({"optimizer": Obj({"param_groups": groups})}))
     shapes = {}
     for saved, group in zip(saved_optimizer["param_groups"], optimizer.param_groups):
         shapes.update({i: tuple(p.shape) for i, p in zip(saved["params"], group["params"])})

@@ -111,9 +111,9 @@ def _field_spec(f):
 
 RECORD = Obj(
     {
-        "format": Str((FORMAT,)),
         "args": Obj(
             {f.name: _field_spec(f) for f in fields(TrainArgs)},
+            optional=[f.name for f in fields(TrainArgs)],  # an older args.json: the defaults
             closed="unknown option (written by another capgen version?)",
         ),
     }
@@ -126,7 +126,7 @@ def read_run_args(path: str | os.PathLike) -> dict:
     format, an option this capgen does not know or a value of the wrong type is a one-line
     CapgenError naming the file and the field (ranges are TrainArgs's to check, after the
     command line's options go on top)."""
-    record = read_json(path, f"a capgen args.json (format {FORMAT})")
-    if record.get("format") != FORMAT or not isinstance(record.get("args"), dict):
+    record = read_json(path, "a capgen args.json")
+    if record.get("format") != FORMAT:
         raise CapgenError(f"{path}: not a capgen args.json (format {FORMAT})")
     return check(path, record, RECORD)["args"]
