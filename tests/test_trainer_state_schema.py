@@ -91,7 +91,7 @@ TRAINER_DAMAGES = [
     (
         "groups-two",
         at(*OPT, "param_groups", value=lambda g: [g[0], dict(g[0])]),
-        "optimizer.param_groups: expected a list of 1 items, got a list of 2",
+        "optimizer.param_groups: expected 1 parameter group (as these options build), got a list of 2",
     ),
     (
         "params-short",

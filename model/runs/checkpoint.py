@@ -66,13 +66,10 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: dict, path: str | os.PathLike) -> "TrainState":
         """The state trainer.pt's dict `d` holds (`path` names it in errors), checked against
-        model/runs/state_check.py's TRAINER; a field added since it was written (ADDED) takes
-        its default."""
+        model/runs/state_check.py's TRAINER; a field added since it was written (TRAINER's
+        optional ones) takes its default."""
         check_trainer(path, d)
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
-
-ADDED = ("metric",)  # TrainState fields an older trainer.pt may lack
 
 
 def save(

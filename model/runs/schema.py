@@ -222,14 +222,14 @@ class List(Spec):
 
 
 class Tuple(Spec):
-    """A list (or tuple) whose k-th item is what items[k] says."""
+    """A list (or tuple) whose k-th item is what items[k] says; `what` describes it in errors."""
 
-    def __init__(self, *items, rule=None):
+    def __init__(self, *items, what=None, rule=None):
         super().__init__(rule)
-        self.items = items
+        self.items, self.what = items, what
 
     def describe(self):
-        return f"a list of {len(self.items)} items"
+        return self.what or f"a list of {len(self.items)} items"
 
     def fits(self, value):
         return isinstance(value, (list, tuple)) and len(value) == len(self.items)

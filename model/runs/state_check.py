@@ -69,7 +69,7 @@ TRAINER = Obj(
         "scheduler": Opt(Map(Str(), Anything())),
         "rng": Opt(RNG),
     },
-    optional=("metric",),  # TrainState.ADDED: a field an older trainer.pt may lack
+    optional=("metric",),  # TrainState fields an older trainer.pt may lack (they take their defaults)
 )
 
 
@@ -159,7 +159,8 @@ def check_resume(path, state, optimizer, scheduler):
         *(
             Obj({**{k: like(v) for k, v in g.items() if k != "params"}, "params": List(Int(low=0), len(g["params"]))})
             for g in live
-        )
+        ),
+        what=f"{len(live)} parameter group{'s' * (len(live) > 1)} (as these options build)",
     )
     check(path, {"optimizer": saved_optimizer}, Obj({"optimizer": Obj({"param_groups": groups})}))
     shapes = {}
