@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from model.export.export import export
 from tests.cli_in_process import capgen
 
 SPECIALS = "<pad> <start> <end> <unk>"
@@ -408,3 +409,51 @@ def test_weights_that_disagree_with_the_config_name_the_tensor(change, line, run
     text = line.replace("{words}", str(words)).replace("{words_less_1}", str(words - 1))
     text = text.replace("{words_x16}", str(words * 16))
     assert_one_line(code, err, f"{os.path.join(last, 'model.safetensors')}: {text}")
+
+
+# ---------------------------------------------------------------- an export's config.json (capgen caption --onnx)
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    """`capgen export` of the trained run's best."""
+    out = tmp_path_factory.mktemp("onnx") / "model"
+    export(os.path.join(run, "best"), str(out))
+    return str(out)
+
+
+EXPORT_DAMAGES = [
+    (
+        "size-str",
+        setter("config", "image", "size", value="32"),
+        "config.image.size: expected an integer in [8, 10000], got '32'",
+    ),
+    (
+        "mean-short",
+        setter("config", "image", "mean", value=[0.5]),
+        "config.image.mean: expected a list of 3 numbers, got [0.5]",
+    ),
+    (
+        "std-zero",
+        setter("config", "image", "std", value=[0, 1, 1]),
+        "config.image.std[0]: expected a finite number > 0, got 0",
+    ),
+    (
+        "resize-mode",
+        setter("config", "image", "resize_mode", value=3),
+        "config.image.resize_mode: expected one of squash, crop, stretch, center-crop, pad, got 3",
+    ),
+    ("grid", setter("grid", value="2x2"), "grid: expected a list of 2 integers, got '2x2'"),
+    ("grid-missing", setter("grid", drop=True), "grid: missing"),
+    ("config-missing", setter("config", drop=True), "config: missing"),
+]
+
+
+@pytest.mark.parametrize("change, line", [c[1:] for c in EXPORT_DAMAGES], ids=[c[0] for c in EXPORT_DAMAGES])
+def test_damaged_export_config_is_one_line(change, line, exported, image, tmp_path, monkeypatch, capsys):
+    folder = str(tmp_path / "model")
+    shutil.copytree(exported, folder)
+    config = os.path.join(folder, "config.json")
+    edit_json(config, change)
+    code, err = run_cli(["caption", "--onnx", folder, image], monkeypatch, capsys)
+    assert_one_line(code, err, f"{config}: {line}")
