@@ -38,6 +38,12 @@ def parts():
     return encoder.eval(), decoder.eval(), vocab
 
 
+def weights_and_config(parts, **extra):
+    """The decoder's weights and a config that describes them (checkpoint.load checks they agree)."""
+    encoder, decoder, _ = parts
+    return model_state(None, decoder), model_config(encoder, decoder, image_size=64) | extra
+
+
 def trainer_state(decoder):
     opt = torch.optim.Adam(decoder.parameters(), lr=1e-3)
     decoder.fc.bias.sum().backward()
@@ -94,14 +100,14 @@ def test_trainer_state_without_a_metric_reads_as_bleu_4(tmp_path, parts):
     vocab = parts[2]
     ts = trainer_state(Decoder(len(vocab), 8, 4, 4, 4))
     assert ts.metric == "Bleu_4"
-    checkpoint.save(tmp_path / "ckpt", {"w": torch.ones(2)}, {}, vocab, dataclasses.replace(ts, metric="CIDEr"))
+    checkpoint.save(tmp_path / "ckpt", *weights_and_config(parts), vocab, dataclasses.replace(ts, metric="CIDEr"))
     assert checkpoint.load(tmp_path / "ckpt")[3].metric == "CIDEr"
     old = {k: v for k, v in ts.to_dict().items() if k != "metric"}
     torch.save(old, tmp_path / "ckpt" / "trainer.pt")
     assert_same(checkpoint.load(tmp_path / "ckpt")[3], ts)
     del old["best"]
     torch.save(old, tmp_path / "ckpt" / "trainer.pt")
-    with pytest.raises(CapgenError, match=r"trainer\.pt: not a capgen trainer state \(no best\)"):
+    with pytest.raises(CapgenError, match=r"trainer\.pt: best: missing$"):
         checkpoint.load(tmp_path / "ckpt")
 
 
@@ -120,7 +126,7 @@ class Custom:
 
 def test_trainer_state_with_objects_is_refused(tmp_path, parts):
     encoder, decoder, vocab = parts
-    checkpoint.save(tmp_path / "ckpt", model_state(None, decoder), {}, vocab)
+    checkpoint.save(tmp_path / "ckpt", *weights_and_config(parts), vocab)
     torch.save({"step": 1, "thing": Custom()}, tmp_path / "ckpt" / "trainer.pt")
     with pytest.raises(CapgenError, match=r"trainer\.pt: refused"):
         checkpoint.load(tmp_path / "ckpt")
@@ -130,30 +136,30 @@ def test_trainer_state_with_objects_is_refused(tmp_path, parts):
 
 def test_save_replaces_the_folder_whole(tmp_path, parts):
     encoder, decoder, vocab = parts
-    first = {"w": torch.ones(3)}
-    checkpoint.save(tmp_path / "ckpt", first, {"n": 1}, vocab)
+    first, config = weights_and_config(parts)
+    checkpoint.save(tmp_path / "ckpt", first, config | {"n": 1}, vocab)
     with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda cannot be saved
         checkpoint.save(
             tmp_path / "ckpt",
-            {"w": torch.zeros(3)},
-            {"n": 2},
+            first,
+            config | {"n": 2},
             vocab,
             checkpoint.TrainState(seed=0, scores={"bad": lambda: 0}),
         )
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
-    assert checkpoint.load(tmp_path / "ckpt")[1] == {"n": 1}
+    assert checkpoint.load(tmp_path / "ckpt")[1]["n"] == 1
     # Killed between the two renames: the previous checkpoint is still read.
     os.rename(tmp_path / "ckpt", tmp_path / "ckpt.old")
-    assert checkpoint.load(tmp_path / "ckpt")[1] == {"n": 1}
-    checkpoint.save(tmp_path / "ckpt", first, {"n": 3}, vocab)
-    assert sorted(os.listdir(tmp_path)) == ["ckpt"] and checkpoint.load(tmp_path / "ckpt")[1] == {"n": 3}
+    assert checkpoint.load(tmp_path / "ckpt")[1]["n"] == 1
+    checkpoint.save(tmp_path / "ckpt", first, config | {"n": 3}, vocab)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"] and checkpoint.load(tmp_path / "ckpt")[1]["n"] == 3
 
 
 def test_bad_folders(tmp_path, parts):
     vocab = parts[2]
     with pytest.raises(CapgenError, match="checkpoint folder not found"):
         checkpoint.load(tmp_path / "none")
-    checkpoint.save(tmp_path / "ckpt", {"w": torch.ones(2)}, {}, vocab)
+    checkpoint.save(tmp_path / "ckpt", *weights_and_config(parts), vocab)
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(CapgenError, match=r"model\.safetensors: not a safetensors file"):
         checkpoint.load(tmp_path / "ckpt")
@@ -223,5 +229,9 @@ def test_captioner_refuses_a_mismatched_checkpoint(tmp_path, parts):
     config = model_config(encoder, decoder, image_size=64)
     config["decoder"]["hidden_dim"] = 99
     checkpoint.save(tmp_path / "ckpt", model_state(encoder, decoder), config, vocab)
-    with pytest.raises(CapgenError, match="checkpoint does not match its config"):
+    with pytest.raises(CapgenError) as err:
         Captioner.load(tmp_path / "ckpt")
+    assert str(err.value) == (
+        f"{tmp_path / 'ckpt' / 'model.safetensors'}: decoder.attention.hidden_att.weight: shape [16, 16], "
+        "its config.json gives [16, 99]"
+    )

@@ -131,14 +131,14 @@ def test_malformed_coco_entries_are_skipped_and_counted(tmp_path):
         {"id": 8, "image_id": 2, "caption": "whose two?"},
         {"id": 9, "image_id": 3, "caption": "three"},
         {"id": 10, "image_id": 5, "caption": "five"},
-        {"id": 11, "image_id": "5", "caption": "five again"},
+        {"id": 11, "image_id": "5", "caption": "five again"},  # a string id: bad
         {"id": 12, "image_id": 6, "caption": "no image 6"},
     ]
     path = _write_coco(tmp_path, images, anns)
     src = read_coco(tmp_path, "val2014")
     assert [(r.image_id, r.file_name, r.captions) for r in src.records] == [
         (1, "one.jpg", ["one"]),
-        (5, "five.jpg", ["five", "five again"]),
+        (5, "five.jpg", ["five"]),
     ]
     assert src.skipped == [
         [2, str(tmp_path / "val2014" / "two.jpg"), "duplicate_id"],
@@ -146,7 +146,7 @@ def test_malformed_coco_entries_are_skipped_and_counted(tmp_path):
         [3, "", "missing_file_name"],
         [4, "", "missing_file_name"],
     ]
-    assert (src.bad_captions, src.orphan_captions, src.annotation_path) == (7, 1, str(path))
+    assert (src.bad_captions, src.orphan_captions, src.annotation_path) == (8, 1, str(path))
 
 
 def test_a_duplicate_id_without_a_file_name_still_takes_the_other_entry_out(tmp_path):

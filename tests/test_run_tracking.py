@@ -126,7 +126,7 @@ def test_config_refuses_a_file_that_is_not_args_json(first, tmp_path):
     r = CliRunner().invoke(cli, ["train", "--config", str(bad)])
     assert (
         r.exit_code != 0
-        and str(r.exception) == f"{bad}: unknown option 'learning_rate' (written by another capgen version?)"
+        and str(r.exception) == f"{bad}: args.learning_rate: unknown option (written by another capgen version?)"
     )
     r = CliRunner().invoke(cli, ["train", "--epochs", "1"])
     assert r.exit_code == 2 and "Missing option '--train' (or --config RUN/args.json)." in r.output

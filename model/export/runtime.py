@@ -19,7 +19,9 @@ import numpy as np
 
 from model.export import numpy_search
 from model.nets.hyps import caption_result
+from model.runs.checkpoint_config import CONFIG as CHECKPOINT_CONFIG
 from model.runs.checkpoint_config import fit_mode
+from model.runs.schema import Int, List, Obj, check
 from pipeline.errors import CapgenError, first_line, read_bytes
 from pipeline.imaging.pixels import image_input
 from pipeline.text import Vocabulary
@@ -33,6 +35,7 @@ GRAPHS = {
     "decoder_step": ("decoder_step.onnx", ["features", "proj", "prev", "h", "c"], ["logp", "alpha", "h1", "c1"]),
 }
 CONFIG, VOCAB, REPORT = "config.json", "vocab.json", "report.json"
+EXPORT_CONFIG = Obj({"config": CHECKPOINT_CONFIG, "grid": List(Int(low=1), length=2)})  # what load reads of config.json
 
 
 def read_config(model_dir):
@@ -50,7 +53,7 @@ def read_config(model_dir):
         raise CapgenError(f"{path}: not a capgen export (format is not {FORMAT!r})")
     if config.get("version") != VERSION:
         raise CapgenError(f"{path}: export version {config.get('version')!r}; this capgen reads version {VERSION}")
-    return config
+    return check(path, config, EXPORT_CONFIG)
 
 
 def session_options(threads=None, spin=None):

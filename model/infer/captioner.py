@@ -78,19 +78,15 @@ class Captioner:
         """The captioner of a checkpoint folder (a run's best/ or last/, or the run folder: its best),
         on device, as every command loads it.
 
-        CapgenError when the folder holds no checkpoint, or its weights or vocabulary do not match
-        its config."""
+        CapgenError (one line naming the file and the field) when the folder holds no checkpoint, or a
+        file of it does not fit its schema, or its weights or vocabulary do not match its config
+        (model/runs/checkpoint.py's load checks them)."""
         state, config, vocab, _ = checkpoint.load(ckpt_dir, trainer=False)
         try:
             encoder, decoder = _build(config, state)
             fit_mode(config["image"]["resize_mode"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CapgenError(f"{ckpt_dir}: checkpoint does not match its config ({first_line(err)})") from None
-        if len(vocab) != decoder.vocab_size:
-            raise CapgenError(
-                f"{checkpoint.resolve(ckpt_dir)}/config.json: vocabulary of {len(vocab)} words, "
-                f"the decoder predicts {decoder.vocab_size}"
-            )
         return cls(encoder, decoder, vocab, config, device)
 
     def preprocess(self, img: Image.Image | str | os.PathLike) -> torch.Tensor:

@@ -27,7 +27,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
+from model.runs.checkpoint_config import check_config_file
+from model.runs.schema import read_json
 from model.runs.selection import UNRECORDED
+from model.runs.state_check import check_trainer, check_weights
 from pipeline.atomic import atomic_dir, atomic_write
 from pipeline.errors import CapgenError, first_line, read_bytes, warn
 from pipeline.text import Vocabulary
@@ -61,17 +64,11 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, d: dict, path: str | os.PathLike) -> "TrainState":
-        """The state trainer.pt's dict `d` holds (`path` names it in errors); a field added
-        since it was written (ADDED) takes its default."""
-        if not isinstance(d, dict):
-            raise CapgenError(f"{path}: not a capgen trainer state (no a dict)")
-        missing = [f.name for f in fields(cls) if f.name not in d and f.name not in ADDED]
-        if missing:
-            raise CapgenError(f"{path}: not a capgen trainer state (no {missing[0]})")
+        """The state trainer.pt's dict `d` holds (`path` names it in errors), checked against
+        model/runs/state_check.py's TRAINER; a field added since it was written (TRAINER's
+        optional ones) takes its default."""
+        check_trainer(path, d)
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
-
-ADDED = ("metric",)  # TrainState fields an older trainer.pt may lack
 
 
 def save(
@@ -145,47 +142,49 @@ def load(
 ) -> tuple[dict[str, torch.Tensor], dict, Vocabulary, TrainState | None]:
     """(weights, config, vocabulary, TrainState or None) of the checkpoint `path` resolves to;
     the weights' sha256 is checked against config.json's, and trainer.pt (skipped with
-    trainer=False; None when absent) read as plain containers only. A missing, corrupt or
-    foreign folder is a one-line CapgenError."""
+    trainer=False; None when absent) read as plain containers only. Each file is checked
+    against its schema (config.json: checkpoint_config.py's CONFIG_FILE; trainer.pt and the
+    weights against the config: state_check.py). A missing, corrupt, foreign or damaged file
+    is a one-line CapgenError naming the file and the field."""
     path = resolve(path)
-    config, vocab = read_config(path)
+    meta = _read_meta(path)
     weights = os.path.join(path, WEIGHTS)
     data = read_bytes(weights)
     try:
         state = safetensors_load(data)
     except (SafetensorError, OSError, ValueError) as err:
         raise CapgenError(f"{weights}: not a safetensors file ({err})") from None
-    want = _recorded_sha256(path)
+    want = meta.get("weights_sha256")
     if want is not None and hashlib.sha256(data).hexdigest() != want:
         raise CapgenError(f"{weights}: sha256 does not match the one in config.json (corrupt or replaced)")
-    train_state = None
+    check_weights(weights, os.path.join(path, CONFIG), state, meta["config"])
     trainer_path = os.path.join(path, TRAINER)
-    if trainer and os.path.isfile(trainer_path):
-        train_state = TrainState.from_dict(load_trainer_state(trainer_path), trainer_path)
-    return state, config, vocab, train_state
+    train_state = read_trainer_state(trainer_path) if trainer and os.path.isfile(trainer_path) else None
+    return state, meta["config"], Vocabulary.from_dict(meta["vocab"]), train_state
 
 
-def read_config(path):
-    """-> (config, vocab) from the checkpoint folder's config.json, without the weights."""
-    path = resolve(path)
+def read_config(path: str | os.PathLike) -> tuple[dict, Vocabulary]:
+    """(config, vocabulary) from the checkpoint folder's config.json, checked, without the weights."""
+    meta = _read_meta(resolve(path))
+    return meta["config"], Vocabulary.from_dict(meta["vocab"])
+
+
+def _read_meta(path):
+    """The checkpoint folder's config.json, checked against its schema."""
     if not os.path.isdir(path):
         raise CapgenError(f"{path}: checkpoint folder not found")
     cfg_path = os.path.join(path, CONFIG)
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
-        return meta["config"], Vocabulary.from_dict(meta["vocab"])
-    except FileNotFoundError:
-        raise CapgenError(f"{cfg_path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CapgenError(f"{cfg_path}: not a capgen checkpoint config ({err})") from None
+    meta = read_json(cfg_path, "a capgen checkpoint config")
+    if meta.get("format") != FORMAT:
+        raise CapgenError(
+            f"{cfg_path}: not a capgen checkpoint config (format {meta.get('format')!r}, expected {FORMAT})"
+        )
+    return check_config_file(cfg_path, meta)
 
 
-def _recorded_sha256(path):
-    with open(os.path.join(path, CONFIG), encoding="utf-8") as f:
-        return json.load(f).get("weights_sha256")
+def read_trainer_state(path: str | os.PathLike) -> TrainState:
+    """The TrainState of a trainer.pt file, checked (see TrainState.from_dict)."""
+    return TrainState.from_dict(load_trainer_state(path), path)
 
 
 def load_trainer_state(path):
@@ -235,7 +234,7 @@ def trainer_best(folder: str | os.PathLike) -> float | None:
 
 def _trainer_state(folder):
     path = os.path.join(folder, TRAINER)
-    return TrainState.from_dict(load_trainer_state(path), path) if os.path.isfile(path) else None
+    return read_trainer_state(path) if os.path.isfile(path) else None
 
 
 def reconcile(run: str | os.PathLike) -> None:

@@ -1,11 +1,11 @@
 """`capgen runs`: one summary per run folder (log.jsonl + args.json + RUN/last's trainer
 state), and those summaries as a table, runs side by side."""
 
-import json
 import os
 
 from model.runs import checkpoint
 from model.runs.log import read_log
+from model.runs.schema import Obj, check, read_json
 from model.runs.selection import UNRECORDED, recorded_metric
 from pipeline.errors import CapgenError
 
@@ -37,10 +37,9 @@ def run_summary(folder: str | os.PathLike) -> dict:
     args_path = os.path.join(folder, "args.json")
     options = {}
     if os.path.isfile(args_path):
-        with open(args_path, encoding="utf-8") as f:
-            options = json.load(f).get("args", {})
+        options = check(args_path, read_json(args_path, "a capgen args.json"), Obj({"args": Obj({})}))["args"]
     trainer = os.path.join(folder, "last", checkpoint.TRAINER)
-    state = checkpoint.load_trainer_state(trainer) if os.path.isfile(trainer) else {}
+    state = checkpoint.read_trainer_state(trainer).to_dict() if os.path.isfile(trainer) else {}
     metric = recorded_metric(val, state.get("metric", UNRECORDED))
     best = max((r for r in val if metric in r), key=lambda r: r[metric], default=None)
     return {

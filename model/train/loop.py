@@ -36,6 +36,7 @@ from model.runs.checkpoint import TrainState
 from model.runs.checkpoint_config import model_state, split_state, trained_config
 from model.runs.log import Log
 from model.runs.selection import SELECT_SCST, SELECT_XE
+from model.runs.state_check import check_resume
 from model.train.args import TrainArgs
 from model.train.build import (
     build_model,
@@ -291,6 +292,7 @@ def _resume(last_dir, args, encoder, decoder, optimizer, scheduler):
         decoder.load_state_dict(parts["decoder"])
     except RuntimeError as err:
         raise CapgenError(f"{last_dir}: does not match these options ({first_line(err)})") from None
+    check_resume(os.path.join(checkpoint.resolve(last_dir), checkpoint.TRAINER), state, optimizer, scheduler)
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
     checkpoint.set_rng_state(state.rng)

@@ -14,6 +14,7 @@ import os
 import platform
 from dataclasses import asdict, fields
 
+from model.runs.schema import Bool, Int, Num, Obj, Opt, Str, check, read_json
 from model.train.args import TrainArgs
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
@@ -99,21 +100,33 @@ def _plain(value):
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
+def _field_spec(f):
+    """The schema of one TrainArgs field, from its type (and its choices)."""
+    meta = f.metadata.get("cli") or {}
+    optional = type(None) in getattr(f.type, "__args__", ())
+    base = next(t for t in (bool, int, float, str) if t is f.type or t in getattr(f.type, "__args__", ()))
+    spec = {bool: Bool(), int: Int(), float: Num(finite=False), str: Str(meta.get("choices"))}[base]
+    return Opt(spec) if optional else spec
+
+
+RECORD = Obj(
+    {
+        "args": Obj(
+            {f.name: _field_spec(f) for f in fields(TrainArgs)},
+            optional=[f.name for f in fields(TrainArgs)],  # an older args.json: the defaults
+            closed="unknown option (written by another capgen version?)",
+        ),
+    }
+)
+
+
 def read_run_args(path: str | os.PathLike) -> dict:
     """{TrainArgs field: value} from an args.json that write_run_args wrote (`capgen train
-    --config`); a missing file, bad JSON, another format or an option this capgen does not
-    know is a one-line CapgenError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        raise CapgenError(f"{path}: file not found") from None
-    except (OSError, ValueError) as err:
-        raise CapgenError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("args"), dict):
+    --config`), each value of its field's type (RECORD); a missing file, bad JSON, another
+    format, an option this capgen does not know or a value of the wrong type is a one-line
+    CapgenError naming the file and the field (ranges are TrainArgs's to check, after the
+    command line's options go on top)."""
+    record = read_json(path, "a capgen args.json")
+    if record.get("format") != FORMAT:
         raise CapgenError(f"{path}: not a capgen args.json (format {FORMAT})")
-    known = {f.name for f in fields(TrainArgs)}
-    unknown = sorted(set(record["args"]) - known)
-    if unknown:
-        raise CapgenError(f"{path}: unknown option {unknown[0]!r} (written by another capgen version?)")
-    return record["args"]
+    return check(path, record, RECORD)["args"]

@@ -6,14 +6,18 @@ upper case, non-ASCII included): cleaning is the text module's job. Images
 without captions are kept (the shard builder counts them as skipped);
 captions whose image is not listed are counted, not lost silently.
 
-Malformed entries are either left out and counted, or a one-line error:
-- an image without a usable file name, and every image of an id listed more
-  than once (its captions could belong to any of them), go to Source.skipped
-  with reason missing_file_name / duplicate_id;
+Every field read is type-checked where it is read. Malformed entries are either left
+out and counted, or a one-line error:
+- an image without a file name (missing, null or empty), one whose file name (or
+  Karpathy filepath) is not a string, one whose width or height is given but is
+  not a positive integer, and every image of an id listed more than once (its
+  captions could belong to any of them), go to Source.skipped with reason
+  missing_file_name / bad_file_name / bad_size / duplicate_id;
 - a caption that is not a non-empty string (null, a number, missing), or an
-  annotation that names no integer image id, is counted in bad_captions;
-- a file whose image list is not a list of objects with integer ids, or a
-  Karpathy entry without a split, is refused (CapgenError).
+  annotation whose image id is not an integer (a string "5" included) or whose
+  own id is given but is not an integer, is counted in bad_captions;
+- a file whose image list is not a list of objects with integer ids (a string of
+  digits is not one), or a Karpathy entry without a split, is refused (CapgenError).
 """
 
 from __future__ import annotations
@@ -69,12 +73,8 @@ def _load_json(path):
 
 
 def _as_id(value):
-    """An image id as an int (ints, or strings of digits), else None."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit() and value.isascii():
-        return int(value)
-    return None
+    """An id as an int: an int (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _entry_id(path, k, entry, *keys):
@@ -92,8 +92,17 @@ def _good_caption(caption):
     return isinstance(caption, str) and caption.strip() != ""
 
 
-def _good_name(name):
-    return isinstance(name, str) and name.strip() != ""
+def _name_problem(name, folder=""):
+    """The skip reason of an image's file name (and Karpathy folder), None when usable."""
+    if not isinstance(name, (str, type(None))) or not isinstance(folder, (str, type(None))):
+        return "bad_file_name"
+    return None if name is not None and name.strip() and folder is not None else "missing_file_name"
+
+
+def _size_problem(entry):
+    """bad_size when the entry gives a width or height that is not a positive integer."""
+    sizes = [entry.get(k) for k in ("width", "height")]
+    return "bad_size" if any(v is not None and not (_as_id(v) is not None and v > 0) for v in sizes) else None
 
 
 def _without_duplicates(records, skipped):
@@ -111,12 +120,17 @@ def _coco_captions(data, image_ids):
     annotations = data["annotations"]
     good, bad = [], 0
     for ann in annotations:
-        if isinstance(ann, dict) and _as_id(ann.get("image_id")) is not None and _good_caption(ann.get("caption")):
+        if (
+            isinstance(ann, dict)
+            and _as_id(ann.get("image_id")) is not None
+            and _good_caption(ann.get("caption"))
+            and (ann.get("id") is None or _as_id(ann["id"]) is not None)
+        ):
             good.append(ann)
         else:
             bad += 1
     captions, orphans = defaultdict(list), 0
-    for ann in sorted(good, key=lambda a: _as_id(a.get("id")) or 0):
+    for ann in sorted(good, key=lambda a: a.get("id") or 0):
         image_id = _as_id(ann["image_id"])
         if image_id in image_ids:
             captions[image_id].append(ann["caption"])
@@ -145,8 +159,9 @@ def read_coco(root: str, split: str) -> Source:
     for k, img in enumerate(data["images"]):
         image_id = _entry_id(path, k, img, "id")
         name = img.get("file_name")
-        if not _good_name(name):
-            skipped.append([image_id, "", "missing_file_name"])
+        reason = _name_problem(name) or _size_problem(img)
+        if reason:
+            skipped.append([image_id, os.path.join(root, split, name) if reason == "bad_size" else "", reason])
             continue
         records.append(
             ImageRecord(
@@ -168,7 +183,7 @@ def read_coco(root: str, split: str) -> Source:
 
 
 def _karpathy_record(path, k, img, image_root):
-    """(image id, ImageRecord or None when the file name is missing, bad captions) of images[k]."""
+    """(image id, ImageRecord or the skip reason of its file name, bad captions) of images[k]."""
     image_id = _entry_id(path, k, img, "cocoid", "imgid")
     sentences = img.get("sentences", [])
     if not isinstance(sentences, list):
@@ -176,8 +191,9 @@ def _karpathy_record(path, k, img, image_root):
     raws = [s.get("raw") if isinstance(s, dict) else None for s in sentences]
     captions = [c for c in raws if _good_caption(c)]
     name, folder = img.get("filename"), img.get("filepath", "")
-    if not _good_name(name) or not isinstance(folder, str):
-        return image_id, None, len(raws) - len(captions)
+    reason = _name_problem(name, folder)
+    if reason:
+        return image_id, reason, len(raws) - len(captions)
     return (
         image_id,
         ImageRecord(
@@ -213,8 +229,8 @@ def read_karpathy(path: str, split: str, image_root: str | None = None, train_in
             continue
         image_id, record, bad_here = _karpathy_record(path, k, img, image_root)
         bad += bad_here
-        if record is None:
-            skipped.append([image_id, "", "missing_file_name"])
+        if isinstance(record, str):
+            skipped.append([image_id, "", record])
         else:
             records.append(record)
     records, skipped = _without_duplicates(records, skipped)
