@@ -1,11 +1,12 @@
 """Wrongly typed annotation fields (COCO captions json, Karpathy's dataset_coco.json, a captions
 table) on data `capgen synth` made: each is counted by reason in the built set's manifest
-(counts.skipped, counts.bad_captions, build_args.rows_set_aside) like other malformed entries,
-or, for an image id, refused in one line; never built and counted as good."""
+(counts.skipped, counts.bad_captions, build_args.rows_set_aside) like other malformed entries
+(an image id that is not an integer: skipped as bad_id), never built and counted as good."""
 
 import copy
 import json
 import os
+import shutil
 
 import pytest
 
@@ -147,12 +148,96 @@ def test_every_damage_at_once_is_counted_exactly(data, tmp_path, monkeypatch, ca
     assert counts["images"] == 2 and counts["orphan_captions"] == 0
 
 
-@pytest.mark.parametrize("value", ["569190", "one", 1.5, True, None, [569190]])
-def test_an_image_id_that_is_not_an_integer_is_one_line(value, data, tmp_path, monkeypatch, capsys):
-    code, err, out, root = build_coco(data, tmp_path, image("id", value), monkeypatch, capsys)
+def rows(out):
+    """skipped.txt's rows, each [image id, path, reason]."""
+    with open(out / "skipped.txt", encoding="utf-8") as f:
+        return [line.split("\t") for line in f.read().splitlines()]
+
+
+def drop_id(coco):
+    del coco["images"][0]["id"]
+
+
+BAD_IDS = [
+    ("str", image("id", str)),  # "569190": a listed image's id, as a string
+    ("word", image("id", "one")),
+    ("float", image("id", 1.5)),
+    ("whole-float", image("id", float)),
+    ("bool", image("id", True)),
+    ("null", image("id", None)),
+    ("list", image("id", lambda v: [v])),
+    ("missing", drop_id),
+]
+
+
+@pytest.mark.parametrize("change", [d[1] for d in BAD_IDS], ids=[d[0] for d in BAD_IDS])
+def test_an_image_id_that_is_not_an_integer_is_skipped_as_bad_id(change, data, tmp_path, monkeypatch, capsys):
+    code, err, out, _ = build_coco(data, tmp_path, change, monkeypatch, capsys)
+    counts = read_manifest(str(out))["counts"]
+    assert (code, err) == (0, "")
+    assert (counts["records"], counts["images"], counts["captions"]) == (4, 3, 15)
+    # its 5 captions name it by its integer id, which no image entry has now: orphans
+    assert (counts["skipped"], counts["bad_captions"], counts["orphan_captions"]) == ({"bad_id": 1}, 0, 5)
+    assert rows(out) == [["images[0]", "", "bad_id"]]
+
+
+def test_no_image_with_an_integer_id_is_one_line(data, tmp_path, monkeypatch, capsys):
+    def change(coco):
+        for img in coco["images"]:
+            img["id"] = str(img["id"])
+
+    code, err, out, root = build_coco(data, tmp_path, change, monkeypatch, capsys)
     path = root / "annotations" / "captions_train2014.json"
-    assert (code, err) == (1, f"capgen: error: {path}: images[0]: image id {value!r} is not an integer\n")
-    assert not out.exists()
+    expected = (
+        f"capgen: error: {path}: no images with captions to build (0 images listed, 4 left out, 0 bad captions)\n"
+    )
+    assert (code, err) == (1, expected)
+    assert not (out / "manifest.json").exists()
+
+
+def test_bad_ids_in_a_two_job_build_merge_to_the_one_job_set(data, tmp_path, monkeypatch, capsys):
+    names = [i["file_name"] for i in data["coco"]["images"]]
+    new_ids = [10**7, 10**7 + 1]  # after every synthetic id: shards 1 (job 1's) and 2 (job 0's)
+
+    def change(coco):
+        del coco["images"][0]["id"]
+        coco["images"][1]["file_name"] = None  # an integer id's row: before the bad ids' rows
+        coco["images"][2]["id"] = "x"
+        for new_id, name in zip(new_ids, names[1::-1]):
+            coco["images"].append({"id": new_id, "file_name": name})
+            coco["annotations"].append({"id": new_id, "image_id": new_id, "caption": "a shape"})
+
+    root = coco_root(data, tmp_path, change)
+    (root / "train2014").unlink()
+    shutil.copytree(data["root"] / "train2014", root / "train2014")
+    truncated = root / "train2014" / names[1]
+    truncated.write_bytes(truncated.read_bytes()[:100])  # image 10**7's: job 1 skips it
+    args = ["--coco-root", root, "--split", "train2014", "--shard-size", "1"]
+    sets = {}
+    for name, jobs in (("one", [[]]), ("two", [["--num-jobs", "2", "--job-index", str(j)] for j in range(2)])):
+        for job in jobs:
+            code, err, out = build([*args, *job], tmp_path / name, monkeypatch, capsys)
+            assert (code, err) == (0, "")
+        if len(jobs) > 1:
+            assert capgen(["shards", "merge", out], capsys, monkeypatch)[0] == 0
+        sets[name] = out
+    one, two = (read_manifest(str(sets[k])) for k in ("one", "two"))
+    assert one["counts"] == two["counts"] and one["shards"] == two["shards"]
+    assert one["counts"] == {
+        "records": 6,
+        "images": 2,
+        "captions": 6,
+        "skipped": {"bad_id": 2, "missing_file_name": 1, "truncated": 1},
+        "orphan_captions": 10,
+        "bad_captions": 0,
+    }
+    assert rows(sets["one"]) == [
+        [str(data["coco"]["images"][1]["id"]), "", "missing_file_name"],
+        [str(new_ids[0]), str(truncated), "truncated"],
+        ["images[0]", "", "bad_id"],
+        ["images[2]", "", "bad_id"],
+    ]
+    assert (sets["one"] / "skipped.txt").read_bytes() == (sets["two"] / "skipped.txt").read_bytes()
 
 
 # ---------------------------------------------------------------- Karpathy's dataset_coco.json
@@ -191,13 +276,24 @@ def test_karpathy_wrong_types_are_counted(change, skipped, bad, data, tmp_path, 
     assert counts["images"] == 6 - len(skipped)
 
 
-@pytest.mark.parametrize("value", ["570275", 5.0, None])
-def test_karpathy_id_that_is_not_an_integer_is_one_line(value, data, tmp_path, monkeypatch, capsys):
-    path = karpathy_file(data, tmp_path, lambda i, k: i.__setitem__("cocoid", value))
+@pytest.mark.parametrize("value", ["570275", 5.0, None, True, [5], "missing"])
+def test_karpathy_id_that_is_not_an_integer_is_skipped_as_bad_id(value, data, tmp_path, monkeypatch, capsys):
+    def change(entry, _):
+        entry["sentences"][0]["raw"] = 7  # still counted: the entry's malformed captions are bad captions
+        if value == "missing":
+            del entry["cocoid"], entry["imgid"]
+        else:
+            entry["cocoid"] = value
+
+    path = karpathy_file(data, tmp_path, change)
     args = ["--karpathy", path, "--karpathy-split", "train", "--images", data["root"]]
     code, err, out = build(args, tmp_path, monkeypatch, capsys)
+    counts = read_manifest(str(out))["counts"]
     k = next(n for n, i in enumerate(data["karpathy"]["images"]) if i["split"] == "train")
-    assert (code, err) == (1, f"capgen: error: {path}: images[{k}]: image id {value!r} is not an integer\n")
+    assert (code, err) == (0, "")
+    assert (counts["records"], counts["images"], counts["captions"]) == (6, 5, 25)
+    assert (counts["skipped"], counts["bad_captions"], counts["orphan_captions"]) == ({"bad_id": 1}, 1, 0)
+    assert rows(out) == [[f"images[{k}]", "", "bad_id"]]
 
 
 # ---------------------------------------------------------------- a captions table (metadata.jsonl)

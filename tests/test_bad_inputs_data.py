@@ -147,10 +147,15 @@ CASES = {  # name -> (argv from (tmp folder, shard set), exit status, words in t
         CAPGEN_ERROR,
         "images[1] is not an object",
     ),
-    "build_image_id_a_word": (
-        build_coco({"images": [{"id": "one", "file_name": "a.jpg"}], "annotations": []}),
+    "build_only_image_ids_not_integers": (  # each skipped as bad_id: none left
+        build_coco(
+            {
+                "images": [{"id": "1", "file_name": "a.jpg"}, {"file_name": "b.jpg"}],
+                "annotations": [{"image_id": 1, "caption": "a dog"}],
+            }
+        ),
         CAPGEN_ERROR,
-        "images[0]: image id 'one' is not an integer",
+        "no images with captions to build (0 images listed, 2 left out, 0 bad captions)",
     ),
     "build_no_usable_caption": (
         build_coco(

@@ -162,9 +162,6 @@ def test_a_duplicate_id_without_a_file_name_still_takes_the_other_entry_out(tmp_
         ({"images": [], "annotations": None}, "needs lists 'images' and 'annotations'"),
         ([], "needs lists 'images' and 'annotations'"),
         ({"images": [_image(1, "a.jpg"), 5], "annotations": []}, "images[1] is not an object"),
-        ({"images": [{"file_name": "a.jpg"}], "annotations": []}, "images[0]: image id None is not an integer"),
-        ({"images": [{"id": 1.5, "file_name": "a.jpg"}], "annotations": []}, "image id 1.5 is not an integer"),
-        ({"images": [{"id": True, "file_name": "a.jpg"}], "annotations": []}, "image id True is not an integer"),
     ],
 )
 def test_malformed_coco_structure_is_a_one_line_error(tmp_path, data, words):
@@ -174,6 +171,25 @@ def test_malformed_coco_structure_is_a_one_line_error(tmp_path, data, words):
         read_coco(tmp_path, "val2014")
     assert str(err.value).startswith(str(tmp_path / "annotations" / "captions_val2014.json") + ": ")
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_images_without_an_integer_id_are_skipped_after_the_integer_ids(tmp_path):
+    images = [_image(7, "seven.jpg"), _image("5", "five.jpg"), _image(2, "two.jpg"), {"file_name": "none.jpg"}]
+    images += [_image(v, f"{k}.jpg") for k, v in enumerate([3.5, None, [5], True, {"id": 5}])]
+    images += [_image("5", "five_again.jpg"), _image(1, None)]
+    anns = [
+        {"id": 1, "image_id": 7, "caption": "seven"},
+        {"id": 2, "image_id": 5, "caption": "for the entry whose id is '5'"},  # its image has no id: an orphan
+        {"id": 3, "image_id": "5", "caption": "a string image id"},  # bad, as before
+        {"id": 4, "image_id": 1, "caption": "one"},  # image 1 is skipped (no file name): not an orphan
+    ]
+    _write_coco(tmp_path, images, anns)
+    src = read_coco(tmp_path, "val2014")
+    assert [(r.image_id, r.captions) for r in src.records] == [(2, []), (7, ["seven"])]
+    assert src.skipped == [[1, "", "missing_file_name"]] + [
+        [f"images[{k}]", "", "bad_id"] for k in (1, 3, 4, 5, 6, 7, 8, 9)
+    ]
+    assert (src.bad_captions, src.orphan_captions) == (1, 1)
 
 
 def _karpathy_entry(cocoid, split="test", raws=("a dog",), **extra):
@@ -212,13 +228,30 @@ def test_malformed_karpathy_entries_are_skipped_and_counted(tmp_path):
     assert src.bad_captions == 4
 
 
+def test_karpathy_entries_without_an_integer_id_are_skipped_with_their_captions(tmp_path):
+    entries = [
+        _karpathy_entry("x1", raws=("ok", None)),
+        _karpathy_entry(4),
+        _karpathy_entry(None, split="train"),  # another split: not read
+        _karpathy_entry(2.0, raws=("two", 7, 8)),
+        dict(_karpathy_entry(1), imgid=1, cocoid=None),  # cocoid is read first, imgid only without one
+        _karpathy_entry(3, filename=5),
+    ]
+    del entries[1]["cocoid"]  # no id at all
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": entries}))
+    src = read_karpathy(path, "test")
+    assert [(r.image_id, r.captions) for r in src.records] == []
+    assert src.skipped == [[3, "", "bad_file_name"]] + [[f"images[{k}]", "", "bad_id"] for k in (0, 1, 3, 4)]
+    assert src.bad_captions == 3
+
+
 @pytest.mark.parametrize(
     "data, words",
     [
         ({"images": None}, "needs a list 'images'"),
         ({"images": ["x"]}, "images[0] is not an object with a 'split'"),
         ({"images": [{"cocoid": 1, "filename": "a.jpg"}]}, "images[0] is not an object with a 'split'"),
-        ({"images": [_karpathy_entry("x1")]}, "images[0]: image id 'x1' is not an integer"),
         ({"images": [dict(_karpathy_entry(1), sentences="a dog")]}, "images[0]: 'sentences' is not a list"),
     ],
 )

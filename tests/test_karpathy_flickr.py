@@ -51,6 +51,18 @@ def test_reader_takes_imgid_and_one_image_folder(tmp_path, dataset):
     assert [(r.image_id, r.path) for r in test.records] == [(i, f"/data/Flickr8k_Dataset/{names[i]}") for i in (4, 5)]
 
 
+def test_an_imgid_that_is_not_an_integer_is_skipped_as_bad_id(tmp_path):
+    path = tmp_path / "dataset_flickr8k.json"
+    flickr_file(path, "flickr8k")
+    data = json.loads(path.read_text())
+    data["images"][1]["imgid"], data["images"][2]["imgid"] = "1", None
+    path.write_text(json.dumps(data))
+    train = read_karpathy(path, "train")
+    assert [r.image_id for r in train.records] == [0]
+    assert train.skipped == [["images[1]", "", "bad_id"], ["images[2]", "", "bad_id"]]
+    assert train.bad_captions == 0
+
+
 def test_cli_builds_flickr_shards(tmp_path):
     path = tmp_path / "dataset_flickr8k.json"
     names = flickr_file(path, "flickr8k")

@@ -32,6 +32,7 @@ from pipeline.imaging import pixels
 from pipeline.shards.merge import finalize, write_job_manifest
 from pipeline.shards.shardset import FORMAT, PARTS, file_sha256
 from pipeline.shards.task import Options, Task, build_task, discard_temps
+from pipeline.sources.coco import skip_order
 from pipeline.text import Vocabulary
 
 if TYPE_CHECKING:
@@ -252,6 +253,6 @@ def _job_manifest(source, fingerprint, build_args, job_index, num_jobs, num_shar
         "orphan_captions": source.orphan_captions,
         "bad_captions": source.bad_captions,
         "shards": [{k: p[k] for k in ("name", "samples", "captions", "bytes", "sha256")} for p in parts],
-        "skipped": sorted(skipped, key=lambda s: s[0]),
+        "skipped": sorted(skipped, key=skip_order),
         "text": text,
     }

@@ -22,6 +22,7 @@ from pipeline.shards.shardset import (
     write_manifest,
 )
 from pipeline.shards.text_files import write_text
+from pipeline.sources.coco import skip_order
 
 
 def write_job_manifest(out, job):
@@ -39,7 +40,7 @@ def finalize(out, jobs, captions_by_id=None):
     first = jobs[0]
     _remove_stale(out, first["fingerprint"]["name"], first["num_shards"])
     shards = sorted((s for j in jobs for s in j["shards"]), key=lambda s: s["name"])
-    skipped = sorted((s for j in jobs for s in j["skipped"]), key=lambda s: s[0])
+    skipped = sorted((s for j in jobs for s in j["skipped"]), key=skip_order)
     reasons = {}
     for s in skipped:
         reasons[s[2]] = reasons.get(s[2], 0) + 1

@@ -5,7 +5,8 @@
     NAME-000000.idx ...   DALI index files (pipeline/shards/wds_index.py)
     manifest.json         format, build arguments, counts, and name, samples, bytes and
                           sha256 of every shard
-    skipped.txt           image id, path and reason of every image left out
+    skipped.txt           image id (images[K]: an entry without an integer one), path and
+                          reason of every image left out
     vocab.json, tokens.npz  the vocabulary and the token table (pipeline/shards/text_files.py)
     .parts/               the build's resume records (one per shard) and job manifests
 

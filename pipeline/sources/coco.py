@@ -8,16 +8,20 @@ captions whose image is not listed are counted, not lost silently.
 
 Every field read is type-checked where it is read. Malformed entries are either left
 out and counted, or a one-line error:
-- an image without a file name (missing, null or empty), one whose file name (or
-  Karpathy filepath) is not a string, one whose width or height is given but is
-  not a positive integer, and every image of an id listed more than once (its
+- an image whose id is not an integer (missing, null, a string "5", 3.5, a list,
+  a bool), one without a file name (missing, null or empty), one whose file name
+  (or Karpathy filepath) is not a string, one whose width or height is given but
+  is not a positive integer, and every image of an id listed more than once (its
   captions could belong to any of them), go to Source.skipped with reason
-  missing_file_name / bad_file_name / bad_size / duplicate_id;
+  bad_id / missing_file_name / bad_file_name / bad_size / duplicate_id (a COCO
+  image skipped as bad_id has no id its annotations can name: theirs are counted
+  as orphans, or as bad captions when their own image id is not an integer; a
+  Karpathy one takes its captions with it, its malformed ones counted as bad);
 - a caption that is not a non-empty string (null, a number, missing), or an
   annotation whose image id is not an integer (a string "5" included) or whose
   own id is given but is not an integer, is counted in bad_captions;
-- a file whose image list is not a list of objects with integer ids (a string of
-  digits is not one), or a Karpathy entry without a split, is refused (CapgenError).
+- a file whose image list is not a list of objects, or a Karpathy entry without
+  a split, is refused (CapgenError).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pipeline.errors import CapgenError
 
 COCO_SPLITS = ("train2014", "val2014")
 KARPATHY_SPLITS = ("train", "val", "test")
+BAD_ID = "bad_id"  # the skip reason of an image entry without an integer id
 
 
 @dataclass
@@ -78,14 +83,27 @@ def _as_id(value):
 
 
 def _entry_id(path, k, entry, *keys):
-    """The id of images[k] under the first of keys it has; CapgenError when it has no usable one."""
+    """The id of images[k] under the first of keys it has, None when that is not an integer (or
+    absent); CapgenError when the entry is not an object."""
     if not isinstance(entry, dict):
         raise CapgenError(f"{path}: images[{k}] is not an object")
-    value = next((entry[key] for key in keys if key in entry), None)
-    image_id = _as_id(value)
-    if image_id is None:
-        raise CapgenError(f"{path}: images[{k}]: image id {value!r} is not an integer")
-    return image_id
+    return _as_id(next((entry[key] for key in keys if key in entry), None))
+
+
+def _row_id(image_id, k):
+    """The id column of images[k]'s skipped row: its image id, or for an entry without an integer
+    one (bad_id) the string "images[k]". Not the id as written: "5" and 5 would then read alike in
+    skipped.txt, two entries could share one, and a list or object can be of any size; the
+    locator is unique, short, never an integer (so no duplicate_id count or lookup by image id
+    ever matches it), and names the entry to mend. Integer ids' rows stay as they were."""
+    return f"images[{k}]" if image_id is None else image_id
+
+
+def skip_order(row: list) -> tuple:
+    """Sort key of a skipped row [image id, path, reason]: integer ids first, in numeric order, then
+    the bad_id rows ("images[k]") in the order given -- sorted() is stable, and every reader lists
+    them in entry order -- so sets whose ids are all integers keep their skipped.txt byte for byte."""
+    return (0, row[0]) if isinstance(row[0], int) else (1, 0)
 
 
 def _good_caption(caption):
@@ -112,7 +130,7 @@ def _without_duplicates(records, skipped):
     kept = [r for r in records if counts[r.image_id] == 1]
     skipped = [s if counts[s[0]] == 1 else [s[0], s[1], "duplicate_id"] for s in skipped]
     skipped += [[r.image_id, r.path, "duplicate_id"] for r in records if counts[r.image_id] > 1]
-    return kept, sorted(skipped, key=lambda s: s[0])
+    return kept, sorted(skipped, key=skip_order)
 
 
 def _coco_captions(data, image_ids):
@@ -159,9 +177,10 @@ def read_coco(root: str, split: str) -> Source:
     for k, img in enumerate(data["images"]):
         image_id = _entry_id(path, k, img, "id")
         name = img.get("file_name")
-        reason = _name_problem(name) or _size_problem(img)
+        reason = BAD_ID if image_id is None else (_name_problem(name) or _size_problem(img))
         if reason:
-            skipped.append([image_id, os.path.join(root, split, name) if reason == "bad_size" else "", reason])
+            where = os.path.join(root, split, name) if reason == "bad_size" else ""
+            skipped.append([_row_id(image_id, k), where, reason])
             continue
         records.append(
             ImageRecord(
@@ -183,7 +202,7 @@ def read_coco(root: str, split: str) -> Source:
 
 
 def _karpathy_record(path, k, img, image_root):
-    """(image id, ImageRecord or the skip reason of its file name, bad captions) of images[k]."""
+    """(image id, ImageRecord; or its skipped row's id, skip reason; and bad captions) of images[k]."""
     image_id = _entry_id(path, k, img, "cocoid", "imgid")
     sentences = img.get("sentences", [])
     if not isinstance(sentences, list):
@@ -191,9 +210,9 @@ def _karpathy_record(path, k, img, image_root):
     raws = [s.get("raw") if isinstance(s, dict) else None for s in sentences]
     captions = [c for c in raws if _good_caption(c)]
     name, folder = img.get("filename"), img.get("filepath", "")
-    reason = _name_problem(name, folder)
+    reason = BAD_ID if image_id is None else _name_problem(name, folder)
     if reason:
-        return image_id, reason, len(raws) - len(captions)
+        return _row_id(image_id, k), reason, len(raws) - len(captions)
     return (
         image_id,
         ImageRecord(
