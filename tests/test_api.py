@@ -131,7 +131,7 @@ def test_build_shards_from_a_captions_file_and_bad_arguments(data, tmp_path, cap
     assert r["manifest"]["build_args"]["rows_set_aside"] == {"empty_caption": 1}
     assert r["manifest"]["counts"]["images"] == 6  # missing.jpg: no caption left
     with pytest.raises(
-        UsageError, match=r"^give --coco-root with --split, --karpathy with --karpathy-split, or --captions$"
+        UsageError, match=r"^give --coco-root with --split, --karpathy with --karpathy-split, --captions or --urls$"
     ):
         capgen.build_shards(tmp_path / "x", coco_root=data)
     with pytest.raises(capgen.CapgenError, match=r"need --captions$"):

@@ -9,7 +9,7 @@ Fault routes (what a URL build must survive; FAULTS names each one's expected ou
 404; 500 always; 500 then 200 (per URL, the first request fails); no answer at all (until
 `hang` seconds pass or the server stops); a slow trickle (a byte every 0.1 s); a body cut
 short (Content-Length larger than what is sent); a redirect loop; an HTML page; image bytes
-labelled text/html (the bytes decide: kept); a 50 MB body; a PNG header claiming 40,000 x
+labelled text/html (the bytes decide: kept); a 50 MB body without a Content-Length; a PNG header claiming 40,000 x
 40,000 pixels; an image with X-Robots-Tag: noai. Bounded: the server stops itself after
 `lifetime` seconds, a hanging or trickling answer after `hang` seconds.
 """
@@ -68,17 +68,19 @@ class LoopbackImages:
     latency: seconds slept before every answer; hang: how long a hanging or trickling answer
     lasts at most; lifetime: the server stops itself after this many seconds. Use it as a
     context manager (or start()/stop()). .base is http://127.0.0.1:PORT; .requests counts the
-    paths asked for, .user_agents the User-Agent headers seen."""
+    paths asked for, .user_agents the User-Agent headers seen, .most_in_flight the most
+    requests answered at once."""
 
     def __init__(self, folder: str, latency: float = 0.0, hang: float = 30.0, lifetime: float = 600.0):
         self.folder = os.fspath(folder)
         self.names = {n for n in os.listdir(self.folder) if os.path.isfile(os.path.join(self.folder, n))}
         self.latency, self.hang, self.lifetime = latency, hang, lifetime
         self.requests, self.user_agents = Counter(), Counter()
+        self.in_flight = self.most_in_flight = 0  # requests being answered now, and the most at once
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._giant = giant_png()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.block_on_close = False  # stop() does not wait for a client's idle keep-alive connection
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = None
@@ -127,10 +129,17 @@ class LoopbackImages:
         with self._lock:
             return self.requests[path] == 1
 
-    def _count(self, path, agent):
+    def _count(self, path, agent, n=1):
         with self._lock:
-            self.requests[path] += 1
-            self.user_agents[agent] += 1
+            if path:
+                self.requests[path] += 1
+                self.user_agents[agent] += 1
+            self.in_flight += n
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # listen backlog: the default 5 drops the SYNs of a client opening 64 connections at once
 
 
 def _handler(server):
@@ -150,12 +159,14 @@ def _handler(server):
         def do_GET(self):
             path = urlsplit(self.path).path
             server._count(path, self.headers.get("User-Agent", ""))
-            if server.latency:
-                time.sleep(server.latency)
             try:
+                if server.latency:
+                    time.sleep(server.latency)
                 _answer(self, server, path)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up: that is its right
                 self.close_connection = True
+            finally:
+                server._count(None, None, -1)
 
     return Handler
 
@@ -212,7 +223,10 @@ def _endless(h, server, kind):
     size = HUGE_BYTES if kind == "huge" else 1_000_000
     h.send_response(200)
     h.send_header("Content-Type", "image/jpeg")
-    h.send_header("Content-Length", str(size))
+    if kind == "trickle":
+        h.send_header("Content-Length", str(size))
+    else:  # no length: the body ends when the connection closes, so only counting the bytes read stops a client
+        h.send_header("Connection", "close")
     h.end_headers()
     h.wfile.write(b"\xff\xd8\xff")
     sent, block = 3, bytes(1 << 16)

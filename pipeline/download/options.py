@@ -30,8 +30,9 @@ class DownloadOptions:
 
     concurrency: requests in flight per process; per_host: at most this many of them to one
     host (host:port); timeout: seconds for one attempt (connecting, waiting and reading the
-    whole body: a slow trickle times out), connect_timeout: seconds to connect (at most
-    timeout); retries: further attempts after a timeout, a connection error, a body cut short
+    whole body: a slow trickle times out; a stall mid-body ends at the socket's read timeout,
+    also `timeout`, so an attempt lasts at most about twice it), connect_timeout: seconds to
+    connect (at most timeout); retries: further attempts after a timeout, a connection error, a body cut short
     or a 5xx, waiting backoff * 2**k seconds before the k-th; max_bytes: a larger body is
     skipped (too_many_bytes) without reading past it; max_redirects: redirects followed."""
 
