@@ -36,9 +36,9 @@ def test_without_img2dataset_capgen_alone(tmp_path):
     assert f"img2dataset not found ({missing} is not an executable): capgen alone" in lines
     assert r["images"] == 40 and r["img2dataset_version"] is None and r["latency_s"] == 0.05
     for key in ("instant", "latency"):
-        assert set(r[key]) == {"capgen", "capgen_images", "ratio", "ratio_loop"}
-        assert r[key]["capgen_images"] == 40 and r[key]["capgen"] > 0
-        assert r[key]["ratio"] is None and r[key]["ratio_loop"] is None
+        assert set(r[key]) == {"capgen", "capgen_cpu", "capgen_images", "ratio", "ratio_loop", "ratio_cpu"}
+        assert r[key]["capgen_images"] == 40 and r[key]["capgen"] > 0 and r[key]["capgen_cpu"] > 0
+        assert r[key]["ratio"] is None and r[key]["ratio_loop"] is None and r[key]["ratio_cpu"] is None
 
 
 def test_head_to_head_with_img2dataset():
@@ -54,3 +54,4 @@ def test_head_to_head_with_img2dataset():
         assert s["capgen"] > 0 and s["img2dataset"] > 0 and s["img2dataset_loop"] > 0
         assert s["ratio"] == s["capgen"] / s["img2dataset"]
         assert s["ratio_loop"] == s["capgen"] / s["img2dataset_loop"]
+        assert s["ratio_cpu"] == s["capgen_cpu"] / s["img2dataset_cpu"]

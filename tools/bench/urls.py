@@ -21,6 +21,7 @@ a second, kinder rate for it ("loop"); the bench prints the ratio against both.
 import csv
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -102,18 +103,25 @@ def tar_images(folder):
     return n
 
 
+def _cpu_children():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _timed(cmd, core, env):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds) of one child run on `core`; CPU time counts what the run
+    itself computed, whatever else the shared core ran meanwhile."""
+    cpu, start = _cpu_children(), time.perf_counter()
     r = subprocess.run(cmd, preexec_fn=pinned(core), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - start
     if r.returncode != 0:
         tail = r.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise CapgenError(f"{cmd[0]} exited {r.returncode}: {tail[0]}")
-    return seconds
+    return seconds, _cpu_children() - cpu
 
 
 def run_capgen(url_list, out, core, shard_size, concurrency):
-    """One whole `capgen shards build --urls` run, 1 worker on `core`: seconds."""
+    """One whole `capgen shards build --urls` run, 1 worker on `core`: (wall, CPU) seconds."""
     cmd = capgen_command() + ["shards", "build", "--urls", url_list, "--out", out, "--name", "bench"]
     cmd += ["--image-size", str(SIZE), "--resize-mode", "center-crop", "--quality", str(QUALITY)]
     cmd += ["--shard-size", str(shard_size), "--workers", "1", "--min-freq", "1", "--quiet"]
@@ -123,7 +131,7 @@ def run_capgen(url_list, out, core, shard_size, concurrency):
 
 
 def run_img2dataset(exe, url_list, out, core, shard_size, threads):
-    """One whole img2dataset run, processes_count 1 on `core`: seconds."""
+    """One whole img2dataset run, processes_count 1 on `core`: (wall, CPU) seconds."""
     cmd = [exe, "--url_list", url_list, "--input_format", "csv", "--url_col", "url", "--caption_col", "caption"]
     cmd += ["--output_format", "webdataset", "--output_folder", out, "--image_size", str(SIZE)]
     cmd += ["--resize_mode", "center_crop", "--encode_quality", str(QUALITY), "--processes_count", "1"]
@@ -134,7 +142,8 @@ def run_img2dataset(exe, url_list, out, core, shard_size, threads):
 
 def head_to_head(images_dir, names, tool, latency, rounds, work, concurrency, threads):
     """Interleaved rounds of both tools on one URL list served with `latency`: per tool the
-    median images/s, the images its tars hold, and each round's seconds."""
+    median images/s (wall clock, and per CPU second), the images its tars hold, each round's
+    (wall, CPU) seconds."""
     cores = sorted(os.sched_getaffinity(0))
     core = cores[-1]  # the tools' core; the server keeps the others (all of them on a 1-core host)
     shard_size = max(1, len(names) // 2)
@@ -162,12 +171,14 @@ def head_to_head(images_dir, names, tool, latency, rounds, work, concurrency, th
         os.sched_setaffinity(0, set(cores))
     out = {}
     for name, seconds in runs.items():
-        med = statistics.median(seconds)
-        out[name] = {"images_per_s": counts[name] / med, "images": counts[name], "seconds": seconds}
+        wall, cpu = (statistics.median(x) for x in zip(*seconds))
+        n = counts[name]
+        out[name] = {"images_per_s": n / wall, "images_per_cpu_s": n / cpu, "images": n, "seconds": seconds}
     if "img2dataset" in out:
         out["img2dataset"]["loop_images_per_s"] = counts["img2dataset"] / statistics.median(loop)
         out["ratio"] = out["capgen"]["images_per_s"] / out["img2dataset"]["images_per_s"]
         out["ratio_loop"] = out["capgen"]["images_per_s"] / out["img2dataset"]["loop_images_per_s"]
+        out["ratio_cpu"] = out["capgen"]["images_per_cpu_s"] / out["img2dataset"]["images_per_cpu_s"]
     return out
 
 
@@ -198,21 +209,25 @@ def bench_urls(images=600, rounds=3, latency=0.2, img2dataset=None, concurrency=
 
 
 def summary(r: dict) -> dict:
-    """The --json object: images/s per core of each tool and the ratio, per latency setting."""
+    """The --json object, per latency setting: each tool's images/s per core (wall clock), per
+    CPU second (_cpu) and images built (_images), img2dataset's loop rate, and the ratios
+    (None without img2dataset)."""
     out = {"images": r["images"], "img2dataset_version": r["img2dataset"]["version"], "latency_s": r["latency_s"]}
     for key in ("instant", "latency"):
-        s = r[key]
-        out[key] = {name: s[name]["images_per_s"] for name in ("capgen", "img2dataset") if name in s}
-        out[key].update({f"{name}_images": s[name]["images"] for name in ("capgen", "img2dataset") if name in s})
+        s, out[key] = r[key], {}
+        for name in ("capgen", "img2dataset"):
+            if name in s:
+                out[key][name] = s[name]["images_per_s"]
+                out[key][f"{name}_cpu"] = s[name]["images_per_cpu_s"]
+                out[key][f"{name}_images"] = s[name]["images"]
         if "img2dataset" in s:
             out[key]["img2dataset_loop"] = s["img2dataset"]["loop_images_per_s"]
-        out[key]["ratio"] = s.get("ratio")
-        out[key]["ratio_loop"] = s.get("ratio_loop")
+        out[key].update({k: s.get(k) for k in ("ratio", "ratio_loop", "ratio_cpu")})
     return out
 
 
 def format_report(r: dict) -> str:
-    """The human table: one line per tool and latency setting."""
+    """The human table: per latency setting, each tool's images/s per core and the ratios."""
     lines = [
         f"{r['images']} photographic 640x480 JPEGs (q90) over loopback HTTP -> 256x256 center crop, q90, "
         f"1 core each, median of {r['rounds']} interleaved whole runs",
@@ -222,11 +237,15 @@ def format_report(r: dict) -> str:
         s = r[key]
         for name in ("capgen", "img2dataset"):
             if name in s:
-                lines.append(f"{label:18s} {name:12s} {s[name]['images_per_s']:8.1f} images/s per core")
+                rate, cpu = s[name]["images_per_s"], s[name]["images_per_cpu_s"]
+                lines.append(f"{label:18s} {name:12s} {rate:8.1f} images/s per core, {cpu:8.1f} per CPU second")
         if "img2dataset" in s:
             loop = s["img2dataset"]["loop_images_per_s"]
             lines.append(f"{label:18s} {'(its loop)':12s} {loop:8.1f} images/s per core, start-up excluded")
-            lines.append(f"{label:18s} capgen / img2dataset {s['ratio']:.2f}x (loop only: {s['ratio_loop']:.2f}x)")
+            lines.append(
+                f"{label:18s} capgen / img2dataset {s['ratio']:.2f}x (vs its loop {s['ratio_loop']:.2f}x, "
+                f"per CPU second {s['ratio_cpu']:.2f}x)"
+            )
     return "\n".join(lines)
 
 
