@@ -57,3 +57,18 @@ def test_head_to_head_with_img2dataset():
         assert s["ratio"] == s["capgen"] / s["img2dataset"]
         assert s["ratio_cpu"] == s["capgen_cpu"] / s["img2dataset_cpu"]
         assert s["ratio_own"] == s["capgen_own"] / s["img2dataset_own"]
+
+
+def test_urls_takes_no_workers():
+    run = subprocess.run(
+        CAPGEN + ["bench", "shards", "--urls", "--workers", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        "Error: --urls builds on one core per tool: --workers and --resize do not apply"
+    )

@@ -254,6 +254,9 @@ def bench_shards_cmd(images, rounds, workers, resize, quick, as_json, urls, late
     if urls:
         from tools.bench.urls import run, summary
 
+        if workers or resize:
+            raise click.UsageError("--urls builds on one core per tool: --workers and --resize do not apply")
+
         r = run(images or (40 if quick else 600), 1 if quick else rounds, latency, i2d, echo=click.echo)
         if as_json:
             click.echo(json.dumps(summary(r)))
