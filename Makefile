@@ -22,7 +22,7 @@ clean:
 	rm -rf .venv demo .i2d-venv
 
 # img2dataset, for `capgen bench shards --urls` (and its test), in an environment of its own:
-# it pins its own numpy, opencv, pyarrow, wandb; not part of `make test` (hundreds of MB from PyPI).
+# it pins its own numpy, opencv, pyarrow, wandb; not part of `make test` (780 MB, 2 min from PyPI).
 i2d-venv:
 	test -x .i2d-venv/bin/img2dataset || (python3 -m venv .i2d-venv && .i2d-venv/bin/pip install -q img2dataset)
 
