@@ -263,10 +263,26 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
 @click.option("--resize", is_flag=True, help="Also time the candidate resizes per image (libvips, PIL, OpenCV, torch).")
 @click.option("--quick", is_flag=True, help="Smoke test: 24 images, 1 round; not figures.")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: the figures as one JSON object.")
-def bench_shards_cmd(images, rounds, workers, resize, quick, as_json):
-    """Whole `capgen shards build` runs, images/s, vs. a naive PIL loop on the same photographic JPEGs."""
+@click.option(
+    "--urls", is_flag=True, help="Instead: a URL list over loopback HTTP, capgen vs. img2dataset, 1 core each."
+)
+@click.option("--latency", type=click.FloatRange(min=0), default=0.2, show_default=True, help="--urls: seconds/image.")
+@click.option("--img2dataset", "i2d", help="--urls: the img2dataset executable [default: .i2d-venv, then PATH].")
+def bench_shards_cmd(images, rounds, workers, resize, quick, as_json, urls, latency, i2d):
+    """Whole `capgen shards build` runs, images/s, vs. a naive PIL loop on the same photographic JPEGs
+    (--urls: whole URL-list builds vs. img2dataset's)."""
     import json
 
+    if urls:
+        from tools.bench.urls import run, summary
+
+        if workers or resize:
+            raise click.UsageError("--urls builds on one core per tool: --workers and --resize do not apply")
+
+        r = run(images or (40 if quick else 600), 1 if quick else rounds, latency, i2d, echo=click.echo)
+        if as_json:
+            click.echo(json.dumps(summary(r)))
+        return
     from tools.bench.shards import run, summary
 
     if quick:
