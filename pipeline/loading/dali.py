@@ -17,7 +17,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from pipeline.cluster import dist_info
+from pipeline.cluster.jobs import dist_info
 from pipeline.errors import CapgenError
 from pipeline.loading.mirror import mirror_ids, mirror_tokens
 from pipeline.shards.wds_index import index_path, is_current, shard_tars, write_index

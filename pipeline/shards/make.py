@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from os import PathLike
 
-from pipeline.cluster import array_job
+from pipeline.cluster.jobs import array_job
 from pipeline.errors import UsageError
 from pipeline.imaging.convert import QUALITY
 from pipeline.shards import build as sh
@@ -64,11 +64,14 @@ def build_shards(
     captions_per_image: int = 5,
     index: bool = True,
     progress: bool = False,
+    ray: str | None = None,
     note: Callable[[str], None] = _stderr,
 ) -> dict:
     """Decode a COCO 2014 split (coco_root + split), a Karpathy split (karpathy + karpathy_split)
     or your own captions file (captions, a metadata.jsonl / .csv / .tsv) once into a shard set
     at `out` (default shards/NAME), as `capgen shards build` does with the same options.
+    ray: a Ray cluster's address ("auto": the one started on this machine) to run one task per
+    shard on, instead of `workers` local processes; the same set.
 
     Returns build()'s summary ({"job", "elapsed", "built", "reused", and for a single job
     "manifest"}) with "out", "num_jobs" and "job_index". note(line) gets the captions file's
@@ -86,7 +89,7 @@ def build_shards(
 
 
 # sh.build's own keyword arguments, passed through; the options of a captions file
-PASSED = ("workers", "vocab", "preset", "min_freq", "captions_per_image", "index", "progress")
+PASSED = ("workers", "vocab", "preset", "min_freq", "captions_per_image", "index", "progress", "ray")
 TABLE_OPTIONS = ("file_column", "caption_column", "split_column", "val_fraction")
 
 
@@ -94,6 +97,8 @@ def _build(a, note):
     """build_shards with its arguments as one dict."""
     for key in ("coco_root", "karpathy", "captions", "images", "vocab"):
         a[key] = None if a[key] is None else os.fspath(a[key])  # build_args go into JSON
+    if a["ray"] is not None and a["workers"] is not None:
+        raise UsageError("--ray runs one task per shard on the cluster's CPUs; it takes no --workers")
     num_jobs, job_index = array_job(a["num_jobs"], a["job_index"])
     source, name, evaluation, table = _read_source(a, note)
     a["name"] = a["name"] or name

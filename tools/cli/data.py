@@ -97,6 +97,15 @@ def shards():
     help="This job: builds shards k with k mod NUM_JOBS == JOB_INDEX [default: the Slurm array task's index, else 0].",
 )
 @click.option(
+    "--ray",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run one task per shard on a Ray cluster: ADDRESS host:port or ray://host:port [default: auto, "
+    "the cluster started on this machine]; OUT on a file system every node sees.",
+)
+@click.option(
     "--vocab", "vocab_path", type=click.Path(dir_okay=False), help="Training vocab.json to reuse (val/test sets)."
 )
 @click.option(
