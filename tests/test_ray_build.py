@@ -176,6 +176,12 @@ def test_bad_ray_options_are_one_line(data, tmp_path, extra, line):
     assert (status, err) == (1, "capgen: error: " + line.format(out=tmp_path / "set") + "\n")
 
 
+def test_ray_takes_no_workers(data, tmp_path):
+    status, stdout, err = build(data["root"], tmp_path / "set", "--ray", "--workers", "2")
+    assert status == 2
+    assert err.endswith("Error: --ray runs one task per shard on the cluster's CPUs; it takes no --workers\n")
+
+
 def test_ray_missing_is_one_line(data, tmp_path):
     # What a plain install (no Ray) answers: the module made unimportable in the CLI's process.
     code = "import sys; sys.modules['ray'] = None; from tools.cli.main import main; main()"
@@ -183,3 +189,16 @@ def test_ray_missing_is_one_line(data, tmp_path):
     r = subprocess.run([sys.executable, "-c", code, *args], env=ENV, capture_output=True, text=True, timeout=120)
     assert (r.returncode, r.stderr) == (1, f"capgen: error: {NEEDS_RAY}\n")
     assert not os.path.exists(tmp_path / ".parts")
+
+
+@needs_ray
+def test_bench_shards_ray_json():
+    code = "from tools.cli.main import main; main()"
+    args = ["bench", "shards", "--ray", "--quick", "--images", "8", "--json"]
+    r = subprocess.run([sys.executable, "-c", code, *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout.splitlines()[-1])
+    assert (figures["images"], figures["rounds"], figures["shard_size"]) == (8, 1, 1)
+    for how in ("ray", "local"):
+        assert [b["workers"] for b in figures[how]] == [1, 2]
+        assert all(b["images_per_s"] > 0 for b in figures[how])

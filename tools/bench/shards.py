@@ -188,38 +188,39 @@ def bench_shards(images=None, rounds=3, workers=None, tmp=None, resize=False):
 
 def bench_ray(images=None, rounds=3, workers=None, tmp=None):
     """`capgen shards build --ray` on local Ray clusters (127.0.0.1) of 1 and 2 CPUs (or each
-    of `workers`), the same photographic JPEGs (default 400), four shards per worker. Each timed
-    run is a whole CLI build: start-up, connecting, Ray's worker processes, the set's files."""
+    of `workers`), and the same builds with --workers (local processes) as the machine's own
+    scaling, in interleaved rounds; the same photographic JPEGs (default 800), four shards per
+    worker. Each timed run is a whole CLI build: start-up, connecting, Ray's worker processes."""
     from pipeline.cluster.ray_tasks import local_cluster, require_ray
 
     ray = require_ray()
-
     counts = sorted(set(workers or [1, 2]))
-    images = images or 400
+    images = images or 800
     root = tempfile.mkdtemp(prefix="capgen-bench-ray-", dir=tmp)
     try:
         coco, builds = os.path.join(root, "coco"), itertools.count()
         make_dataset(coco, images)
         shard_size = max(1, images // (4 * max(counts)))
+
+        def build_with(w, address):  # a new folder per build: no deletion on the clock
+            return lambda: build_cli(coco, os.path.join(root, f"out-{next(builds)}"), w, shard_size, address)
+
         with contextlib.ExitStack() as stack:
             clusters = [stack.enter_context(local_cluster(w, free_port(), free_port())) for w in counts]
-            fns = [
-                lambda address=address: build_cli(
-                    coco, os.path.join(root, f"out-{next(builds)}"), 0, shard_size, address
-                )
-                for address in clusters
-            ]
-            best = best_of(fns, rounds, 1, torch.device("cpu"))  # the same rounds, interleaved
+            fns = [build_with(w, a) for w, a in zip(counts, clusters)] + [build_with(w, None) for w in counts]
+            best = best_of(fns, rounds, 0, torch.device("cpu"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rate = [images / b for b in best]
+    ray_rate, local_rate = rate[: len(counts)], rate[len(counts) :]
     return {
         "images": images,
         "rounds": rounds,
         "cores": available_cores(),
         "shard_size": shard_size,
         "ray_version": ray.__version__,
-        "ray": [{"workers": w, "images_per_s": r, "speedup": r / rate[0]} for w, r in zip(counts, rate)],
+        "ray": [{"workers": w, "images_per_s": r, "speedup": r / ray_rate[0]} for w, r in zip(counts, ray_rate)],
+        "local": [{"workers": w, "images_per_s": r, "speedup": r / local_rate[0]} for w, r in zip(counts, local_rate)],
     }
 
 
@@ -228,12 +229,13 @@ def format_ray(r):
         f"{r['images']} photographic 640x480 JPEGs (q90) -> 256x256, local files, Ray {r['ray_version']} on "
         f"127.0.0.1, {r['cores']} cores, best of {r['rounds']} rounds, shards of {r['shard_size']}"
     ]
-    first = r["ray"][0]["workers"]
-    for b in r["ray"]:
-        lines.append(
-            f"capgen shards build --ray, {b['workers']:2d} worker(s) {b['images_per_s']:7.1f} images/s   "
-            f"{b['speedup']:.2f}x {first} worker(s)"
-        )
+    for how, flag in (("ray", "--ray,     "), ("local", "--workers, ")):
+        first = r[how][0]["workers"]
+        for b in r[how]:
+            lines.append(
+                f"capgen shards build {flag}{b['workers']:2d} worker(s) {b['images_per_s']:7.1f} images/s   "
+                f"{b['speedup']:.2f}x {first} worker(s)"
+            )
     return "\n".join(lines)
 
 

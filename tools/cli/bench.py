@@ -244,7 +244,8 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
     "--ray",
     "on_ray",
     is_flag=True,
-    help="Instead: --ray builds on local Ray clusters of 1 and 2 workers (or --workers) [default: 400 images].",
+    help="Instead: builds on local Ray clusters of 1 and 2 workers (or --workers), and the same with "
+    "--workers [default: 800 images].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: the figures as one JSON object.")
 def bench_shards_cmd(images, rounds, workers, resize, quick, on_ray, as_json):

@@ -2,6 +2,8 @@
 
 import click
 
+from pipeline.cluster.ray_tasks import DEFAULT_ADDRESS as RAY_AUTO  # no Ray import: only a name
+
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False))
@@ -99,7 +101,7 @@ def shards():
 @click.option(
     "--ray",
     is_flag=False,
-    flag_value="auto",
+    flag_value=RAY_AUTO,
     default=None,
     metavar="[ADDRESS]",
     help="Run one task per shard on a Ray cluster: ADDRESS host:port or ray://host:port [default: auto, "
