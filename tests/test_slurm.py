@@ -7,7 +7,7 @@ import sys
 import pytest
 from test_caption_table import write_images
 
-from pipeline.cluster import array_job
+from pipeline.cluster.jobs import array_job
 from pipeline.errors import CapgenError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -51,7 +51,7 @@ from model.train.run_args import write_run_args
 from model.train.scst import ScstModel, ScstStep, init_model, log_scst, reward_scorer, val_cider
 from model.train.step import TrainStep
 from model.train.validate import validate
-from pipeline.cluster import dist_info
+from pipeline.cluster.jobs import dist_info
 from pipeline.errors import CapgenError, first_line
 from pipeline.folder_lock import folder_lock
 from pipeline.loading.batches import stream_seed

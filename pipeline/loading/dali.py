@@ -22,7 +22,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from pipeline.cluster import dist_info
+from pipeline.cluster.jobs import dist_info
 from pipeline.errors import CapgenError
 from pipeline.loading.batches import warn_lost
 from pipeline.loading.dali_scan import ShardScan, ensure_index

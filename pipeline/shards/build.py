@@ -51,9 +51,11 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _run(tasks, total, workers, progress):
+def _run(tasks, total, workers, progress, ray=None):
     bar = tqdm(total=total, unit="img", disable=not progress, smoothing=0.1, dynamic_ncols=True)
     try:
+        if ray is not None:
+            return _run_ray(tasks, bar, ray)
         if workers <= 1 or len(tasks) <= 1:
             return _run_here(tasks, bar)
         return _run_pool(tasks, bar, min(workers, len(tasks)))
@@ -119,6 +121,24 @@ def _run_pool(tasks, bar, workers):
     return sorted(parts, key=lambda p: p["name"])
 
 
+def build_unwatched(task):
+    """One shard, its progress uncounted: a Ray task's work (the driver counts whole shards)."""
+    return build_task(task, lambda n: None)
+
+
+def _run_ray(tasks, bar, address):
+    from pipeline.cluster.ray_tasks import run_tasks  # imports ray: only a --ray build pays for it
+
+    parts = run_tasks(
+        build_unwatched,
+        tasks,
+        address,
+        done=lambda task, part: bar.update(len(task.records)),
+        label=lambda task: os.path.join(task.out, task.shard),
+    )
+    return sorted(parts, key=lambda p: p["name"])
+
+
 # ---------------------------------------------------------------- a build
 
 
@@ -141,9 +161,15 @@ def _as_dict(r):
     }
 
 
-def _check(out, opts, num_jobs, job_index, download=None):
+def _check(out, opts, num_jobs, job_index, download=None, ray=None):
     if download is not None:
         download.check(out)
+    if ray is not None:
+        from pipeline.cluster.ray_tasks import require_ray
+
+        require_ray()  # before any work: a plain install has no Ray
+        if num_jobs > 1:
+            raise CapgenError(f"{out}: --ray runs the whole build (one task per shard); it takes no --num-jobs")
     if not 0 <= job_index < num_jobs:
         raise CapgenError(f"{out}: --job-index must be in [0, {num_jobs}), got {job_index}")
     if opts.resize_mode not in pixels.RESIZE_MODES:
@@ -169,6 +195,7 @@ def build(
     index: bool = True,
     progress: bool = True,
     download: DownloadOptions | None = None,
+    ray: str | None = None,
 ) -> dict:
     """Build this job's shards into out; a single job also finalizes the set
     (manifest.json, skipped.txt, vocab.json, tokens.npz).
@@ -182,12 +209,14 @@ def build(
     captions_per_image per image. index: write DALI index files; progress: a tqdm bar.
     download: the records' paths are image URLs (pipeline/sources/url_list.py), downloaded
     with these options; a failed download is skipped and counted by reason, as a bad file is.
+    ray: a Ray cluster's address ("auto", "host:port", "ray://host:port"): one task per shard
+    there (pipeline/cluster/ray_tasks.py), out on a file system every node sees; same bytes.
 
     Returns {"job": this job's manifest, "elapsed": seconds, "built", "reused": shard counts},
     with "manifest" (the set's) for a single job. The build holds out's lock (a job of a
     --num-jobs build: its own slot's), so a second build into the same folder stops at once.
     CapgenError for bad options, no images with captions, or a folder that cannot be written."""
-    _check(out, opts, num_jobs, job_index, download)
+    _check(out, opts, num_jobs, job_index, download, ray)
     vocab_obj = Vocabulary.load(vocab) if vocab else None
     chunks, no_captions = plan(source.records, opts.shard_size)
     if not chunks:
@@ -207,7 +236,7 @@ def build(
             for k in range(len(chunks))
             if k % num_jobs == job_index
         ]
-        parts = _run(tasks, sum(len(t.records) for t in tasks), workers or available_cores(), progress)
+        parts = _run(tasks, sum(len(t.records) for t in tasks), workers or available_cores(), progress, ray)
         text = {"preset": preset, "min_freq": min_freq, "captions_per_image": captions_per_image}
         text["vocab_from"] = os.path.abspath(vocab) if vocab else None
         job = _job_manifest(source, fingerprint, build_args, job_index, num_jobs, len(chunks), parts, no_captions, text)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from os import PathLike
 
-from pipeline.cluster import array_job
+from pipeline.cluster.jobs import array_job
 from pipeline.download.options import DownloadOptions
 from pipeline.errors import WARNING, UsageError, say
 from pipeline.imaging.convert import QUALITY
@@ -63,6 +63,7 @@ def build_shards(
     captions_per_image: int = 5,
     index: bool = True,
     progress: bool = False,
+    ray: str | None = None,
     note: Callable[[str], None] = say,
 ) -> dict:
     """Decode a COCO 2014 split (coco_root + split), a Karpathy split (karpathy + karpathy_split),
@@ -70,6 +71,8 @@ def build_shards(
     a .tsv / .csv / .jsonl / .parquet of url and caption columns, downloaded with `download`,
     default DownloadOptions()) once into a shard set at `out` (default shards/NAME), as
     `capgen shards build` does with the same options.
+    ray: a Ray cluster's address ("auto": the one started on this machine) to run one task per
+    shard on, instead of `workers` local processes; the same set.
 
     Returns build()'s summary ({"job", "elapsed", "built", "reused", and for a single job
     "manifest"}) with "out", "num_jobs" and "job_index". note(line) gets the captions file's
@@ -87,7 +90,7 @@ def build_shards(
 
 
 # sh.build's own keyword arguments, passed through; the options of a captions file
-PASSED = ("workers", "vocab", "preset", "min_freq", "captions_per_image", "index", "progress")
+PASSED = ("workers", "vocab", "preset", "min_freq", "captions_per_image", "index", "progress", "ray")
 TABLE_OPTIONS = ("file_column", "caption_column", "split_column", "val_fraction")
 
 
@@ -95,6 +98,8 @@ def _build(a, note):
     """build_shards with its arguments as one dict."""
     for key in ("coco_root", "karpathy", "captions", "urls", "images", "vocab"):
         a[key] = None if a[key] is None else os.fspath(a[key])  # build_args go into JSON
+    if a["ray"] is not None and a["workers"] is not None:
+        raise UsageError("--ray runs one task per shard on the cluster's CPUs; it takes no --workers")
     num_jobs, job_index = array_job(a["num_jobs"], a["job_index"])
     source, name, evaluation, table = _read_source(a, note)
     a["name"] = a["name"] or name

@@ -10,6 +10,7 @@ are the best of a few interleaved rounds. --resize adds the per-image resize
 table (tools/bench/resize.py).
 """
 
+import contextlib
 import io
 import itertools
 import json
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.cluster.ray_tasks import LOOPBACK_ENV
 from pipeline.imaging import convert as imaging
 from pipeline.imaging import decode as imaging_decode
 from pipeline.shards.build import available_cores
 from tools.bench.timing import best_of
-from tools.serve.process import capgen_command
+from tools.serve.process import capgen_command, free_port
 
 PHOTOS = (
     "astronaut",
@@ -102,8 +104,9 @@ def convert_only(paths, size=256):
         imaging.convert(imaging_decode.read(path), size)
 
 
-def build_cli(root, out, workers, shard_size):
-    """One whole `capgen shards build` run of root's train2014 into out (a new folder)."""
+def build_cli(root, out, workers, shard_size, ray=None):
+    """One whole `capgen shards build` run of root's train2014 into out (a new folder): with
+    `workers` processes, or on the Ray cluster at address `ray`."""
     cmd = capgen_command() + [
         "shards",
         "build",
@@ -117,13 +120,13 @@ def build_cli(root, out, workers, shard_size):
         "bench",
         "--shard-size",
         str(shard_size),
-        "--workers",
-        str(workers),
+        *(["--ray", ray] if ray else ["--workers", str(workers)]),
         "--min-freq",
         "1",
         "--quiet",
     ]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", **(LOOPBACK_ENV if ray else {}))
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
 
 
 def bench_shards(images=None, rounds=3, workers=None, tmp=None, resize=False):
@@ -181,6 +184,59 @@ def bench_shards(images=None, rounds=3, workers=None, tmp=None, resize=False):
         "resize": table,
         "resize_images": min(64, images) if resize else None,
     }
+
+
+def bench_ray(images=None, rounds=3, workers=None, tmp=None):
+    """`capgen shards build --ray` on local Ray clusters (127.0.0.1) of 1 and 2 CPUs (or each
+    of `workers`), and the same builds with --workers (local processes) as the machine's own
+    scaling, in interleaved rounds; the same photographic JPEGs (default 800), four shards per
+    worker. Each timed run is a whole CLI build: start-up, connecting, Ray's worker processes."""
+    from pipeline.cluster.ray_tasks import local_cluster, require_ray
+
+    ray = require_ray()
+    counts = sorted(set(workers or [1, 2]))
+    images = images or 800
+    root = tempfile.mkdtemp(prefix="capgen-bench-ray-", dir=tmp)
+    try:
+        coco, builds = os.path.join(root, "coco"), itertools.count()
+        make_dataset(coco, images)
+        shard_size = max(1, images // (4 * max(counts)))
+
+        def build_with(w, address):  # a new folder per build: no deletion on the clock
+            return lambda: build_cli(coco, os.path.join(root, f"out-{next(builds)}"), w, shard_size, address)
+
+        with contextlib.ExitStack() as stack:
+            clusters = [stack.enter_context(local_cluster(w, free_port(), free_port())) for w in counts]
+            fns = [build_with(w, a) for w, a in zip(counts, clusters)] + [build_with(w, None) for w in counts]
+            best = best_of(fns, rounds, 0, torch.device("cpu"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rate = [images / b for b in best]
+    ray_rate, local_rate = rate[: len(counts)], rate[len(counts) :]
+    return {
+        "images": images,
+        "rounds": rounds,
+        "cores": available_cores(),
+        "shard_size": shard_size,
+        "ray_version": ray.__version__,
+        "ray": [{"workers": w, "images_per_s": r, "speedup": r / ray_rate[0]} for w, r in zip(counts, ray_rate)],
+        "local": [{"workers": w, "images_per_s": r, "speedup": r / local_rate[0]} for w, r in zip(counts, local_rate)],
+    }
+
+
+def format_ray(r):
+    lines = [
+        f"{r['images']} photographic 640x480 JPEGs (q90) -> 256x256, local files, Ray {r['ray_version']} on "
+        f"127.0.0.1, {r['cores']} cores, best of {r['rounds']} rounds, shards of {r['shard_size']}"
+    ]
+    for how, flag in (("ray", "--ray,     "), ("local", "--workers, ")):
+        first = r[how][0]["workers"]
+        for b in r[how]:
+            lines.append(
+                f"capgen shards build {flag}{b['workers']:2d} worker(s) {b['images_per_s']:7.1f} images/s   "
+                f"{b['speedup']:.2f}x {first} worker(s)"
+            )
+    return "\n".join(lines)
 
 
 def summary(r):

@@ -262,13 +262,20 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
 @click.option("--workers", type=click.IntRange(min=1), multiple=True, help="Worker counts [default: 1 and all cores].")
 @click.option("--resize", is_flag=True, help="Also time the candidate resizes per image (libvips, PIL, OpenCV, torch).")
 @click.option("--quick", is_flag=True, help="Smoke test: 24 images, 1 round; not figures.")
+@click.option(
+    "--ray",
+    "on_ray",
+    is_flag=True,
+    help="Instead: builds on local Ray clusters of 1 and 2 workers (or --workers), and the same with "
+    "--workers [default: 800 images].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: the figures as one JSON object.")
 @click.option(
     "--urls", is_flag=True, help="Instead: a URL list over loopback HTTP, capgen vs. img2dataset, 1 core each."
 )
 @click.option("--latency", type=click.FloatRange(min=0), default=0.2, show_default=True, help="--urls: seconds/image.")
 @click.option("--img2dataset", "i2d", help="--urls: the img2dataset executable [default: .i2d-venv, then PATH].")
-def bench_shards_cmd(images, rounds, workers, resize, quick, as_json, urls, latency, i2d):
+def bench_shards_cmd(images, rounds, workers, resize, quick, on_ray, as_json, urls, latency, i2d):
     """Whole `capgen shards build` runs, images/s, vs. a naive PIL loop on the same photographic JPEGs
     (--urls: whole URL-list builds vs. img2dataset's)."""
     import json
@@ -283,10 +290,16 @@ def bench_shards_cmd(images, rounds, workers, resize, quick, as_json, urls, late
         if as_json:
             click.echo(json.dumps(summary(r)))
         return
-    from tools.bench.shards import run, summary
+    from tools.bench.shards import bench_ray, format_ray, run, summary
 
     if quick:
         images, rounds = images or 24, 1
+    if on_ray:
+        r = bench_ray(images, rounds, list(workers) or None)
+        click.echo(format_ray(r))
+        if as_json:
+            click.echo(json.dumps(r))
+        return
     r = run(images, rounds, list(workers) or None, resize=resize, echo=click.echo)
     if as_json:
         click.echo(json.dumps(summary(r)))

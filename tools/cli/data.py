@@ -2,6 +2,7 @@
 
 import click
 
+from pipeline.cluster.ray_tasks import DEFAULT_ADDRESS as RAY_AUTO  # no Ray import: only a name
 from pipeline.download.options import DownloadOptions as _Download
 
 # The download options of --urls: flag -> (DownloadOptions field, type, help); defaults are DownloadOptions'.
@@ -119,6 +120,15 @@ def shards():
     type=click.IntRange(min=0),
     default=None,
     help="This job: builds shards k with k mod NUM_JOBS == JOB_INDEX [default: the Slurm array task's index, else 0].",
+)
+@click.option(
+    "--ray",
+    is_flag=False,
+    flag_value=RAY_AUTO,
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run one task per shard on a Ray cluster: ADDRESS host:port or ray://host:port [default: auto, "
+    "the cluster started on this machine]; OUT on a file system every node sees.",
 )
 @click.option(
     "--vocab", "vocab_path", type=click.Path(dir_okay=False), help="Training vocab.json to reuse (val/test sets)."

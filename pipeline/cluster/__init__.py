@@ -1,0 +1,1 @@
+"""Builds and runs spread over machines: torch.distributed ranks, Slurm arrays, a Ray cluster."""
