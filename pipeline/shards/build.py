@@ -220,11 +220,7 @@ def build(
     vocab_obj = Vocabulary.load(vocab) if vocab else None
     chunks, no_captions = plan(source.records, opts.shard_size)
     if not chunks:
-        raise CapgenError(
-            f"{source.annotation_path}: no images with captions to build "
-            f"({len(source.records)} images listed, {len(source.skipped)} left out, "
-            f"{source.bad_captions} bad captions)"
-        )
+        raise _nothing_to_build(source)
     lock = out if num_jobs == 1 else os.path.join(out, PARTS, f"job-{job_index:04d}-of-{num_jobs:04d}")
     start = time.perf_counter()
     with folder_lock(lock):
@@ -243,6 +239,14 @@ def build(
         summary = _finish_job(out, source, job, parts, vocab_obj)
     summary["elapsed"] = time.perf_counter() - start
     return summary
+
+
+def _nothing_to_build(source):
+    return CapgenError(
+        f"{source.annotation_path}: no images with captions to build "
+        f"({len(source.records)} images listed, {len(source.skipped)} left out, "
+        f"{source.bad_captions} bad captions)"
+    )
 
 
 def _finish_job(out, source, job, parts, vocab_obj):
