@@ -14,6 +14,7 @@ labelled text/html (the bytes decide: kept); a 50 MB body without a Content-Leng
 `lifetime` seconds, a hanging or trickling answer after `hang` seconds.
 """
 
+import csv
 import mimetypes
 import os
 import socket
@@ -239,3 +240,12 @@ def _endless(h, server, kind):
         else:
             h.wfile.write(block[: size - sent])
             sent += min(len(block), size - sent)
+
+
+def write_url_list(path, server, names):
+    """CSV with header url,caption: one row per image, the column names both tools default to."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["url", "caption"])
+        for i, name in enumerate(names):
+            w.writerow([server.url(name), f"a photograph number {i}"])

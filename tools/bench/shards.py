@@ -24,10 +24,12 @@ import torch
 from PIL import Image
 
 from pipeline.cluster.ray_tasks import LOOPBACK_ENV
+from pipeline.download.options import DownloadOptions
 from pipeline.imaging import convert as imaging
 from pipeline.imaging import decode as imaging_decode
 from pipeline.shards.build import available_cores
 from tools.bench.timing import best_of
+from tools.loopback_images import LoopbackImages, write_url_list
 from tools.serve.process import capgen_command, free_port
 
 PHOTOS = (
@@ -104,16 +106,13 @@ def convert_only(paths, size=256):
         imaging.convert(imaging_decode.read(path), size)
 
 
-def build_cli(root, out, workers, shard_size, ray=None):
-    """One whole `capgen shards build` run of root's train2014 into out (a new folder): with
-    `workers` processes, or on the Ray cluster at address `ray`."""
+def build_cli(root, out, workers, shard_size, ray=None, source=None):
+    """One whole `capgen shards build` run of root's train2014 (or of `source`, other source
+    options) into out (a new folder): with `workers` processes, or on the Ray cluster at `ray`."""
     cmd = capgen_command() + [
         "shards",
         "build",
-        "--coco-root",
-        root,
-        "--split",
-        "train2014",
+        *(source or ["--coco-root", root, "--split", "train2014"]),
         "--out",
         out,
         "--name",
@@ -186,11 +185,13 @@ def bench_shards(images=None, rounds=3, workers=None, tmp=None, resize=False):
     }
 
 
-def bench_ray(images=None, rounds=3, workers=None, tmp=None):
+def bench_ray(images=None, rounds=3, workers=None, tmp=None, latency=None):
     """`capgen shards build --ray` on local Ray clusters (127.0.0.1) of 1 and 2 CPUs (or each
     of `workers`), and the same builds with --workers (local processes) as the machine's own
     scaling, in interleaved rounds; the same photographic JPEGs (default 800), four shards per
-    worker. Each timed run is a whole CLI build: start-up, connecting, Ray's worker processes."""
+    worker. Each timed run is a whole CLI build: start-up, connecting, Ray's worker processes.
+    latency: build a URL list of the images instead, served by the loopback image server
+    (tools/loopback_images.py) with this many seconds per image."""
     from pipeline.cluster.ray_tasks import local_cluster, require_ray
 
     ray = require_ray()
@@ -199,13 +200,16 @@ def bench_ray(images=None, rounds=3, workers=None, tmp=None):
     root = tempfile.mkdtemp(prefix="capgen-bench-ray-", dir=tmp)
     try:
         coco, builds = os.path.join(root, "coco"), itertools.count()
-        make_dataset(coco, images)
+        paths = make_dataset(coco, images)
         shard_size = max(1, images // (4 * max(counts)))
+        source = None
 
         def build_with(w, address):  # a new folder per build: no deletion on the clock
-            return lambda: build_cli(coco, os.path.join(root, f"out-{next(builds)}"), w, shard_size, address)
+            return lambda: build_cli(coco, os.path.join(root, f"out-{next(builds)}"), w, shard_size, address, source)
 
         with contextlib.ExitStack() as stack:
+            if latency is not None:
+                source = _served_list(stack, root, paths, latency)
             clusters = [stack.enter_context(local_cluster(w, free_port(), free_port())) for w in counts]
             fns = [build_with(w, a) for w, a in zip(counts, clusters)] + [build_with(w, None) for w in counts]
             best = best_of(fns, rounds, 0, torch.device("cpu"))
@@ -217,6 +221,7 @@ def bench_ray(images=None, rounds=3, workers=None, tmp=None):
         "images": images,
         "rounds": rounds,
         "cores": available_cores(),
+        "source": "local files" if latency is None else f"a URL list, {latency:g} s per image",
         "shard_size": shard_size,
         "ray_version": ray.__version__,
         "ray": [{"workers": w, "images_per_s": r, "speedup": r / ray_rate[0]} for w, r in zip(counts, ray_rate)],
@@ -224,9 +229,18 @@ def bench_ray(images=None, rounds=3, workers=None, tmp=None):
     }
 
 
+def _served_list(stack, root, paths, latency):
+    """Source options of a URL list of `paths`, served on loopback (until stack closes) with
+    `latency` seconds per image; one host stands for many, so the per-host cap is lifted."""
+    server = stack.enter_context(LoopbackImages(os.path.dirname(paths[0]), latency=latency, lifetime=3600))
+    url_list = os.path.join(root, "urls.csv")
+    write_url_list(url_list, server, [os.path.basename(p) for p in paths])
+    return ["--urls", url_list, "--per-host", str(DownloadOptions.concurrency)]
+
+
 def format_ray(r):
     lines = [
-        f"{r['images']} photographic 640x480 JPEGs (q90) -> 256x256, local files, Ray {r['ray_version']} on "
+        f"{r['images']} photographic 640x480 JPEGs (q90) -> 256x256, {r['source']}, Ray {r['ray_version']} on "
         f"127.0.0.1, {r['cores']} cores, best of {r['rounds']} rounds, shards of {r['shard_size']}"
     ]
     for how, flag in (("ray", "--ray,     "), ("local", "--workers, ")):

@@ -20,7 +20,6 @@ images/s by the tool's own clock, start-up excluded ("own": capgen's build summa
 img2dataset's shards' durations); a ratio for each.
 """
 
-import csv
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from pipeline.download.options import DownloadOptions
 from pipeline.errors import CapgenError
 from pipeline.shards.build import available_cores
 from tools.bench.shards import make_dataset
-from tools.loopback_images import LoopbackImages
+from tools.loopback_images import LoopbackImages, write_url_list
 from tools.serve.process import capgen_command
 
 ENV_TOOL = "CAPGEN_IMG2DATASET"
@@ -73,15 +72,6 @@ def _version(exe):
             if r.returncode == 0 and r.stdout.strip():
                 return r.stdout.strip()
     return "unknown"
-
-
-def write_url_list(path, server, names):
-    """CSV with header url,caption: one row per image, the column names both tools default to."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["url", "caption"])
-        for i, name in enumerate(names):
-            w.writerow([server.url(name), f"a photograph number {i}"])
 
 
 def pinned(core):

@@ -267,7 +267,7 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
     "on_ray",
     is_flag=True,
     help="Instead: builds on local Ray clusters of 1 and 2 workers (or --workers), and the same with "
-    "--workers [default: 800 images].",
+    "--workers [default: 800 images]; with --urls: of a URL list served with --latency.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: the figures as one JSON object.")
 @click.option(
@@ -280,7 +280,7 @@ def bench_shards_cmd(images, rounds, workers, resize, quick, on_ray, as_json, ur
     (--urls: whole URL-list builds vs. img2dataset's)."""
     import json
 
-    if urls:
+    if urls and not on_ray:
         from tools.bench.urls import run, summary
 
         if workers or resize:
@@ -295,7 +295,7 @@ def bench_shards_cmd(images, rounds, workers, resize, quick, on_ray, as_json, ur
     if quick:
         images, rounds = images or 24, 1
     if on_ray:
-        r = bench_ray(images, rounds, list(workers) or None)
+        r = bench_ray(images, rounds, list(workers) or None, latency=latency if urls else None)
         click.echo(format_ray(r))
         if as_json:
             click.echo(json.dumps(r))
