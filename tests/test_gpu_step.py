@@ -90,5 +90,7 @@ def test_an_epoch_has_few_step_shapes():
 
 
 def test_a_compiled_epoch_compiles_at_most_once_per_step_shape():
-    frames, shapes = compiles_over_epoch("features", batches=3, batch=16)
-    assert 1 <= frames <= shapes
+    """Dynamo's compiles (the backend does not change them) saturate: sizes turn dynamic after the
+    first change, the step's state is contiguous; under the limit past which Dynamo runs eager."""
+    frames, shapes = compiles_over_epoch("features", batches=4, batch=16, backend="eager")
+    assert (shapes, frames) == (6, 5) and frames < torch._dynamo.config.recompile_limit

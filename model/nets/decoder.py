@@ -126,7 +126,8 @@ class Decoder(nn.Module):
         for emb, (n, g) in zip(embs, plan.widths):
             if n not in prefix:
                 prefix[n] = ctx._replace(features=ctx.features[:n], proj=ctx.proj[:n])
-            h, c, alpha = self.advance(prefix[n], emb[:n, :g], h[:n, :g], c[:n, :g])
+            # contiguous: the compiled step sees one memory layout (its reshape would copy anyway)
+            h, c, alpha = self.advance(prefix[n], emb[:n, :g], h[:n, :g].contiguous(), c[:n, :g].contiguous())
             hs.append(h.flatten(0, 1))
             alphas.append(alpha.flatten(0, 1))
         logits = self.fc(self.dropout(torch.cat(hs)[plan.rows]))

@@ -38,7 +38,7 @@ from model.nets.decoder import Decoder, train_plan
 from model.nets.search import beam_search
 from model.train.args import TrainArgs
 from tools.bench.step.kinds import synthetic_batch
-from tools.bench.step.measure import GPU_BATCH, measure
+from tools.bench.step.measure import COCO_TRAIN_IMAGES, COMPILE_BATCHES, GPU_BATCH, measure
 from tools.bench.step.measure import format_report as gpu_step_report
 from tools.bench.timing import best_of
 
@@ -56,6 +56,8 @@ FULL = {
     "iters": 3,
     "warmup": 1,
     "gpu_batch": GPU_BATCH,
+    "gpu_epoch_images": COCO_TRAIN_IMAGES,
+    "gpu_compile_batches": COMPILE_BATCHES,
 }
 QUICK = {
     "images": 4,
@@ -70,6 +72,8 @@ QUICK = {
     "iters": 1,
     "warmup": 1,
     "gpu_batch": 16,
+    "gpu_epoch_images": 160,
+    "gpu_compile_batches": 4,
 }
 
 
@@ -231,7 +235,7 @@ def bench_train(quick=False, device=None, amp=None, compiled=False):
         "compiled": compiled,
         "step": [bench_step(P, cfg, device, amp, compiled) for P in cfg["grids"]],
         "beam": bench_beam(cfg["grids"][0], cfg, device, amp),
-        "gpu_step": measure(compiled=compiled, batch=cfg["gpu_batch"]),
+        "gpu_step": measure(compiled, cfg["gpu_batch"], cfg["gpu_epoch_images"], cfg["gpu_compile_batches"]),
     }
 
 

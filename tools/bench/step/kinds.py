@@ -57,8 +57,9 @@ def loader_batch(kind, images, seed=0, per_image=5):
     return batch
 
 
-def build(kind, compiled=False):
-    """(step, model, optimizer): the trainer's step of `kind` on tiny sizes, seeded."""
+def build(kind, compiled=None):
+    """(step, model, optimizer): the trainer's step of `kind` on tiny sizes, seeded; compiled: a
+    torch.compile backend ("inductor": as --compile) for what model/train/loop.py compiles."""
     if kind not in KINDS:
         raise ValueError(f"unknown step kind {kind!r} (expected one of {', '.join(KINDS)})")
     torch.manual_seed(0)
@@ -79,9 +80,9 @@ def build(kind, compiled=False):
         encoder.eval()
     optimizer = build_optimizer(model, args, GPU)
     if compiled:
-        model.decoder.advance = torch.compile(model.decoder.advance)  # as model/train/loop.py's --compile
+        model.decoder.advance = torch.compile(model.decoder.advance, backend=compiled)  # as loop.py's _wrap
         if encoder is not None:
-            model.encoder.forward = torch.compile(model.encoder.forward)
+            model.encoder.forward = torch.compile(model.encoder.forward, backend=compiled)
     cpu = torch.device("cpu")
     if kind != "scst":
         return TrainStep(model, model, optimizer, cpu, alpha_c=args.alpha_c, grad_clip=args.grad_clip), model, optimizer

@@ -22,6 +22,7 @@ from tools.bench.step.placement import DevicePlacement
 COCO_TRAIN_IMAGES = 82_783
 EPOCH_SECONDS = 30.0  # the GPU goal: an epoch of COCO train in 30 s on an H200
 GPU_BATCH = 128  # the batch a GPU step would use (images, 5 captions each)
+COMPILE_BATCHES = 16  # batches of a compiled step whose compiles are counted
 
 
 def budget_ms(batch=GPU_BATCH):
@@ -57,8 +58,9 @@ def count_syncs(kind, batch=GPU_BATCH, steps=2):
     }
 
 
-def floor_ms(kind, batch=GPU_BATCH, compiled=False, repeats=3):
-    """(best ms of a step at tiny sizes, seconds spent before it: warm-up and compiles)."""
+def floor_ms(kind, batch=GPU_BATCH, compiled=None, repeats=3):
+    """(best ms of a step at tiny sizes, seconds spent before it: warm-up and compiles);
+    compiled: the torch.compile backend, None for eager."""
     t0 = time.perf_counter()
     step, _, _ = build(kind, compiled=compiled)
     batches = [loader_batch(kind, batch, seed=s) for s in range(2)]
@@ -87,13 +89,14 @@ def epoch_shapes(batch=GPU_BATCH, images=COCO_TRAIN_IMAGES, seed=0):
     return {"batches": n, "step_shapes": len(shapes), "plans": len(plans)}
 
 
-def compiles_over_epoch(kind, batches, batch):
-    """(compiled frames, distinct step shapes) over `batches` batches of a compiled step."""
+def compiles_over_epoch(kind, batches, batch, backend="inductor"):
+    """(compiled frames, distinct step shapes) over `batches` batches of a compiled step: the
+    frames Dynamo compiled (first compiles and recompiles, whatever the backend)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    step, _, _ = build(kind, compiled=True)
+    step, _, _ = build(kind, compiled=backend)
     shapes = set()
     for s in range(batches):
         b = loader_batch(kind, batch, seed=s)
@@ -102,16 +105,21 @@ def compiles_over_epoch(kind, batches, batch):
     return int(counters["frames"]["ok"]), len(shapes)
 
 
-def measure(compiled=False, batch=GPU_BATCH, kinds=KINDS):
-    """Every figure as a dict: {"batch", "budget_ms", "kinds": {kind: {...}}, "shapes": {...}}."""
+def measure(compiled=False, batch=GPU_BATCH, epoch_images=COCO_TRAIN_IMAGES, compile_batches=COMPILE_BATCHES):
+    """Every figure as a dict: {"batch", "budget_ms", "kinds": {kind: {...}}, "shapes": {...}};
+    compiled adds each kind's compiled floor (inductor) and the compiles over `compile_batches`
+    batches of the compiled features step (Dynamo's count: its eager backend compiles as often)."""
     out = {"batch": batch, "budget_ms": budget_ms(batch), "kinds": {}}
-    for kind in kinds:
+    for kind in KINDS:
         r = count_syncs(kind, batch)
         r["floor_ms"], _ = floor_ms(kind, batch)
         if compiled and kind != "scst":  # the trainer refuses --compile with --scst
-            r["compiled_floor_ms"], r["compile_s"] = floor_ms(kind, batch, compiled=True)
+            r["compiled_floor_ms"], r["compile_s"] = floor_ms(kind, batch, compiled="inductor")
         out["kinds"][kind] = r
-    out["shapes"] = epoch_shapes(batch)
+    out["shapes"] = epoch_shapes(batch, epoch_images)
+    if compiled:
+        frames, shapes = compiles_over_epoch("features", compile_batches, batch, backend="eager")
+        out["shapes"].update(compile_batches=compile_batches, compile_batch_shapes=shapes, compiles=frames)
     return out
 
 
@@ -125,4 +133,9 @@ def format_report(r):
         )
     s = r["shapes"]
     lines.append(f"  epoch of {s['batches']} batches: {s['step_shapes']} distinct step shapes, {s['plans']} plans")
+    if "compiles" in s:
+        lines.append(
+            f"  compiled step: {s['compiles']} compiles over {s['compile_batches']} batches "
+            f"({s['compile_batch_shapes']} distinct step shapes in them)"
+        )
     return "\n".join(lines)
