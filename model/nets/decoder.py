@@ -53,7 +53,8 @@ class Attention(nn.Module):
 
     def forward(self, features, proj, h):
         """features [B,P,C], proj [B,P,A], h [B,G,H] -> context [B,G,C], alpha [B,G,P]."""
-        e = self.full_att(torch.relu(proj[:, None] + self.hidden_att(h)[:, :, None])).squeeze(3)
+        # relu in place on the [B, G, P, A] sum: one such tensor made per step, not two (the largest)
+        e = self.full_att(torch.relu_(proj[:, None] + self.hidden_att(h)[:, :, None])).squeeze(3)
         alpha = e.softmax(dim=2)
         return torch.bmm(alpha.to(features.dtype), features), alpha
 

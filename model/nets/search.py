@@ -24,6 +24,14 @@ def _mask(logp, last):
     return logp
 
 
+def _ended(logp, done):
+    """An ended beam continues only with <pad>, at no cost: its row -inf but 0 at <pad>. In place
+    (logp [B, k, V] is the step's largest tensor: no second one)."""
+    logp.masked_fill_(done[..., None], -torch.inf)
+    logp[..., PAD].masked_fill_(done, 0.0)
+    return logp
+
+
 class _eval:
     """Run the decoder in eval mode (no dropout) and restore its mode after."""
 
@@ -83,15 +91,12 @@ def beam_search(decoder, features, beam=3, max_len=MAX_LEN, topk=None, length_no
         scores = torch.full((B, k), -torch.inf, device=dev)
         scores[:, 0] = 0.0  # all beams start equal: expand only the first
         done = torch.zeros(B, k, dtype=torch.bool, device=dev)
-        # An ended beam continues only with <pad>, at no cost.
-        pad_row = torch.full((decoder.vocab_size,), -torch.inf, device=dev)
-        pad_row[PAD] = 0.0
         hist = []  # per step: (token [B,k], parent [B,k], alpha [B,k,P])
         for t in range(max_len + 1):
             logp, alpha, h, c = decoder.step(ctx, prev, h, c)
-            logp = torch.where(done[..., None], pad_row, _mask(logp, t == max_len))
+            logp = _ended(_mask(logp, t == max_len), done)
             V = logp.shape[2]
-            scores, idx = (scores[..., None] + logp).view(B, k * V).topk(k, dim=1)
+            scores, idx = logp.add_(scores[..., None]).view(B, k * V).topk(k, dim=1)
             parent, tok = idx // V, idx % V
             h = h.gather(1, parent[..., None].expand_as(h))
             c = c.gather(1, parent[..., None].expand_as(c))
