@@ -20,13 +20,23 @@ def last_line_json(args):
 def test_bench_train_json():
     head, r = last_line_json(["bench", "train", "--quick", "--json"])
     assert head.startswith("device: cpu") and "train step" in head and "beam search" in head
-    assert list(r) == ["step", "beam"]
+    assert list(r) == ["step", "beam", "gpu_step"]
     (step,) = r["step"]  # --quick: one grid
     assert list(step) == ["P", "ours", "baseline", "ratio"] and step["P"] == 16
     assert step["ours"] > 0 and step["baseline"] > 0 and step["ratio"] == pytest.approx(step["ours"] / step["baseline"])
     beam = r["beam"]
     assert list(beam) == ["batch", "ours", "baseline", "ratio"] and beam["batch"] == 6
     assert beam["ratio"] == pytest.approx(beam["ours"] / beam["baseline"])
+    gpu = r["gpu_step"]  # measured on the CPU: host syncs, ops, overhead floor, shapes
+    assert list(gpu) == ["batch", "budget_ms", "kinds", "shapes"] and gpu["batch"] == 16
+    assert gpu["budget_ms"] == pytest.approx(1000 * 30 * 16 / 82_783)
+    assert list(gpu["kinds"]) == ["features", "frozen", "finetune", "scst"]
+    for kind, k in gpu["kinds"].items():
+        assert list(k) == ["syncs", "sites", "log_syncs", "log_sites", "ops", "views", "floor_ms"]
+        assert k["syncs"] == sum(k["sites"].values()) == (1 if kind == "scst" else 0)
+        assert k["log_syncs"] == sum(k["log_sites"].values()) == (1 if kind == "scst" else 2)
+        assert 0 < k["views"] < k["ops"] and k["floor_ms"] > 0
+    assert gpu["shapes"]["batches"] == 10 and 0 < gpu["shapes"]["step_shapes"] and gpu["shapes"]["plans"] <= 10
 
 
 def test_bench_loaders_json(tiny_shards):

@@ -128,3 +128,60 @@ def test_beam_search_stops_once_every_beam_of_the_batch_has_ended(model):
         assert [h.tokens for h in a] == [h.tokens for h in b] and [h.score for h in a] == [h.score for h in b]
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x.alphas, y.alphas)
+
+
+def plain_beam(dec, features, k, max_len):
+    """The beam step written out of place (torch.where over a <pad> row, a new sum tensor), as
+    beam_search was before it reused the step's log-probs: (tokens [B,k,L], scores [B,k])."""
+    B = features.shape[0]
+    with torch.inference_mode():
+        dec.eval()
+        ctx = dec.prepare(features)
+        h, c = ctx.h[:, None].expand(B, k, -1), ctx.c[:, None].expand(B, k, -1)
+        prev = torch.full((B, k), START)
+        scores = torch.full((B, k), -torch.inf)
+        scores[:, 0] = 0.0
+        done = torch.zeros(B, k, dtype=torch.bool)
+        pad_row = torch.full((dec.vocab_size,), -torch.inf)
+        pad_row[PAD] = 0.0
+        toks, parents = [], []
+        for t in range(max_len + 1):
+            logp, _, h, c = dec.step(ctx, prev, h, c)
+            logp[..., [PAD, START]] = -torch.inf
+            if t == max_len:
+                logp[..., [i for i in range(dec.vocab_size) if i != END]] = -torch.inf
+            logp = torch.where(done[..., None], pad_row, logp)
+            Vs = logp.shape[2]
+            scores, idx = (scores[..., None] + logp).view(B, k * Vs).topk(k, dim=1)
+            parent, tok = idx // Vs, idx % Vs
+            h, c = (x.gather(1, parent[..., None].expand_as(x)) for x in (h, c))
+            done = done.gather(1, parent) | (tok == END)
+            toks.append(tok)
+            parents.append(parent)
+            prev = tok
+            if bool(done.all()):
+                break
+        beam, out = torch.arange(k).expand(B, k), []
+        for tok, parent in zip(reversed(toks), reversed(parents)):
+            out.append(tok.gather(1, beam))
+            beam = parent.gather(1, beam)
+        return torch.stack(out[::-1], dim=2), scores
+
+
+@pytest.mark.parametrize("vocab", [V, 300])
+def test_beam_search_in_place_finds_what_the_plain_step_finds(model, vocab):
+    """Same beams, same scores to the bit, as the step written out of place."""
+    dec, features = model
+    if vocab != V:
+        torch.manual_seed(1)
+        dec = Decoder(vocab, C, embed_dim=12, attention_dim=10, hidden_dim=14)
+        with torch.no_grad():
+            dec.fc.bias[END] = 3.0
+        features = torch.randn(16, P, C).relu()
+    tokens, scores = plain_beam(dec, features, 3, MAX)
+    hyps = beam_search(dec, features, beam=3, max_len=MAX)
+    for b, image in enumerate(hyps):
+        order = scores[b].argsort(descending=True, stable=True)
+        assert [h.score for h in image] == scores[b, order].tolist()
+        for h, j in zip(image, order.tolist()):
+            assert h.tokens == [x for x in tokens[b, j].tolist() if x != PAD]

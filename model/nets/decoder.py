@@ -53,7 +53,8 @@ class Attention(nn.Module):
 
     def forward(self, features, proj, h):
         """features [B,P,C], proj [B,P,A], h [B,G,H] -> context [B,G,C], alpha [B,G,P]."""
-        e = self.full_att(torch.relu(proj[:, None] + self.hidden_att(h)[:, :, None])).squeeze(3)
+        # relu in place on the [B, G, P, A] sum: one such tensor made per step, not two (the largest)
+        e = self.full_att(torch.relu_(proj[:, None] + self.hidden_att(h)[:, :, None])).squeeze(3)
         alpha = e.softmax(dim=2)
         return torch.bmm(alpha.to(features.dtype), features), alpha
 
@@ -126,7 +127,8 @@ class Decoder(nn.Module):
         for emb, (n, g) in zip(embs, plan.widths):
             if n not in prefix:
                 prefix[n] = ctx._replace(features=ctx.features[:n], proj=ctx.proj[:n])
-            h, c, alpha = self.advance(prefix[n], emb[:n, :g], h[:n, :g], c[:n, :g])
+            # contiguous: the compiled step sees one memory layout (its reshape would copy anyway)
+            h, c, alpha = self.advance(prefix[n], emb[:n, :g], h[:n, :g].contiguous(), c[:n, :g].contiguous())
             hs.append(h.flatten(0, 1))
             alphas.append(alpha.flatten(0, 1))
         logits = self.fc(self.dropout(torch.cat(hs)[plan.rows]))

@@ -24,6 +24,14 @@ def _mask(logp, last):
     return logp
 
 
+def _ended(logp, done):
+    """An ended beam continues only with <pad>, at no cost: its row -inf but 0 at <pad>. In place
+    (logp [B, k, V] is the step's largest tensor: no second one)."""
+    logp.masked_fill_(done[..., None], -torch.inf)
+    logp[..., PAD].masked_fill_(done, 0.0)
+    return logp
+
+
 class _eval:
     """Run the decoder in eval mode (no dropout) and restore its mode after."""
 
@@ -39,10 +47,11 @@ class _eval:
 
 
 @torch.inference_mode()
-def greedy(decoder, features, max_len=MAX_LEN):
+def greedy(decoder, features, max_len=MAX_LEN, stop_early=True):
     """features [B,P,C] -> tokens [B,L] (words, <end>, then <pad>), alphas [B,L,P] (zeros after <end>).
 
-    L <= max_len + 1; the loop stops once every caption has ended.
+    L <= max_len + 1; the loop stops once every caption has ended (stop_early; on a GPU that
+    check is a host sync per word: stop_early=False runs max_len + 1 steps without one).
     """
     with _eval(decoder):
         ctx = decoder.prepare(features)
@@ -58,7 +67,7 @@ def greedy(decoder, features, max_len=MAX_LEN):
             alphas.append(alpha.float().masked_fill(done[..., None], 0.0))
             done = done | (tok == END)
             prev = tok
-            if bool(done.all()):
+            if stop_early and bool(done.all()):
                 break
         return torch.cat(tokens, dim=1), torch.cat(alphas, dim=1)
 
@@ -82,15 +91,12 @@ def beam_search(decoder, features, beam=3, max_len=MAX_LEN, topk=None, length_no
         scores = torch.full((B, k), -torch.inf, device=dev)
         scores[:, 0] = 0.0  # all beams start equal: expand only the first
         done = torch.zeros(B, k, dtype=torch.bool, device=dev)
-        # An ended beam continues only with <pad>, at no cost.
-        pad_row = torch.full((decoder.vocab_size,), -torch.inf, device=dev)
-        pad_row[PAD] = 0.0
         hist = []  # per step: (token [B,k], parent [B,k], alpha [B,k,P])
         for t in range(max_len + 1):
             logp, alpha, h, c = decoder.step(ctx, prev, h, c)
-            logp = torch.where(done[..., None], pad_row, _mask(logp, t == max_len))
+            logp = _ended(_mask(logp, t == max_len), done)
             V = logp.shape[2]
-            scores, idx = (scores[..., None] + logp).view(B, k * V).topk(k, dim=1)
+            scores, idx = logp.add_(scores[..., None]).view(B, k * V).topk(k, dim=1)
             parent, tok = idx // V, idx % V
             h = h.gather(1, parent[..., None].expand_as(h))
             c = c.gather(1, parent[..., None].expand_as(c))
@@ -104,7 +110,7 @@ def beam_search(decoder, features, beam=3, max_len=MAX_LEN, topk=None, length_no
         return ranked(tokens.cpu().numpy(), scores.cpu().numpy(), alphas.cpu().numpy(), topk or k, length_norm)
 
 
-def sample(decoder, features, k, max_len=MAX_LEN, generator=None):
+def sample(decoder, features, k, max_len=MAX_LEN, generator=None, stop_early=None):
     """k captions per image drawn from the decoder's distribution, all B x k at once.
 
     features [B,P,C] -> tokens [B,k,L] (words, <end>, then <pad>), logp [B,k,L]: the
@@ -112,7 +118,11 @@ def sample(decoder, features, k, max_len=MAX_LEN, generator=None):
     (dropout on in training, as self-critical training samples) and with autograd as the
     caller sets it: under grad, logp carries the policy gradient. Draws come from
     `generator` (a torch.Generator on the features' device) or torch's global RNG.
+    The loop stops once every caption has ended when stop_early (default: on the CPU, where
+    that check is free; on a GPU it would be a host sync per word, so all max_len + 1 steps run).
     """
+    if stop_early is None:
+        stop_early = features.device.type == "cpu"
     ctx = decoder.prepare(features)
     B, dev = features.shape[0], features.device
     h, c = ctx.h[:, None].expand(B, k, -1), ctx.c[:, None].expand(B, k, -1)
@@ -128,7 +138,7 @@ def sample(decoder, features, k, max_len=MAX_LEN, generator=None):
         tokens.append(tok)
         done = done | (tok == END)
         prev = tok
-        if bool(done.all()):
+        if stop_early and bool(done.all()):
             break
     return torch.stack(tokens, dim=2), torch.stack(logps, dim=2)
 

@@ -20,6 +20,7 @@ import contextlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.infer.captioner import Captioner
@@ -77,17 +78,22 @@ def val_cider(captions, source, vocab):
 class ScstModel(nn.Module):
     """The caption model's sampling pass as one forward (so that DDP syncs its gradients)."""
 
-    def __init__(self, model, samples, max_len):
+    def __init__(self, model, samples, max_len, stop_early=None):
         super().__init__()
-        self.model, self.samples, self.max_len = model, samples, max_len
+        self.model, self.samples, self.max_len, self.stop_early = model, samples, max_len, stop_early
 
     def forward(self, batch):
-        return sample(self.model.decoder, self.model.features(batch), self.samples, self.max_len)
+        feats = self.model.features(batch)
+        return sample(self.model.decoder, feats, self.samples, self.max_len, stop_early=self.stop_early)
 
 
 class ScstStep:
     """Call with a loader batch; returns its number of images. `take()` gives the sums since
-    the last take: loss, reward, baseline, bad endings, captions, steps."""
+    the last take: loss, reward, baseline, bad endings, captions, steps.
+
+    One host sync per step, the reward's: the sampled captions (and the greedy baseline's, in
+    the same copy) go to the host, where CIDEr-D is computed; the references are the loader's
+    host tokens, the loss sum stays on the device until `take()` (the log interval)."""
 
     def __init__(self, model, forward, optimizer, device, scorer, vocab, args):
         self.model, self.forward, self.optimizer, self.device = model, forward, optimizer, device
@@ -101,28 +107,48 @@ class ScstStep:
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         self.image_dtype = torch.bfloat16 if cuda else torch.float32
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.stop_early = device.type == "cpu"  # the greedy baseline's loop (see sample's stop_early)
         self.sums = np.zeros(6)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
 
     def __call__(self, batch):
-        images = len(batch["image_ids"])
+        images, refs = len(batch["image_ids"]), batch["tokens"]  # refs: the host's copy
         batch = to_device(batch, self.device, self.image_dtype)
         if not finite_inputs(batch):  # sampling from NaN would fail in torch.multinomial; this step syncs anyway
             raise corrupt_input(self.source)
         with self.amp:
             tokens, logp = self.forward(batch)
-        sampled = tokens.cpu().numpy()
-        reward = self.rewards(sampled, batch["tokens"])
+        sampled, greedy_tokens = self._to_host(tokens, batch)
+        reward = self.rewards(sampled, refs)
         bad = bad_endings(sampled, self.bad_ids)
         reward = reward - self.penalty * bad
-        base = self.baselines(reward, batch)
+        if greedy_tokens is None:
+            base = (reward.sum(axis=1, keepdims=True) - reward) / (reward.shape[1] - 1)
+        else:
+            base = np.repeat(self.rewards(greedy_tokens, refs), reward.shape[1], axis=1)
         advantage = torch.from_numpy(reward - base).float().to(self.device)
         loss = -(advantage * logp.float().sum(dim=2)).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         self.optimizer.step()
-        self.sums += [loss.item(), reward.sum(), base.sum(), bad.sum(), reward.size, 1]
+        self.loss_sum += loss.detach().double()
+        self.sums += [0.0, reward.sum(), base.sum(), bad.sum(), reward.size, 1]
         return images
+
+    def _to_host(self, tokens, batch):
+        """(sampled [B, k, L], greedy [B, 1, L'] or None) as numpy, in one copy to the host."""
+        if self.baseline == "mean":
+            return tokens.cpu().numpy(), None
+        with torch.no_grad(), self.amp:
+            feats = self.model.features(batch).detach()
+            best, _ = greedy(self.model.decoder, feats, self.vocab.max_len, stop_early=self.stop_early)
+        L = max(tokens.shape[2], best.shape[1])
+        both = torch.cat(
+            [F.pad(tokens, (0, L - tokens.shape[2]), value=PAD), F.pad(best, (0, L - best.shape[1]))[:, None]], 1
+        )
+        both = both.cpu().numpy()
+        return both[:, :-1, : tokens.shape[2]], both[:, -1:, : best.shape[1]]
 
     def rewards(self, sampled, refs):
         """CIDEr-D of sampled [B, k, L] against refs [B, K, T] -> [B, k]."""
@@ -135,17 +161,10 @@ class ScstStep:
             np.repeat(np.arange(B), refs.shape[1]),
         ).reshape(B, k)
 
-    def baselines(self, reward, batch):
-        k = reward.shape[1]
-        if self.baseline == "mean":
-            return (reward.sum(axis=1, keepdims=True) - reward) / (k - 1)
-        with torch.no_grad(), self.amp:
-            feats = self.model.features(batch).detach()
-            tokens, _ = greedy(self.model.decoder, feats, self.vocab.max_len)
-        greedy_tokens = tokens.cpu().numpy()[:, None]
-        return np.repeat(self.rewards(greedy_tokens, batch["tokens"]), k, axis=1)
-
     def take(self):
+        """The sums since the last take (one host sync: the loss sum's), then reset."""
+        self.sums[0] = self.loss_sum.item()
+        self.loss_sum.zero_()
         values = self.sums.tolist()
         self.sums[:] = 0
         return values

@@ -37,7 +37,9 @@ from model.device import default_device
 from model.nets.decoder import Decoder, train_plan
 from model.nets.search import beam_search
 from model.train.args import TrainArgs
-from pipeline.text import END, START
+from tools.bench.step.kinds import synthetic_batch
+from tools.bench.step.measure import COCO_TRAIN_IMAGES, COMPILE_BATCHES, GPU_BATCH, measure
+from tools.bench.step.measure import format_report as gpu_step_report
 from tools.bench.timing import best_of
 
 TRAINER_DIMS = (TrainArgs.embed_dim, TrainArgs.attention_dim, TrainArgs.hidden_dim)
@@ -53,6 +55,9 @@ FULL = {
     "beam": 3,
     "iters": 3,
     "warmup": 1,
+    "gpu_batch": GPU_BATCH,
+    "gpu_epoch_images": COCO_TRAIN_IMAGES,
+    "gpu_compile_batches": COMPILE_BATCHES,
 }
 QUICK = {
     "images": 4,
@@ -66,6 +71,9 @@ QUICK = {
     "beam": 3,
     "iters": 1,
     "warmup": 1,
+    "gpu_batch": 16,
+    "gpu_epoch_images": 160,
+    "gpu_compile_batches": 4,
 }
 
 
@@ -108,20 +116,6 @@ def baseline_loss(dec, encoder_out, caps, caplens, alpha_c=1.0):
     scores = pack_padded_sequence(scores, decode_lengths, batch_first=True).data
     targets = pack_padded_sequence(targets, decode_lengths, batch_first=True).data
     return F.cross_entropy(scores, targets) + alpha_c * ((1.0 - alphas.sum(dim=1)) ** 2).mean()
-
-
-def synthetic_batch(images, per_image, T, P, C, vocab, device, seed=0):
-    """Features [B,P,C] and encoded captions with COCO-like lengths (mean ~10.5 words, at most T-2)."""
-    g = torch.Generator().manual_seed(seed)
-    features = torch.randn(images, P, C, generator=g).relu()
-    words = (torch.randn(images, per_image, generator=g) * 2.5 + 10.5).round().clamp(5, T - 2).long()
-    lengths = words + 2
-    tokens = torch.randint(4, vocab, (images, per_image, T), generator=g)
-    pos = torch.arange(T)
-    tokens[:, :, 0] = START
-    tokens = torch.where(pos == lengths[..., None] - 1, END, tokens)
-    tokens = torch.where(pos >= lengths[..., None], 0, tokens)
-    return features.to(device), tokens.to(device), lengths.to(device)
 
 
 def _train_step(dec, loss_fn, amp, device, compiled=False):
@@ -227,7 +221,8 @@ def device_name(device):
 
 
 def bench_train(quick=False, device=None, amp=None, compiled=False):
-    """All figures as a dict: {"device", "amp", "compiled", "step": [per grid], "beam": {...}}.
+    """All figures as a dict: {"device", "amp", "compiled", "step": [per grid], "beam": {...},
+    "gpu_step": {...}} (the last measured on the CPU: tools/bench/step/measure.py).
 
     amp (default: on a GPU) runs both sides under bf16 autocast; Adam is fused on a GPU for both."""
     cfg = QUICK if quick else FULL
@@ -240,6 +235,7 @@ def bench_train(quick=False, device=None, amp=None, compiled=False):
         "compiled": compiled,
         "step": [bench_step(P, cfg, device, amp, compiled) for P in cfg["grids"]],
         "beam": bench_beam(cfg["grids"][0], cfg, device, amp),
+        "gpu_step": measure(compiled, cfg["gpu_batch"], cfg["gpu_epoch_images"], cfg["gpu_compile_batches"]),
     }
 
 
@@ -265,6 +261,7 @@ def format_report(r):
         f"one at a time {b['baseline_images_per_s']:.1f} images/s, ratio {b['ratio']:.2f}x "
         f"(same best caption: {b['same_best_caption']:.0%})"
     )
+    lines.append(gpu_step_report(r["gpu_step"]))
     return "\n".join(lines)
 
 
@@ -287,6 +284,7 @@ def summary(r):
             "baseline": b["baseline_images_per_s"],
             "ratio": b["ratio"],
         },
+        "gpu_step": r["gpu_step"],
     }
 
 

@@ -152,7 +152,8 @@ def bench_search_cmd(images, queries, baseline_images, device, threads, quick, j
     "--compile",
     "compiled",
     is_flag=True,
-    help="Also time our step under torch.compile (CUDA graphs on a GPU; minutes to compile).",
+    help="Also time our step under torch.compile (CUDA graphs on a GPU; minutes to compile), "
+    "and the GPU step's compiled floor and compiles.",
 )
 @click.option(
     "--threads",
@@ -162,7 +163,8 @@ def bench_search_cmd(images, queries, baseline_images, device, threads, quick, j
 )
 @click.option("--json", "json_out", is_flag=True, help="Also print the figures as one JSON object, the last line.")
 def bench_train_cmd(device, quick, compiled, threads, json_out):
-    """Decoder training step and batched beam search vs. the common implementation (sgrvinod's)."""
+    """Decoder training step and batched beam search vs. the common implementation (sgrvinod's);
+    the GPU step's host syncs, ops, overhead floor and shapes, measured on the CPU."""
     import json
 
     from tools.bench.train import run, summary

@@ -22,10 +22,10 @@ from model.train.build import build_model, build_optimizer
 from model.train.step import TrainStep
 from pipeline.loading.loader import make_loader
 from pipeline.loading.source import DataSource
+from tools.bench.step.measure import COCO_TRAIN_IMAGES
 from tools.bench.timing import endless, repeat, timed
 
 MODES = ("features", "frozen", "finetune")
-COCO_TRAIN_IMAGES = 82_783
 COCO_VOCAB = 10_000  # a COCO-sized output layer (Karpathy train, min freq 5: about 9,500 words)
 
 
