@@ -29,7 +29,6 @@ from model.nets.caption_model import to_device
 from model.nets.search import greedy, sample
 from model.train.cider import Cider
 from model.train.epoch import write_train
-from model.train.step import finite_inputs
 from pipeline.errors import CapgenError
 from pipeline.loading.features import corrupt_input
 from pipeline.text import END, PAD, UNK, TokenTable
@@ -113,9 +112,10 @@ class ScstStep:
 
     def __call__(self, batch):
         images, refs = len(batch["image_ids"]), batch["tokens"]  # refs: the host's copy
-        batch = to_device(batch, self.device, self.image_dtype)
-        if not finite_inputs(batch):  # sampling from NaN would fail in torch.multinomial; this step syncs anyway
+        if "features" in batch and not torch.isfinite(batch["features"]).all():  # the host's copy: no sync
+            # (sampling from NaN would fail in torch.multinomial)
             raise corrupt_input(self.source)
+        batch = to_device(batch, self.device, self.image_dtype)
         with self.amp:
             tokens, logp = self.forward(batch)
         sampled, greedy_tokens = self._to_host(tokens, batch)
