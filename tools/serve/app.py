@@ -54,8 +54,8 @@ class ImageCaptioner(Protocol):
 
 def _model_calls(captioner, beam, topk):
     """(prepare(image) -> item, run(items) -> results): a real Captioner preprocesses and encodes each
-    image in its request thread (one image at a time is the encoder's cheapest per image, and requests
-    encode on several cores at once) and beam-searches the concatenated features as one batch; an
+    image in its request thread (encoders run while the model thread searches, several uploads at once)
+    and beam-searches the concatenated features as one batch; an
     OnnxCaptioner preprocesses there and captions the stacked arrays; anything else with caption(images)
     gets the images."""
     if hasattr(captioner, "caption_features"):
@@ -241,9 +241,9 @@ def load_app(
     (tools/serve/search_box.py; with a checkpoint). The page and the API name the checkpoint and the
     set by their last path component (tools/serve/names.py), never by their path."""
     workers = WORKERS
-    if not onnx_dir:  # `threads` uploads encoded at once, each op on one thread: no cores idle at a barrier
+    if not onnx_dir:  # as many uploads encoded at once as torch has threads
         workers = threads or torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(workers)
     captioner = OnnxCaptioner.load(onnx_dir, threads) if onnx_dir else Captioner.load(checkpoint)
     captioner.caption([Image.new("RGB", (64, 64), (127, 127, 127))], beam=beam, topk=topk)
     app = create_app(
