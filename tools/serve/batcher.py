@@ -68,13 +68,16 @@ class Batcher:
             except queue.Empty:
                 now = time.monotonic()
                 wait = deadline - now
-                if wait <= 0 and self._coming and now < hold:
+                polling = wait <= 0 and self._coming and now < hold
+                if polling:
                     wait = 0.0005  # one is on its way: poll for it
                 if wait <= 0:
                     break
                 try:
                     entry = self._queue.get(timeout=wait)
                 except queue.Empty:
+                    if polling:
+                        continue
                     break
             if entry is None:  # close(): finish this batch, then stop
                 self._queue.put(None)
