@@ -59,6 +59,30 @@ def test_a_failing_item_fails_alone():
     batcher.close()
 
 
+def test_an_upload_on_its_way_joins_the_next_batch_however_long_the_oldest_waited():
+    calls, started, release = [], threading.Event(), threading.Event()
+
+    def run(items):
+        calls.append(list(items))
+        if items == ["a"]:
+            started.set()
+            release.wait(10)
+        return items
+
+    batcher = Batcher(run, window=0.5, max_batch=8)
+    first = batcher.submit("a")
+    assert started.wait(10)
+    waiting = batcher.submit("b")  # waits through a's batch, long past its own window
+    with batcher.coming():  # "c" is being prepared when the model thread turns to "b"
+        time.sleep(2.2)
+        release.set()
+        time.sleep(0.05)
+        on_its_way = batcher.submit("c")
+    assert [f.result(timeout=10)[0] for f in (first, waiting, on_its_way)] == ["a", "b", "c"]
+    batcher.close()
+    assert calls == [["a"], ["b", "c"]]
+
+
 @pytest.fixture(scope="module")
 def captioner(tmp_path_factory):
     threads = torch.get_num_threads()

@@ -120,11 +120,31 @@ class Captioner:
     @torch.inference_mode()
     def caption_tensors(self, x: torch.Tensor, beam: int = 3, topk: int = 3, length_norm: bool = False) -> list[dict]:
         """caption() of preprocessed images x [B, 3, size, size] (from .preprocess), as one batch."""
+        return self.caption_features(self.encode(x), beam=beam, topk=topk, length_norm=length_norm)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's features of preprocessed images x [B, 3, size, size]: caption_features' input."""
         x = x.to(self.device)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        features = self.encoder(x)
+        return self.encoder(x)
+
+    @torch.inference_mode()
+    def caption_features(
+        self, features: torch.Tensor, beam: int = 3, topk: int = 3, length_norm: bool = False
+    ) -> list[dict]:
+        """caption_tensors() from the features encode() gave (those of several calls concatenated: the
+        server encodes each upload apart and searches them as one batch)."""
+        # Contiguous whichever way the features came (the encoder's own layout is strided, a concatenation's
+        # is not): the search's matrix products then add in one order, and a server's answer for an image
+        # is the same, to the last bit, as caption()'s.
         hyps = beam_search(
-            self.decoder, features, beam=beam, max_len=self.vocab.max_len, topk=topk, length_norm=length_norm
+            self.decoder,
+            features.contiguous(),
+            beam=beam,
+            max_len=self.vocab.max_len,
+            topk=topk,
+            length_norm=length_norm,
         )
         return [caption_result(self.vocab, h, self.grid) for h in hyps]

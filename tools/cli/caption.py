@@ -57,7 +57,8 @@ ONNX = click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="Threads for the model, torch's or onnxruntime's (default: one per core).",
+    help="Threads for the model, torch's or onnxruntime's (default: one per core); with --checkpoint also "
+    "the uploads encoded at once.",
 )
 @click.option("--log-level", type=click.Choice(["info", "warning", "error"]), default="info", show_default=True)
 @click.option(

@@ -4,7 +4,7 @@
 `load_app(...)` loads a checkpoint once into it, `serve(...)` runs that under uvicorn.
 Bad uploads get a 4xx answer `{"error": "..."}` (tools/serve/upload.py) and the server
 keeps serving. Uploads are
-decoded and preprocessed in request threads (a bad one fails there, alone);
+decoded, preprocessed and encoded in request threads (a bad one fails there, alone);
 the model thread captions those that arrive within a few ms as one batch
 (tools/serve/batcher.py).
 """
@@ -42,6 +42,7 @@ from tools.serve.upload import DRAIN_BYTES, MAX_PIXELS, MAX_UPLOAD_BYTES, BadUpl
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_CONNECTIONS = 64
+WORKERS = 2  # uploads decoded at once unless told (load_app: one per core the model may use)
 log = logging.getLogger("capgen.serve")
 
 
@@ -52,24 +53,30 @@ class ImageCaptioner(Protocol):
 
 
 def _model_calls(captioner, beam, topk):
-    """(prepare(image) -> item, run(items) -> results): a real Captioner (or OnnxCaptioner) preprocesses
-    in the request thread and captions the stacked tensors; anything else with caption(images) gets the images."""
-    if hasattr(captioner, "caption_tensors"):
-        return captioner.preprocess, lambda xs: captioner.caption_tensors(torch.stack(xs), beam=beam, topk=topk)
+    """(prepare(image) -> item, run(items) -> results): a real Captioner preprocesses and encodes each
+    image in its request thread (encoders run while the model thread searches, several uploads at once)
+    and beam-searches the concatenated features as one batch; an
+    OnnxCaptioner preprocesses there and captions the stacked arrays; anything else with caption(images)
+    gets the images."""
+    if hasattr(captioner, "caption_features"):
+        return (
+            lambda image: captioner.encode(captioner.preprocess(image)[None]),
+            lambda fs: captioner.caption_features(torch.cat(fs), beam=beam, topk=topk),
+        )
     if hasattr(captioner, "caption_arrays"):  # model/export/runtime.py's OnnxCaptioner
         return captioner.preprocess, lambda xs: captioner.caption_arrays(np.stack(xs), beam=beam, topk=topk)
     return (lambda image: image), lambda images: captioner.caption(images, beam=beam, topk=topk)
 
 
 class CaptionService:
-    """The app's captioning: uploads decoded two at a time in request threads, then captioned by the
-    model thread in batches (tools/serve/batcher.py)."""
+    """The app's captioning: uploads decoded (and encoded) `workers` at a time in request threads, then
+    captioned by the model thread in batches (tools/serve/batcher.py)."""
 
-    def __init__(self, captioner, beam, topk, max_pixels, batch_window_ms, max_batch):
+    def __init__(self, captioner, beam, topk, max_pixels, batch_window_ms, max_batch, workers):
         self.prepare, run = _model_calls(captioner, beam, topk)
         self.batcher = Batcher(run, window=batch_window_ms / 1000, max_batch=max_batch)
-        # At most two uploads decoded at once (a full-size image is large); the batch holds model-sized tensors.
-        self.admitted = threading.BoundedSemaphore(2)
+        # At most `workers` uploads decoded at once (a full-size image is large); the batch holds model-sized tensors.
+        self.admitted = threading.BoundedSemaphore(workers)
         self.max_pixels = max_pixels
         self.resize_mode = getattr(captioner, "image", {}).get("resize_mode", "stretch")
 
@@ -154,6 +161,7 @@ def create_app(
     info: dict | None = None,
     batch_window_ms: float = WINDOW_S * 1000,
     max_batch: int = MAX_BATCH,
+    workers: int = WORKERS,
 ) -> FastAPI:
     """The FastAPI app around a loaded captioner: the web page at /, POST /api/caption, /healthz.
 
@@ -161,10 +169,12 @@ def create_app(
     returning one result dict per image. beam, topk: the search's beam width and the words kept per
     step. max_upload_bytes, max_pixels: larger uploads get 413. info: extra entries for /healthz.
     batch_window_ms, max_batch: how long the model thread gathers uploads into one batch, and its
-    largest batch. The app's lifespan closes the batcher (app.state.batcher); use it as an ASGI app
-    (uvicorn, or starlette's TestClient as a context manager).
+    largest batch. workers: uploads decoded (and, with a Captioner, encoded) at once, in request
+    threads: the cores the app may keep busy besides the model thread. The app's lifespan closes the
+    batcher (app.state.batcher); use it as an ASGI app (uvicorn, or starlette's TestClient as a
+    context manager).
     """
-    service = CaptionService(captioner, beam, topk, max_pixels, batch_window_ms, max_batch)
+    service = CaptionService(captioner, beam, topk, max_pixels, batch_window_ms, max_batch, workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -181,6 +191,7 @@ def create_app(
         "resize_mode": service.resize_mode,
         "batch_window_ms": batch_window_ms,
         "max_batch": max_batch,
+        "workers": workers,
     }
     settings.update(info or {})
     add_pages(app, service, settings)
@@ -229,8 +240,10 @@ def load_app(
     onnxruntime) loaded once and warmed up; `index`: a feature cache or shard set for the search box
     (tools/serve/search_box.py; with a checkpoint). The page and the API name the checkpoint and the
     set by their last path component (tools/serve/names.py), never by their path."""
-    if threads and not onnx_dir:
-        torch.set_num_threads(threads)
+    workers = WORKERS
+    if not onnx_dir:  # as many uploads encoded at once as torch has threads
+        workers = threads or torch.get_num_threads()
+        torch.set_num_threads(workers)
     captioner = OnnxCaptioner.load(onnx_dir, threads) if onnx_dir else Captioner.load(checkpoint)
     captioner.caption([Image.new("RGB", (64, 64), (127, 127, 127))], beam=beam, topk=topk)
     app = create_app(
@@ -242,6 +255,7 @@ def load_app(
         info={"checkpoint": public_name(onnx_dir or checkpoint), "runtime": "onnxruntime" if onnx_dir else "torch"},
         batch_window_ms=batch_window_ms,
         max_batch=max_batch,
+        workers=workers,
     )
     if index:
         mount_search(app, load_search(checkpoint, index, captioner, progress=progress))
