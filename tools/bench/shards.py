@@ -185,13 +185,14 @@ def bench_shards(images=None, rounds=3, workers=None, tmp=None, resize=False):
     }
 
 
-def bench_ray(images=None, rounds=3, workers=None, tmp=None, latency=None):
+def bench_ray(images=None, rounds=3, workers=None, tmp=None, latency=None, concurrency=None):
     """`capgen shards build --ray` on local Ray clusters (127.0.0.1) of 1 and 2 CPUs (or each
     of `workers`), and the same builds with --workers (local processes) as the machine's own
     scaling, in interleaved rounds; the same photographic JPEGs (default 800), four shards per
     worker. Each timed run is a whole CLI build: start-up, connecting, Ray's worker processes.
     latency: build a URL list of the images instead, served by the loopback image server
-    (tools/loopback_images.py) with this many seconds per image."""
+    (tools/loopback_images.py) with this many seconds per image, `concurrency` downloads in
+    flight per worker (default DownloadOptions')."""
     from pipeline.cluster.ray_tasks import local_cluster, require_ray
 
     ray = require_ray()
@@ -209,7 +210,7 @@ def bench_ray(images=None, rounds=3, workers=None, tmp=None, latency=None):
 
         with contextlib.ExitStack() as stack:
             if latency is not None:
-                source = _served_list(stack, root, paths, latency)
+                source = _served_list(stack, root, paths, latency, concurrency or DownloadOptions.concurrency)
             clusters = [stack.enter_context(local_cluster(w, free_port(), free_port())) for w in counts]
             fns = [build_with(w, a) for w, a in zip(counts, clusters)] + [build_with(w, None) for w in counts]
             best = best_of(fns, rounds, 0, torch.device("cpu"))
@@ -221,7 +222,9 @@ def bench_ray(images=None, rounds=3, workers=None, tmp=None, latency=None):
         "images": images,
         "rounds": rounds,
         "cores": available_cores(),
-        "source": "local files" if latency is None else f"a URL list, {latency:g} s per image",
+        "source": "local files"
+        if latency is None
+        else f"a URL list, {latency:g} s per image, {concurrency or DownloadOptions.concurrency} in flight per worker",
         "shard_size": shard_size,
         "ray_version": ray.__version__,
         "ray": [{"workers": w, "images_per_s": r, "speedup": r / ray_rate[0]} for w, r in zip(counts, ray_rate)],
@@ -229,13 +232,14 @@ def bench_ray(images=None, rounds=3, workers=None, tmp=None, latency=None):
     }
 
 
-def _served_list(stack, root, paths, latency):
+def _served_list(stack, root, paths, latency, concurrency):
     """Source options of a URL list of `paths`, served on loopback (until stack closes) with
-    `latency` seconds per image; one host stands for many, so the per-host cap is lifted."""
+    `latency` seconds per image, `concurrency` downloads in flight per worker; one host stands
+    for many, so the per-host cap is lifted to it."""
     server = stack.enter_context(LoopbackImages(os.path.dirname(paths[0]), latency=latency, lifetime=3600))
     url_list = os.path.join(root, "urls.csv")
     write_url_list(url_list, server, [os.path.basename(p) for p in paths])
-    return ["--urls", url_list, "--per-host", str(DownloadOptions.concurrency)]
+    return ["--urls", url_list, "--concurrency", str(concurrency), "--per-host", str(concurrency)]
 
 
 def format_ray(r):

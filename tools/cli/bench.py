@@ -276,8 +276,11 @@ def bench_gpu_cmd(shard_dir, features, batch_size, steps, warmup, workers, vocab
     "--urls", is_flag=True, help="Instead: a URL list over loopback HTTP, capgen vs. img2dataset, 1 core each."
 )
 @click.option("--latency", type=click.FloatRange(min=0), default=0.2, show_default=True, help="--urls: seconds/image.")
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=None, help="--ray --urls: downloads in flight per worker."
+)
 @click.option("--img2dataset", "i2d", help="--urls: the img2dataset executable [default: .i2d-venv, then PATH].")
-def bench_shards_cmd(images, rounds, workers, resize, quick, on_ray, as_json, urls, latency, i2d):
+def bench_shards_cmd(images, rounds, workers, resize, quick, on_ray, as_json, urls, latency, concurrency, i2d):
     """Whole `capgen shards build` runs, images/s, vs. a naive PIL loop on the same photographic JPEGs
     (--urls: whole URL-list builds vs. img2dataset's)."""
     import json
@@ -297,7 +300,7 @@ def bench_shards_cmd(images, rounds, workers, resize, quick, on_ray, as_json, ur
     if quick:
         images, rounds = images or 24, 1
     if on_ray:
-        r = bench_ray(images, rounds, list(workers) or None, latency=latency if urls else None)
+        r = bench_ray(images, rounds, list(workers) or None, latency=latency if urls else None, concurrency=concurrency)
         click.echo(format_ray(r))
         if as_json:
             click.echo(json.dumps(r))
