@@ -10,6 +10,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from model.device import BF16_ENV, cpu_has_bf16
 from pipeline.synth.generator import synthesize
 from tools.demo import DEMO, min_freq, run_demo
 
@@ -70,6 +71,7 @@ def test_demo_trains_its_convnet_from_the_shards(tmp_path):
         out, images=20, epochs=1, echo=lambda m: None, val_fraction=0.25, synth_size=(48, 40), encoder_lr=3e-4, **TOY
     )
     assert summary["encoder"] == "convnet layer3 32px random init, trained (lr 0.0003)"
+    assert summary["precision"] == ("bf16 autocast" if cpu_has_bf16() else "fp32")  # DEMO's bf16 "auto"
     assert not os.path.exists(os.path.join(out, "features"))  # no cache of an encoder that changes
     assert len(results(out)) == summary["images"]["val"] == 5
     with open(os.path.join(out, "run", "best", "config.json")) as f:
@@ -108,10 +110,11 @@ def test_cli_demo_on_a_hand_made_folder_with_other_sizes_and_words(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        env={**os.environ, "OMP_NUM_THREADS": "2", BF16_ENV: "0"},  # the fp32 path, as on a CPU without bf16
     )
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["precision"] == "fp32"
     assert sorted(r["image_id"] for r in results(out)) == [101, 102]
     assert summary["images"] == {"train": 6, "val": 2}
     assert "attribute_accuracy" not in summary and "attribute accuracy" not in p.stdout

@@ -6,6 +6,7 @@ timed steps; `summary_table` formats the summary as aligned lines.
 
 import os
 
+from model.device import default_device, use_bf16
 from model.eval.evaluate import METRICS
 
 
@@ -42,6 +43,7 @@ def demo_summary(d, steps):
         + (f"trained (lr {cfg['encoder_lr']:g})" if cfg["fine_tune"] else "frozen"),
         "decoder": f"{cfg['dims']}-d (attention {cfg['attention_dim']}), {cfg['batch_size']} images x 5 "
         f"captions per step, lr {cfg['lr']:g}, dropout {cfg['dropout']:g}",
+        "precision": "bf16 autocast" if use_bf16(default_device(), cfg["bf16"]) else "fp32",
         "seconds": {**{k: round(v, 1) for k, v in steps.times.items()}, "total": round(steps.total(), 1)},
     }
 
@@ -55,6 +57,7 @@ def summary_table(s):
             "decoder",
             f"{s['decoder']}, {s['epochs']} epochs" + (f" + {s['scst_epochs']} SCST" if s["scst_epochs"] else ""),
         ),
+        ("precision", f"{s['precision']} (training steps)"),
         ("decoding", f"beam {s['beam']}, text preset {s['text_preset']}"),
     ]
     rows += [(k, f"{s[k]:.4f}") for k in METRICS if k in s]

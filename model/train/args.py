@@ -89,6 +89,12 @@ class TrainArgs:
     )
     scst_lr: float = option(5e-5, "Learning rate of --scst (decoder, and the encoder when fine-tuned).")
     compile: bool = option(False, "torch.compile the training step.")
+    bf16: str = option(
+        "gpu",
+        "bf16 autocast: gpu (on a GPU only), auto (also on a CPU with bf16 arithmetic: AVX512-BF16 or AMX), "
+        "off. CAPGEN_BF16=0 turns it off everywhere.",
+        ("gpu", "auto", "off"),
+    )
     workers: int = option(2, "Loader processes per rank.")
     loader: str = option(
         "auto",

@@ -200,7 +200,9 @@ def _train_step(args, model, optimizer, train_src, vocab, device, world):
     train_step = (
         ScstStep(model, forward, optimizer, device, reward_scorer(train_src), vocab, args)
         if args.scst
-        else TrainStep(model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip)
+        else TrainStep(
+            model, forward, optimizer, device, alpha_c=args.alpha_c, grad_clip=args.grad_clip, bf16=args.bf16
+        )
     )
     return train_step, joined
 

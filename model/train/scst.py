@@ -16,13 +16,12 @@ formula, document frequencies from the val references, on token ids of the val t
 table (cleaned captions, cut to max_len words, rare words as <unk>).
 """
 
-import contextlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.device import autocast_for
 from model.infer.captioner import Captioner
 from model.infer.source_check import check_source
 from model.nets.caption_model import to_device
@@ -102,9 +101,7 @@ class ScstStep:
         if self.baseline == "mean" and self.samples < 2:
             raise CapgenError("--scst-baseline mean needs --scst-samples 2 or more")
         self.bad_ids = np.array([vocab.stoi[w] for w in BAD_ENDINGS if w in vocab.stoi], np.int64)
-        cuda = device.type == "cuda"
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        self.image_dtype = torch.bfloat16 if cuda else torch.float32
+        self.amp, self.image_dtype = autocast_for(device, args.bf16)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.stop_early = device.type == "cpu"  # the greedy baseline's loop (see sample's stop_early)
         self.sums = np.zeros(6)

@@ -9,11 +9,10 @@ lengths are read on the host before the copy); a batch whose lengths already liv
 the device (DALI's token table) costs one copy of them to the host.
 """
 
-import contextlib
-
 import torch
 from torch import nn
 
+from model.device import autocast_for
 from model.nets.caption_model import to_device
 from model.nets.decoder import train_plan
 
@@ -25,12 +24,10 @@ class TrainStep:
     since the last `take()`: loss, ce, top-5 hits x tokens, tokens, steps.
     """
 
-    def __init__(self, model, forward, optimizer, device, *, alpha_c=1.0, grad_clip=5.0):
+    def __init__(self, model, forward, optimizer, device, *, alpha_c=1.0, grad_clip=5.0, bf16="gpu"):
         self.model, self.forward, self.optimizer, self.device = model, forward, optimizer, device
         self.alpha_c, self.grad_clip = alpha_c, grad_clip
-        cuda = device.type == "cuda"
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        self.image_dtype = torch.bfloat16 if cuda else torch.float32
+        self.amp, self.image_dtype = autocast_for(device, bf16)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.sums = torch.zeros(5, device=device)
         self.finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since start was finite

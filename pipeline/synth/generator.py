@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.atomic import atomic_write
 from pipeline.errors import CapgenError
+from pipeline.synth import other
 from pipeline.synth.captions import captions
 from pipeline.synth.scenes import BACKGROUND_WORDS, COLOURS, SHAPES, SIZES
 
@@ -40,23 +41,21 @@ MAX_ID = 600_000
 # Karpathy's split of val2014: 5,000 val + 5,000 test of 40,504, the rest restval.
 KARPATHY_EVAL_SHARE = 5000 / 40504
 
+_CC = "http://creativecommons.org/licenses/"
 LICENSES = [
-    {
-        "url": "http://creativecommons.org/licenses/by-nc-sa/2.0/",
-        "id": 1,
-        "name": "Attribution-NonCommercial-ShareAlike License",
-    },
-    {"url": "http://creativecommons.org/licenses/by-nc/2.0/", "id": 2, "name": "Attribution-NonCommercial License"},
-    {
-        "url": "http://creativecommons.org/licenses/by-nc-nd/2.0/",
-        "id": 3,
-        "name": "Attribution-NonCommercial-NoDerivs License",
-    },
-    {"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"},
-    {"url": "http://creativecommons.org/licenses/by-sa/2.0/", "id": 5, "name": "Attribution-ShareAlike License"},
-    {"url": "http://creativecommons.org/licenses/by-nd/2.0/", "id": 6, "name": "Attribution-NoDerivs License"},
-    {"url": "http://flickr.com/commons/usage/", "id": 7, "name": "No known copyright restrictions"},
-    {"url": "http://www.usa.gov/copyright.shtml", "id": 8, "name": "United States Government Work"},
+    {"url": url, "id": k + 1, "name": name}
+    for k, (url, name) in enumerate(
+        (
+            (_CC + "by-nc-sa/2.0/", "Attribution-NonCommercial-ShareAlike License"),
+            (_CC + "by-nc/2.0/", "Attribution-NonCommercial License"),
+            (_CC + "by-nc-nd/2.0/", "Attribution-NonCommercial-NoDerivs License"),
+            (_CC + "by/2.0/", "Attribution License"),
+            (_CC + "by-sa/2.0/", "Attribution-ShareAlike License"),
+            (_CC + "by-nd/2.0/", "Attribution-NoDerivs License"),
+            ("http://flickr.com/commons/usage/", "No known copyright restrictions"),
+            ("http://www.usa.gov/copyright.shtml", "United States Government Work"),
+        )
+    )
 ]
 
 
@@ -201,6 +200,10 @@ def render(scene, rng, width, height):
     return img
 
 
+# A style's (make_scene, render, captions); "shapes" is the demo's.
+STYLES = {"shapes": (make_scene, render, captions), "other": (other.make_scene, other.render, other.captions)}
+
+
 # ---------------------------------------------------------------- dataset
 
 
@@ -245,23 +248,24 @@ def _layout(rng, images, val_fraction):
 
 def _make_image(task):
     """Worker: draw, encode and write one image; return its scene and captions."""
-    seed, index, path, width, height, n_captions = task
+    seed, index, path, width, height, n_captions, style = task
     rng = np.random.default_rng([seed, index])
-    scene = make_scene(rng, width, height)
-    img = render(scene, rng, width, height)
+    make, draw, words = STYLES[style]
+    scene = make(rng, width, height)
+    img = draw(scene, rng, width, height)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=JPEG_QUALITY)
     with open(path, "wb") as f:
         f.write(buf.getvalue())
-    texts = captions(rng, scene, n_captions)
+    texts = words(rng, scene, n_captions)
     objects = [{k: o[k] for k in ("shape", "colour", "size", "position", "bbox")} for o in scene["objects"]]
     return {"background": scene["background"], "objects": objects}, texts
 
 
-def _make_images(out, layout, seed, width, height, workers):
+def _make_images(out, layout, seed, width, height, workers, style):
     """[(scene, captions)] per image, the images written under out."""
     tasks = [
-        (seed, i, os.path.join(out, split, name), width, height, len(ann_ids))
+        (seed, i, os.path.join(out, split, name), width, height, len(ann_ids), style)
         for i, (split, name, ann_ids) in enumerate(zip(layout.splits, layout.names, layout.ann_ids))
     ]
     if workers is None:
@@ -353,11 +357,13 @@ def synthesize(
     width: int = 640,
     height: int = 480,
     workers: int | None = None,
+    style: str = "shapes",
 ) -> dict:
     """Write the synthetic dataset (COCO 2014 layout, scenes, Karpathy splits) under out; same seed,
     same bytes, whatever the number of workers (processes; default: up to 8 cores for 200+ images, else 1).
 
-    images: train2014 + val2014; val_fraction: the share in val2014; width, height: of every image.
+    images: train2014 + val2014; val_fraction: the share in val2014; width, height: of every image;
+    style: a STYLES name ("shapes": the demo's; "other": pipeline/synth/other.py's shapes, colours and words).
     Returns counts: {"images", "train2014", "val2014", "captions", "karpathy": {"val", "test", "restval"}}.
     CapgenError for bad sizes or counts, or a folder that cannot be written.
 
@@ -366,6 +372,8 @@ def synthesize(
         >>> capgen.synthesize("data", images=40, seed=0, width=64, height=48)
         {'images': 40, 'train2014': 32, 'val2014': 8, 'captions': 207, 'karpathy': {'val': 1, 'test': 1, 'restval': 6}}
     """
+    if style not in STYLES:
+        raise CapgenError(f"{out}: unknown style {style!r} (one of: {', '.join(STYLES)})")
     if images < 1:
         raise CapgenError(f"{out}: --images must be at least 1, got {images}")
     if not 0 <= val_fraction < 1:
@@ -379,7 +387,7 @@ def synthesize(
             os.makedirs(os.path.join(out, folder), exist_ok=True)
     except OSError as err:
         raise CapgenError(f"{out}: cannot create the dataset folders ({err.strerror})") from None
-    results = _make_images(out, layout, seed, width, height, workers)
+    results = _make_images(out, layout, seed, width, height, workers, style)
     write_coco(out, layout, results, rng, width, height)
     write_karpathy(out, layout, results)
     return {

@@ -55,15 +55,39 @@ SHAPES = tuple(SHAPE_WORDS)
 SIZES = tuple(SIZE_WORDS)
 POSITIONS = tuple(POSITION_PHRASES)
 
+# The second style's words (`capgen synth --style other`, pipeline/synth/other.py): other colours,
+# shapes and a third size. The checker reads both styles' words; the tables above stay the
+# first style's, whose draws they fix.
+OTHER_COLOURS = ("orange", "pink", "cyan", "brown", "black", "lime")
+OTHER_SHAPE_WORDS = {
+    "hexagon": ("hexagon",),
+    "pentagon": ("pentagon",),
+    "cross": ("cross", "plus sign"),
+    "diamond": ("diamond", "rhombus"),
+    "ring": ("ring", "hoop"),
+    "crescent": ("crescent", "moon"),
+}
+OTHER_SIZE_WORDS = {
+    "small": ("small", "little", "tiny"),
+    "medium": ("medium", "medium sized"),
+    "large": ("large", "big", "huge"),
+}
+OTHER_BACKGROUND_WORDS = {"checks": ("checkered", "chequered"), "dots": ("dotted",), "plain": ("plain", "pale")}
+
 
 def _phrase_table():
     table = {}
-    for colour in COLOURS:
+    for colour in COLOURS + OTHER_COLOURS:
         table[(colour,)] = ("colour", colour)
-    for kind, words in (("shape", SHAPE_WORDS), ("size", SIZE_WORDS)):
+    for kind, words in (
+        ("shape", SHAPE_WORDS),
+        ("shape", OTHER_SHAPE_WORDS),
+        ("size", SIZE_WORDS),
+        ("size", OTHER_SIZE_WORDS),
+    ):
         for name, synonyms in words.items():
             for word in synonyms:
-                table[(word,)] = (kind, name)
+                table[tuple(word.split())] = (kind, name)
     for kind, phrases in (("pos", POSITION_PHRASES), ("rel", RELATION_PHRASES)):
         for name, variants in phrases.items():
             for phrase in variants:

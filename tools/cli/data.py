@@ -31,14 +31,21 @@ def _download_options(f):
 @click.option(
     "--workers", type=click.IntRange(min=1), default=None, help="Processes (default: cores, for 200+ images)."
 )
-def synth(out, images, seed, val_fraction, width, height, workers):
+@click.option(
+    "--style",
+    type=click.Choice(["shapes", "other"]),
+    default="shapes",
+    show_default=True,
+    help="shapes: the demo's; other: other shapes, colours, sizes, counts, backgrounds and words.",
+)
+def synth(out, images, seed, val_fraction, width, height, workers, style):
     """Write a synthetic COCO 2014 captions dataset of shapes to OUT."""
     import time
 
     from pipeline.synth.generator import synthesize
 
     start = time.perf_counter()
-    counts = synthesize(out, images, seed, val_fraction, width, height, workers)
+    counts = synthesize(out, images, seed, val_fraction, width, height, workers, style)
     k = counts["karpathy"]
     click.echo(
         f"{out}: {counts['images']} images (train2014 {counts['train2014']}, "
