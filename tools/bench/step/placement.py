@@ -25,6 +25,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+OWN = os.path.dirname(os.path.abspath(__file__))
+# Installed packages are not project code, even where the environment lives in the project (.venv/).
+LIBRARIES = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
 SYNC_OPS = {
     "_local_scalar_dense",
     "nonzero",
@@ -51,7 +54,7 @@ def _site():
     frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename
-        if path.startswith(ROOT) and not path.startswith(os.path.dirname(__file__)):
+        if path.startswith(ROOT) and not path.startswith(OWN) and not any(lib in path for lib in LIBRARIES):
             return f"{os.path.relpath(path, ROOT)}:{frame.f_lineno} ({frame.f_code.co_name})"
         frame = frame.f_back
     return "?"
