@@ -96,15 +96,17 @@ def caption(rng, scene):
     return text
 
 
-def captions(rng, scene, count):
-    """count captions, distinct where the grammar allows."""
+def captions(rng, scene, count, write=None):
+    """count captions, distinct where the grammar allows; write(rng, scene) draws one
+    (default: this style's caption; pipeline/synth/other.py passes its own)."""
+    write = write or caption
     out = []
     for _ in range(count * 20):
-        text = caption(rng, scene)
+        text = write(rng, scene)
         if text not in out:
             out.append(text)
         if len(out) == count:
             return out
     while len(out) < count:
-        out.append(caption(rng, scene))
+        out.append(write(rng, scene))
     return out

@@ -15,6 +15,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.synth.captions import captions as style_captions
 from pipeline.synth.scenes import (
     OTHER_BACKGROUND_WORDS,
     OTHER_COLOURS,
@@ -216,12 +217,5 @@ def caption(rng, scene):
 
 
 def captions(rng, scene, count):
-    """count captions, distinct where the wordings allow."""
-    out = []
-    for _ in range(count * 20):
-        text = caption(rng, scene)
-        if text not in out:
-            out.append(text)
-        if len(out) == count:
-            return out
-    return out + [caption(rng, scene) for _ in range(count - len(out))]
+    """count captions, distinct where the wordings allow (the demo style's loop)."""
+    return style_captions(rng, scene, count, write=caption)
